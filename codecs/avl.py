@@ -1,0 +1,484 @@
+"""AVL record bodies of Codec 8, 8 Extended and 16: decode and encode.
+
+One record (protocol notes 4-5), big-endian, back to back N times in a packet:
+
+  off  size  field
+    0     8  timestamp, ms since the Unix epoch (unsigned)
+    8     1  priority 0..3
+    9     4  longitude, signed, degrees x 1e7       (longitude BEFORE latitude)
+   13     4  latitude,  signed, degrees x 1e7
+   17     2  altitude, signed metres
+   19     2  angle
+   21     1  satellites
+   22     2  speed km/h
+   24        IO element:
+                               Codec 8   Codec 8E   Codec 16
+             event IO id         u8        u16        u16
+             generation type     -         -          u8 (0..7)
+             N total             u8        u16        u8
+             N1 count, pairs     u8        u16        u8     pair = id + 1-byte value
+             N2 count, pairs     ...                         pair = id + 2-byte value
+             N4 count, pairs                                 pair = id + 4-byte value
+             N8 count, pairs                                 pair = id + 8-byte value
+             NX count            -         u16        -      then id u16, len u16, value
+             IO id width         1         2          2
+             (N16 count u8 + [id u8, 16 bytes]* after N8: a non-standard Codec 8
+              variant some devices send; lenient decode only.)
+
+Speed: the counts of one record (its "shape") are read with four byte peeks, then the
+whole fixed part of the record (header, every pair, the NX count) comes out of one
+struct.Struct compiled for that shape and cached per codec; ids and values are picked
+out of the flat tuple by precompiled itemgetters. Real devices repeat a handful of
+shapes, so the cache stays small (it is also bounded against hostile input).
+"""
+from __future__ import annotations
+
+import struct
+from operator import index, itemgetter
+
+from .errors import DecodeError, EncodeError
+from .iodict import IO_DICTIONARY
+from .packets import CODEC_8, CODEC_8E, CODEC_16, AvlRecord
+
+# GPS part, common to every codec (24 bytes).
+_GPS_FMT = (
+    "Q"  # timestamp_ms
+    "B"  # priority
+    "i"  # longitude x 1e7
+    "i"  # latitude x 1e7
+    "h"  # altitude (signed, a vector has 0xFFFC = -4 m)
+    "H"  # angle
+    "B"  # satellites
+    "H"  # speed
+)
+
+# Per codec: (head format after the GPS part, IO id format, count format).
+#   head = event id [, generation type], N total, N1 count
+_HEAD = {
+    CODEC_8: ("BBB", "B", "B"),    # event u8, N total u8, N1 u8
+    CODEC_8E: ("HHH", "H", "H"),   # event u16, N total u16, N1 u16
+    CODEC_16: ("HBBB", "H", "B"),  # event u16, generation u8, N total u8, N1 u8
+}
+_HEAD_SIZE = {c: 24 + struct.calcsize(">" + h[0]) for c, h in _HEAD.items()}  # 27/30/28
+_ID_SIZE = {CODEC_8: 1, CODEC_8E: 2, CODEC_16: 2}
+_COUNT_SIZE = {CODEC_8: 1, CODEC_8E: 2, CODEC_16: 1}
+# Smallest record (no IO at all): protocol notes 5.1.
+MIN_RECORD = {CODEC_8: 30, CODEC_8E: 38, CODEC_16: 32}
+_VAL_FMT = {1: "B", 2: "H", 4: "I", 8: "Q"}
+_WIDTHS = (1, 2, 4, 8)
+_NX_HEAD = struct.Struct(">HH")  # NX element: id u16, length u16
+_U8 = struct.Struct(">B")
+_U16 = struct.Struct(">H")
+
+_CACHE_MAX = 4096  # shapes kept per codec; hostile input cannot grow it further
+
+
+class _Shape:
+    """Everything precompiled for one (codec, N1, N2, N4, N8) record shape."""
+
+    __slots__ = ("struct", "size", "ids", "vals", "widths", "n", "id_offsets")
+
+    def __init__(self, codec: int, counts: tuple[int, int, int, int]) -> None:
+        head, id_fmt, cnt_fmt = _HEAD[codec]
+        fmt = [">", _GPS_FMT, head]
+        pos = 8 + len(head)  # tuple index of the first pair: 8 GPS fields + head fields
+        ids: list[int] = []
+        vals: list[int] = []
+        widths: list[int] = []
+        id_offsets: list[int] = []
+        off = _HEAD_SIZE[codec]
+        isz, csz = _ID_SIZE[codec], _COUNT_SIZE[codec]
+        for gi, (w, k) in enumerate(zip(_WIDTHS, counts)):
+            fmt.append((id_fmt + _VAL_FMT[w]) * k)
+            for _ in range(k):
+                ids.append(pos)
+                vals.append(pos + 1)
+                widths.append(w)
+                id_offsets.append(off)
+                pos += 2
+                off += isz + w
+            if gi < 3 or codec == CODEC_8E:  # next count (N2, N4, N8; NX for 8E)
+                fmt.append(cnt_fmt)
+                pos += 1
+                off += csz
+        self.struct = struct.Struct("".join(fmt))
+        self.size = self.struct.size
+        self.n = len(ids)
+        # itemgetter of one index returns a scalar: keep tuples for every n.
+        if self.n > 1:
+            self.ids = itemgetter(*ids)
+            self.vals = itemgetter(*vals)
+        elif self.n == 1:
+            i, v = ids[0], vals[0]
+            self.ids = lambda t: (t[i],)
+            self.vals = lambda t: (t[v],)
+        else:
+            self.ids = self.vals = lambda t: ()
+        self.widths = tuple(widths)
+        self.id_offsets = tuple(id_offsets)
+
+
+_SHAPES: dict[int, dict[tuple[int, int, int, int], _Shape]] = {c: {} for c in _HEAD}
+
+
+def _shape(codec: int, counts: tuple[int, int, int, int]) -> _Shape:
+    cache = _SHAPES[codec]
+    if len(cache) >= _CACHE_MAX:
+        cache.clear()
+    s = cache[counts] = _Shape(codec, counts)
+    return s
+
+
+def _truncated(pos: int, need: int, end: int) -> DecodeError:
+    # A count can point far past the data: blame the offset where the data runs out.
+    return DecodeError("truncated", min(pos, end),
+                       f"need {need} bytes at offset {pos}, the records end at offset {end}")
+
+
+def _duplicate(rec: int, ids: tuple, shape: _Shape, io: dict, nx_ids: list | None = None) -> DecodeError:
+    seen: set[int] = set()
+    for i, off in zip(ids, shape.id_offsets):
+        if i in seen:
+            return DecodeError("duplicate_io", rec + off, f"IO id {i} appears twice in one record")
+        seen.add(i)
+    return DecodeError("duplicate_io", rec, "IO id appears twice in one record")
+
+
+def decode_records(buf: bytes, pos: int, end: int, codec: int, count: int,
+                   lenient: bool = False) -> tuple[AvlRecord, ...]:
+    """Decode `count` records of `codec` from buf[pos:end]; they must fill it exactly.
+
+    Offsets in errors are positions in `buf`. `end` is the position of Number of Data 2.
+    """
+    if count * MIN_RECORD[codec] > end - pos:
+        raise DecodeError("truncated", end, f"{count} records need at least "
+                          f"{count * MIN_RECORD[codec]} bytes, the data field holds {end - pos}")
+    if codec == CODEC_8:
+        try:
+            return _decode_8(buf, pos, end, count, lenient)
+        except DecodeError as first:
+            if not lenient:
+                raise
+            try:  # the non-standard N16 variant (protocol notes 5.4)
+                return _decode_8_n16(buf, pos, end, count)
+            except DecodeError:
+                raise first from None
+    if codec == CODEC_8E:
+        return _decode_8e(buf, pos, end, count, lenient)
+    return _decode_16(buf, pos, end, count, lenient)
+
+
+def _decode_8(buf: bytes, p: int, end: int, count: int, lenient: bool) -> tuple[AvlRecord, ...]:
+    cache = _SHAPES[CODEC_8]
+    out = []
+    append = out.append
+    for _ in range(count):
+        q = p + 26                        # N1 count
+        if q >= end:
+            raise _truncated(q, 1, end)
+        n1 = buf[q]
+        q += 1 + 2 * n1                   # N2 count
+        if q >= end:
+            raise _truncated(q, 1, end)
+        n2 = buf[q]
+        q += 1 + 3 * n2                   # N4 count
+        if q >= end:
+            raise _truncated(q, 1, end)
+        n4 = buf[q]
+        q += 1 + 5 * n4                   # N8 count
+        if q >= end:
+            raise _truncated(q, 1, end)
+        n8 = buf[q]
+        q += 1 + 9 * n8                   # end of record
+        if q > end:
+            raise _truncated(q - 9 * n8, 9 * n8, end)
+        key = (n1, n2, n4, n8)
+        shape = cache.get(key) or _shape(CODEC_8, key)
+        t = shape.struct.unpack_from(buf, p)
+        ids = shape.ids(t)
+        io = dict(zip(ids, shape.vals(t)))
+        if len(io) != shape.n:
+            raise _duplicate(p, ids, shape, io)
+        if t[1] > 3:
+            raise DecodeError("bad_priority", p + 8, f"priority {t[1]} > 3")
+        if t[9] != shape.n and not lenient:
+            raise DecodeError("count_mismatch", p + 25, f"N total {t[9]} but the groups hold {shape.n}")
+        append(AvlRecord(t[0], t[1], t[2] / 1e7, t[3] / 1e7, t[4], t[5], t[6], t[7], t[8],
+                         io, dict(zip(ids, shape.widths)), None))
+        p = q
+    if p != end:
+        raise DecodeError("bad_length", p, f"{count} records end at offset {p}, "
+                          f"but the data field has {end - p} more bytes before Number of Data 2")
+    return tuple(out)
+
+
+def _decode_16(buf: bytes, p: int, end: int, count: int, lenient: bool) -> tuple[AvlRecord, ...]:
+    cache = _SHAPES[CODEC_16]
+    out = []
+    append = out.append
+    for _ in range(count):
+        q = p + 28                        # N1 count
+        if q >= end:
+            raise _truncated(q, 1, end)
+        n1 = buf[q]
+        q += 1 + 3 * n1
+        if q >= end:
+            raise _truncated(q, 1, end)
+        n2 = buf[q]
+        q += 1 + 4 * n2
+        if q >= end:
+            raise _truncated(q, 1, end)
+        n4 = buf[q]
+        q += 1 + 6 * n4
+        if q >= end:
+            raise _truncated(q, 1, end)
+        n8 = buf[q]
+        q += 1 + 10 * n8
+        if q > end:
+            raise _truncated(q - 10 * n8, 10 * n8, end)
+        key = (n1, n2, n4, n8)
+        shape = cache.get(key) or _shape(CODEC_16, key)
+        t = shape.struct.unpack_from(buf, p)
+        ids = shape.ids(t)
+        io = dict(zip(ids, shape.vals(t)))
+        if len(io) != shape.n:
+            raise _duplicate(p, ids, shape, io)
+        if t[1] > 3:
+            raise DecodeError("bad_priority", p + 8, f"priority {t[1]} > 3")
+        if t[9] > 7:
+            raise DecodeError("bad_generation_type", p + 26, f"generation type {t[9]} > 7")
+        if t[10] != shape.n and not lenient:
+            raise DecodeError("count_mismatch", p + 27, f"N total {t[10]} but the groups hold {shape.n}")
+        append(AvlRecord(t[0], t[1], t[2] / 1e7, t[3] / 1e7, t[4], t[5], t[6], t[7], t[8],
+                         io, dict(zip(ids, shape.widths)), t[9]))
+        p = q
+    if p != end:
+        raise DecodeError("bad_length", p, f"{count} records end at offset {p}, "
+                          f"but the data field has {end - p} more bytes before Number of Data 2")
+    return tuple(out)
+
+
+def _decode_8e(buf: bytes, p: int, end: int, count: int, lenient: bool) -> tuple[AvlRecord, ...]:
+    cache = _SHAPES[CODEC_8E]
+    out = []
+    append = out.append
+    for _ in range(count):
+        q = p + 28                        # N1 count (u16)
+        if q + 2 > end:
+            raise _truncated(q, 2, end)
+        n1 = buf[q] << 8 | buf[q + 1]
+        q += 2 + 3 * n1
+        if q + 2 > end:
+            raise _truncated(q, 2, end)
+        n2 = buf[q] << 8 | buf[q + 1]
+        q += 2 + 4 * n2
+        if q + 2 > end:
+            raise _truncated(q, 2, end)
+        n4 = buf[q] << 8 | buf[q + 1]
+        q += 2 + 6 * n4
+        if q + 2 > end:
+            raise _truncated(q, 2, end)
+        n8 = buf[q] << 8 | buf[q + 1]
+        q += 2 + 10 * n8                  # NX count (u16)
+        if q + 2 > end:
+            raise _truncated(q, 2, end)
+        key = (n1, n2, n4, n8)
+        shape = cache.get(key) or _shape(CODEC_8E, key)
+        t = shape.struct.unpack_from(buf, p)
+        ids = shape.ids(t)
+        io = dict(zip(ids, shape.vals(t)))
+        if len(io) != shape.n:
+            raise _duplicate(p, ids, shape, io)
+        q += 2
+        nx = t[-1]
+        for _ in range(nx):
+            if q + 4 > end:
+                raise _truncated(q, 4, end)
+            i, ln = _NX_HEAD.unpack_from(buf, q)
+            if q + 4 + ln > end:
+                raise _truncated(q + 4, ln, end)
+            if i in io:
+                raise DecodeError("duplicate_io", q, f"IO id {i} appears twice in one record")
+            io[i] = buf[q + 4:q + 4 + ln]
+            q += 4 + ln
+        if t[1] > 3:
+            raise DecodeError("bad_priority", p + 8, f"priority {t[1]} > 3")
+        if t[9] != shape.n + nx and not lenient:
+            raise DecodeError("count_mismatch", p + 26,
+                              f"N total {t[9]} but the groups hold {shape.n + nx}")
+        append(AvlRecord(t[0], t[1], t[2] / 1e7, t[3] / 1e7, t[4], t[5], t[6], t[7], t[8],
+                         io, dict(zip(ids, shape.widths)), None))
+        p = q
+    if p != end:
+        raise DecodeError("bad_length", p, f"{count} records end at offset {p}, "
+                          f"but the data field has {end - p} more bytes before Number of Data 2")
+    return tuple(out)
+
+
+_GPS = struct.Struct(">" + _GPS_FMT + "BB")  # + event u8, N total u8
+
+
+def _decode_8_n16(buf: bytes, p: int, end: int, count: int) -> tuple[AvlRecord, ...]:
+    """Codec 8 with an N16 group (count u8, [id u8, 16 bytes]*) after N8. Lenient only."""
+    out = []
+    for _ in range(count):
+        if p + 26 > end:
+            raise _truncated(p, 26, end)
+        t = _GPS.unpack_from(buf, p)
+        if t[1] > 3:
+            raise DecodeError("bad_priority", p + 8, f"priority {t[1]} > 3")
+        q = p + 26
+        io: dict[int, int | bytes] = {}
+        widths: dict[int, int] = {}
+        for w in (1, 2, 4, 8, 16):
+            if q >= end:
+                raise _truncated(q, 1, end)
+            k = buf[q]
+            q += 1
+            if q + k * (1 + w) > end:
+                raise _truncated(q, k * (1 + w), end)
+            for _ in range(k):
+                i = buf[q]
+                if i in io:
+                    raise DecodeError("duplicate_io", q, f"IO id {i} appears twice in one record")
+                raw = buf[q + 1:q + 1 + w]
+                io[i] = raw if w == 16 else int.from_bytes(raw, "big")
+                widths[i] = w
+                q += 1 + w
+        out.append(AvlRecord(t[0], t[1], t[2] / 1e7, t[3] / 1e7, t[4], t[5], t[6], t[7], t[8],
+                             io, widths, None))
+        p = q
+    if p != end:
+        raise DecodeError("bad_length", p, f"{count} records end at offset {p}, "
+                          f"but the data field has {end - p} more bytes before Number of Data 2")
+    return tuple(out)
+
+
+# ---------------------------------------------------------------------------- encode
+
+_FMB_SIZES = {i: s.size for i, s in IO_DICTIONARY["FMB"].items() if s.size in _VAL_FMT}
+_LIMIT = {1: 1 << 8, 2: 1 << 16, 4: 1 << 32, 8: 1 << 64}
+
+
+def _check(name: str, value: object, lo: int, hi: int) -> int:
+    try:
+        value = index(value)  # ints, and numpy integers from the simulator
+    except TypeError:
+        raise EncodeError(f"{name} must be an integer, got {type(value).__name__}") from None
+    if not lo <= value <= hi:
+        raise EncodeError(f"{name} {value} out of range {lo}..{hi}")
+    return value
+
+
+def _coord(name: str, deg: object) -> int:
+    try:
+        raw = round(deg * 1e7)  # type: ignore[operator]
+    except (TypeError, ValueError, OverflowError) as e:
+        raise EncodeError(f"{name} {deg!r} is not a finite number of degrees") from e
+    if not -(1 << 31) <= raw < (1 << 31):
+        raise EncodeError(f"{name} {deg!r} does not fit a signed 32-bit degrees x 1e7")
+    return raw
+
+
+def _width_for(io_id: int, value: int, io_width: dict) -> int:
+    """io_width's entry, else the FMB dictionary's size, else the smallest that fits."""
+    w = io_width.get(io_id)
+    if w is None:
+        w = _FMB_SIZES.get(io_id)
+        if w is None:
+            w = 1 if value < 256 else 2 if value < 65536 else 4 if value < (1 << 32) else 8
+    elif w not in _LIMIT:
+        raise EncodeError(f"IO {io_id} width {w} is not 1, 2, 4 or 8")
+    if not 0 <= value < _LIMIT[w]:
+        raise EncodeError(f"IO {io_id} value {value} does not fit {w} unsigned bytes")
+    return w
+
+
+def encode_record(codec: int, r: AvlRecord, n16: bool = False) -> bytes:
+    """One record's bytes. `n16`: write the non-standard Codec 8 N16 group."""
+    id_max = 0xFF if codec == CODEC_8 else 0xFFFF
+    cnt_max = 0xFFFF if codec == CODEC_8E else 0xFF
+    groups: dict[int, list] = {1: [], 2: [], 4: [], 8: []}
+    nx: list = []
+    n16s: list = []
+    io_width = r.io_width or {}
+    for io_id, value in r.io.items():
+        io_id = _check("IO id", io_id, 0, id_max)
+        if isinstance(value, (bytes, bytearray, memoryview)):
+            value = bytes(value)
+            if codec == CODEC_8E:
+                if len(value) > 0xFFFF:
+                    raise EncodeError(f"NX IO {io_id}: {len(value)} bytes > 65535")
+                nx.append((io_id, value))
+            elif codec == CODEC_8 and len(value) == 16:
+                n16s.append((io_id, value))
+            else:
+                raise EncodeError(f"IO {io_id}: bytes values are NX (Codec 8E only; "
+                                  f"16 bytes for the Codec 8 N16 variant)")
+        else:
+            value = _check(f"IO {io_id} value", value, 0, (1 << 64) - 1)
+            groups[_width_for(io_id, value, io_width)].append((io_id, value))
+    if n16s and not n16:
+        raise EncodeError("16-byte IO values need the N16 Codec 8 variant")
+    for lst in (*groups.values(), nx):
+        if len(lst) > cnt_max:
+            raise EncodeError(f"{len(lst)} IO elements in one group > {cnt_max}")
+    total = sum(len(g) for g in groups.values()) + len(nx) + len(n16s)
+    if total > cnt_max:
+        raise EncodeError(f"N total {total} > {cnt_max}")
+    ts = _check("timestamp_ms", r.timestamp_ms, 0, (1 << 64) - 1)
+    prio = _check("priority", r.priority, 0, 3)
+    lon = _coord("lon", r.lon)
+    lat = _coord("lat", r.lat)
+    alt = _check("altitude", r.altitude, -32768, 32767)
+    angle = _check("angle", r.angle, 0, 0xFFFF)
+    sats = _check("satellites", r.satellites, 0, 0xFF)
+    speed = _check("speed", r.speed, 0, 0xFFFF)
+    event = _check("event_io_id", r.event_io_id, 0, id_max)
+    head, id_fmt, cnt_fmt = _HEAD[codec]
+    fmt = [">", _GPS_FMT]
+    args: list = [ts, prio, lon, lat, alt, angle, sats, speed, event]
+    if codec == CODEC_16:
+        if r.generation_type is None:
+            raise EncodeError("Codec 16 records need a generation_type (0..7)")
+        args.append(_check("generation_type", r.generation_type, 0, 7))
+        fmt.append(id_fmt + "B")
+    else:
+        if r.generation_type is not None:
+            raise EncodeError(f"generation_type is Codec 16 only (codec {codec})")
+        fmt.append(id_fmt)
+    fmt.append(cnt_fmt)
+    args.append(total)
+    for w in _WIDTHS:
+        g = groups[w]
+        fmt.append(cnt_fmt + (id_fmt + _VAL_FMT[w]) * len(g))
+        args.append(len(g))
+        for pair in g:
+            args.extend(pair)
+    out = struct.pack("".join(fmt), *args)
+    if codec == CODEC_8E:
+        parts = [out, _U16.pack(len(nx))]
+        for io_id, value in nx:
+            parts.append(_NX_HEAD.pack(io_id, len(value)))
+            parts.append(value)
+        out = b"".join(parts)
+    elif n16:
+        parts = [out, _U8.pack(len(n16s))]
+        for io_id, value in n16s:
+            parts.append(_U8.pack(io_id))
+            parts.append(value)
+        out = b"".join(parts)
+    return out
+
+
+def encode_records(codec: int, records) -> bytes:
+    """Number of Data 1 + the records + Number of Data 2 (the AVL part of a data field)."""
+    if codec not in _HEAD:
+        raise EncodeError(f"codec {codec} is not an AVL codec (8, 0x8E, 16)")
+    n = len(records)
+    if n > 255:
+        raise EncodeError(f"{n} records > 255 per packet")
+    n16 = codec == CODEC_8 and any(
+        isinstance(v, (bytes, bytearray, memoryview)) for r in records for v in r.io.values())
+    body = b"".join(encode_record(codec, r, n16) for r in records)
+    return bytes((codec, n)) + body + bytes((n,))

@@ -1,0 +1,60 @@
+"""The public entry points: decode any frame a tracker sends, encode any packet.
+
+decode() picks the structure from the transport and the first bytes (TCP: login when
+the first two bytes are > 0, keep-alive for a lone FF, else a data frame whose codec id
+says AVL or GPRS); encode() is its exact inverse. The layouts live in tcp.py, udp.py,
+avl.py and gprs.py.
+"""
+from __future__ import annotations
+
+from . import tcp, udp
+from .errors import EncodeError
+from .packets import (AvlPacket, GprsPacket, ImeiLogin, KeepAlive, Packet, TcpAck, UdpAck)
+
+login_reply = tcp.login_reply
+encode_tcp_ack = tcp.encode_tcp_ack
+encode_udp_ack = udp.encode_udp_ack
+udp_ack_for = udp.udp_ack_for
+_decode_tcp = tcp.decode
+_decode_udp = udp.decode
+
+
+def decode(frame: bytes, transport: str = "tcp", *, lenient: bool = False,
+           check_crc: bool = True) -> Packet:
+    """Decode one TCP frame or one UDP datagram; raise DecodeError for anything else.
+
+    Strict by default. `lenient` accepts what real devices are known to send: Codec 13
+    with an 8-byte ms timestamp, the Codec 8 N16 group, N total != the groups' sum, and
+    any message type on Codec 12/13. The CRC stays checked unless `check_crc=False`.
+    """
+    if type(frame) is not bytes:
+        frame = bytes(frame)
+    if transport == "tcp":
+        return _decode_tcp(frame, lenient, check_crc)
+    if transport == "udp":
+        return _decode_udp(frame, lenient)
+    raise ValueError(f"transport must be 'tcp' or 'udp', not {transport!r}")
+
+
+def encode(packet: Packet | TcpAck | UdpAck, transport: str | None = None) -> bytes:
+    """The exact bytes of `packet` (AvlPacket on its own transport unless one is given)."""
+    if isinstance(packet, AvlPacket):
+        t = transport or packet.transport
+        if t == "tcp":
+            return tcp.encode_avl(packet)
+        if t == "udp":
+            return udp.encode(packet)
+        raise EncodeError(f"transport must be 'tcp' or 'udp', not {t!r}")
+    if transport not in (None, "tcp") and not isinstance(packet, UdpAck):
+        raise EncodeError(f"{type(packet).__name__} is sent over TCP only")
+    if isinstance(packet, GprsPacket):
+        return tcp.encode_gprs(packet)
+    if isinstance(packet, ImeiLogin):
+        return tcp.encode_login(packet)
+    if isinstance(packet, KeepAlive):
+        return tcp.KEEPALIVE_BYTE
+    if isinstance(packet, TcpAck):
+        return tcp.encode_tcp_ack(packet.count)
+    if isinstance(packet, UdpAck):
+        return udp.encode_ack(packet)
+    raise EncodeError(f"cannot encode {type(packet).__name__}")
