@@ -1,4 +1,615 @@
+/*
+ * _avlbatch: strict Teltonika TCP AVL frame parser in C, for fleetcloak.codecs.batch.
+ *
+ * Two entry points share one parser core (parse_frame_core):
+ *   decode_into(frames, cap, check_crc, rec_bufs, io_bufs, nx_buf, frame_bufs)
+ *       fills caller-allocated numpy columns (passed as writable buffers; no numpy
+ *       headers needed) and returns (n_records, n_io, n_nx, errors). The heavy loop runs
+ *       without the GIL.
+ *   parse_frame(frame, record_cls, cap, check_crc)
+ *       one frame -> (codec, tuple of record_cls(...)); raises the class registered with
+ *       set_decode_error(cls) as cls(reason, offset, detail).
+ *
+ * Wire layout (shared/teltonika-protocol.md 2.2, 4, 5), all big-endian:
+ *   0  preamble u32 == 0 | 4 data length L u32 | 8 codec u8 | 9 N1 u8 | 10 records
+ *   8+L-1 N2 u8 | 8+L CRC u32 (upper 16 bits 0) = CRC-16/ARC over [8, 8+L)
+ *   record: ts u64 | prio u8 | lon i32 | lat i32 | alt i16 | angle u16 | sats u8 |
+ *           speed u16 | IO element (codec-specific widths, 5.1)
+ *
+ * SAFETY (the argument in full: docs/decode_batch.md):
+ *  - Frame level: nothing past byte 8 is read before n == L + 12 is established, so
+ *    f[8 .. 8+L+3] (codec .. CRC) are all inside the frame; L >= 3 so Number of Data 2
+ *    at 8+L-1 >= 10 exists and `end` (= 8+L-1) >= 10.
+ *  - Record level: the group counts are read only at q with q + count_size <= end; each
+ *    group's pairs are then covered by the next count's check (or, after N8, by q <= end
+ *    resp. the NX count's check), so after the shape scan the whole fixed part of the
+ *    record [p, q) lies inside [10, end). Each NX element checks q + 4 <= end and then
+ *    q + 4 + len <= end before it reads its id/length resp. copies its value. q is a
+ *    size_t that grows by at most 2 + 65535 * 10 per group from p < end: no overflow.
+ *  - Counts from the wire only bound loops whose elements were already proven to be
+ *    inside the frame (fixed groups) or that re-check per element (NX, records), so a
+ *    hostile count fails fast with "truncated" and never reads out of bounds.
+ *  - Writes: every record, IO element and NX byte is checked against the capacity of
+ *    the buffers the caller passed in (P_NOROOM -> RuntimeError; batch.py sizes them so
+ *    that this cannot happen). Output buffers are held (PyObject_GetBuffer) for the
+ *    whole call; so are the input frames, which keeps them alive and unresizable while
+ *    the loop runs without the GIL.
+ */
 #define PY_SSIZE_T_CLEAN
 #include <Python.h>
-static struct PyModuleDef mod = {PyModuleDef_HEAD_INIT, "_avlbatch", NULL, -1, NULL};
-PyMODINIT_FUNC PyInit__avlbatch(void) { return PyModule_Create(&mod); }
+#include <stdint.h>
+#include <string.h>
+#include <stdio.h>
+
+/* ------------------------------------------------------------------ helpers ---- */
+
+static inline uint16_t be16(const uint8_t *p) { return (uint16_t)((p[0] << 8) | p[1]); }
+static inline uint32_t be32(const uint8_t *p) {
+    uint32_t v; memcpy(&v, p, 4); return __builtin_bswap32(v);
+}
+static inline uint64_t be64(const uint8_t *p) {
+    uint64_t v; memcpy(&v, p, 8); return __builtin_bswap64(v);
+}
+
+/* CRC-16/ARC (a.k.a. CRC-16/IBM): reflected poly 0xA001, init 0, xorout 0.
+ * Slicing-by-8: T[0] is the classic byte table, T[k][i] = (T[k-1][i] >> 8) ^ T[0][T[k-1][i] & 0xFF]. */
+static uint16_t crc_tab[8][256];
+
+static void crc_init(void) {
+    for (int i = 0; i < 256; i++) {
+        uint16_t c = (uint16_t)i;
+        for (int b = 0; b < 8; b++) c = (c & 1) ? (uint16_t)((c >> 1) ^ 0xA001) : (uint16_t)(c >> 1);
+        crc_tab[0][i] = c;
+    }
+    for (int k = 1; k < 8; k++)
+        for (int i = 0; i < 256; i++)
+            crc_tab[k][i] = (uint16_t)((crc_tab[k - 1][i] >> 8) ^ crc_tab[0][crc_tab[k - 1][i] & 0xFF]);
+}
+
+static uint16_t crc16_arc(const uint8_t *p, size_t n) {
+    uint32_t crc = 0;
+    while (n >= 8) {
+        uint64_t w; memcpy(&w, p, 8);
+#if __BYTE_ORDER__ == __ORDER_BIG_ENDIAN__
+        w = __builtin_bswap64(w);
+#endif
+        w ^= crc;
+        crc = crc_tab[7][w & 0xFF] ^ crc_tab[6][(w >> 8) & 0xFF] ^
+              crc_tab[5][(w >> 16) & 0xFF] ^ crc_tab[4][(w >> 24) & 0xFF] ^
+              crc_tab[3][(w >> 32) & 0xFF] ^ crc_tab[2][(w >> 40) & 0xFF] ^
+              crc_tab[1][(w >> 48) & 0xFF] ^ crc_tab[0][w >> 56];
+        p += 8; n -= 8;
+    }
+    while (n--) crc = (crc >> 8) ^ crc_tab[0][(crc ^ *p++) & 0xFF];
+    return (uint16_t)crc;
+}
+
+/* ------------------------------------------------------------------ outputs ---- */
+
+typedef struct {
+    /* per record */
+    int32_t *frame_index; uint64_t *timestamp_ms; uint8_t *priority;
+    int32_t *lon_raw; int32_t *lat_raw; double *lon; double *lat;
+    int16_t *altitude; uint16_t *angle; uint8_t *satellites; uint16_t *speed;
+    uint16_t *event_io_id; int16_t *generation_type; uint8_t *codec;
+    int64_t *io_offsets;          /* rec_cap + 1 entries */
+    Py_ssize_t rec_cap;
+    /* per IO element */
+    uint16_t *io_id; uint8_t *io_width; uint64_t *io_value; uint16_t *io_nx_len;
+    Py_ssize_t io_cap;
+    /* NX value bytes */
+    uint8_t *nx; Py_ssize_t nx_cap;
+    /* fill levels */
+    Py_ssize_t n_rec, n_io, n_nx;
+} Cols;
+
+#define DETAIL_LEN 120
+typedef struct {
+    Py_ssize_t frame;         /* index of the frame in the batch */
+    const char *reason;       /* static string, one of errors.REASONS */
+    Py_ssize_t offset;        /* from the start of the frame */
+    char detail[DETAIL_LEN];
+} Err;
+
+enum { P_OK = 0, P_ERR = -1, P_NOROOM = -2 };
+
+/* 65536-bit set of the IO ids seen in the current record (duplicate_io). */
+typedef struct { uint64_t w[1024]; } IdSet;
+
+static inline int idset_test_set(IdSet *s, uint16_t id) {
+    uint64_t m = (uint64_t)1 << (id & 63);
+    uint64_t *w = &s->w[id >> 6];
+    if (*w & m) return 1;
+    *w |= m; return 0;
+}
+static inline void idset_clear(IdSet *s, const uint16_t *ids, Py_ssize_t n) {
+    for (Py_ssize_t i = 0; i < n; i++) s->w[ids[i] >> 6] = 0;
+}
+
+#define FAIL(r, off, ...) do { e->reason = (r); e->offset = (Py_ssize_t)(off); \
+        snprintf(e->detail, DETAIL_LEN, __VA_ARGS__); rc = P_ERR; goto out; } while (0)
+/*
+ * Parse one whole TCP AVL frame f[0:n] into c (records appended at c->n_rec ...).
+ * On P_ERR, e describes the failure and the caller rolls the fill levels back.
+ * Offsets are size_t positions within f.
+ */
+static int parse_frame_core(const uint8_t *f, size_t n, size_t cap, int check_crc,
+                            int32_t findex, Cols *c, IdSet *seen, Err *e, int *codec_out)
+{
+    int rc = P_OK;
+    size_t pos;
+
+    /* Frame checks in the order of the per-frame decoder (codecs/tcp.py), so both blame
+     * the same reason at the same offset. The cap (which only batch decoding has) is
+     * checked as soon as the declared length is known. */
+    if (n == 0) FAIL("empty", 0, "no bytes");
+    if (f[0] != 0 || (n >= 2 && f[1] != 0))
+        FAIL("bad_preamble", 0, "starts %02X%02X: an IMEI login or keep-alive, not an AVL data frame",
+             f[0], n >= 2 ? f[1] : 0);
+    if (n < 8) FAIL("truncated", n, "need the 8-byte frame header, got %zu", n);
+    if (be32(f) != 0) FAIL("bad_preamble", 0, "preamble 0x%08X, not 0", be32(f));
+    uint32_t L = be32(f + 4);
+    if ((uint64_t)L + 12 > (uint64_t)cap)
+        FAIL("too_large", 4, "frame declares %llu bytes, above the cap of %zu",
+             (unsigned long long)L + 12, cap);
+    if (n != (size_t)L + 12) {
+        if (n < (size_t)L + 12)
+            FAIL("truncated", n, "frame declares %llu bytes, got %zu", (unsigned long long)L + 12, n);
+        FAIL("trailing_bytes", (size_t)L + 12, "frame declares %llu bytes, got %zu",
+             (unsigned long long)L + 12, n);
+    }
+    if (L < 3) FAIL("bad_length", 4, "data field length %u < 3", L);
+    /* from here on n == L + 12 exactly, L >= 3 */
+    if (check_crc) {
+        uint32_t field = be32(f + 8 + L);
+        uint16_t crc = crc16_arc(f + 8, L);
+        if (field != crc)
+            FAIL("crc_mismatch", 8 + (size_t)L, "CRC field 0x%08X, computed 0x%04X", field, crc);
+    }
+    if (f[9] != f[8 + L - 1])
+        FAIL("count_mismatch", 8 + (size_t)L - 1, "Number of Data 1 is %u, Number of Data 2 is %u",
+             f[9], f[8 + L - 1]);
+    uint8_t codec = f[8];
+    if (codec != 0x08 && codec != 0x8E && codec != 0x10)
+        FAIL("unknown_codec", 8, "codec id 0x%02X is not an AVL codec (8, 8E, 16)", codec);
+    *codec_out = codec;
+    unsigned n1 = f[9];
+    /* Records live in [10, end): end is the position of Number of Data 2. */
+    const size_t end = 8 + (size_t)L - 1;
+    pos = 10;
+
+    const int ext = (codec == 0x8E), c16 = (codec == 0x10);
+    const size_t cs = ext ? 2 : 1;                       /* N total and group counts */
+    const size_t isz = (codec == 0x08) ? 1 : 2;          /* IO id (and event id) */
+    const size_t n1pos = (codec == 0x08) ? 26 : 28;      /* N1 count, from the record start */
+    const size_t ntot_at = (codec == 0x08) ? 25 : ext ? 26 : 27;
+    const size_t minrec = (codec == 0x08) ? 30 : ext ? 38 : 32;
+    static const size_t widths[4] = {1, 2, 4, 8};
+
+    if ((size_t)n1 * minrec > end - pos)
+        FAIL("truncated", end, "%u records need at least %zu bytes, the data field holds %zu",
+             n1, (size_t)n1 * minrec, end - pos);
+
+    for (unsigned r = 0; r < n1; r++) {
+        const size_t p = pos;
+        const Py_ssize_t rec_io_start = c->n_io;
+        /* 1. Shape scan: read the group counts, checking each count fits before `end`,
+         *    and that the pairs of every group fit. q may run past `end` (it is a size_t
+         *    sum of at most 5 * (2 + 65535 * 10) beyond p, no overflow) but nothing is
+         *    read at q unless q + cs <= end. After this the whole record [p, q) is
+         *    inside [0, end) and needs no further checks, except NX values (below). */
+        unsigned cnt[4];
+        size_t q = p + n1pos;
+        for (int g = 0; g < 4; g++) {
+            if (q + cs > end)
+                FAIL("truncated", q, "IO group count needs %zu bytes at offset %zu, have %zu",
+                     cs, q, end > q ? end - q : 0);
+            cnt[g] = cs == 1 ? f[q] : be16(f + q);
+            q += cs + (isz + widths[g]) * cnt[g];
+        }
+        size_t nx_at = 0;
+        if (ext) {
+            if (q + 2 > end)
+                FAIL("truncated", q, "NX count needs 2 bytes at offset %zu, have %zu", q,
+                     end > q ? end - q : 0);
+            nx_at = q;
+            q += 2;
+        } else if (q > end) {
+            size_t g8 = q - (isz + 8) * cnt[3];
+            FAIL("truncated", g8, "N8 group needs %zu bytes at offset %zu, have %zu",
+                 (isz + 8) * cnt[3], g8, end > g8 ? end - g8 : 0);
+        }
+        /* 2. Fixed fields: everything in [p, q) is readable. */
+        if (c->n_rec >= c->rec_cap) { rc = P_NOROOM; goto out; }
+        const unsigned nfixed = cnt[0] + cnt[1] + cnt[2] + cnt[3];
+        if (c->io_cap - c->n_io < (Py_ssize_t)nfixed) { rc = P_NOROOM; goto out; }
+        const Py_ssize_t ri = c->n_rec;
+        const uint8_t *h = f + p;
+        int32_t lon = (int32_t)be32(h + 9), lat = (int32_t)be32(h + 13);
+        c->frame_index[ri] = findex;
+        c->timestamp_ms[ri] = be64(h);
+        c->priority[ri] = h[8];
+        c->lon_raw[ri] = lon; c->lat_raw[ri] = lat;
+        c->lon[ri] = (double)lon / 1e7; c->lat[ri] = (double)lat / 1e7;
+        c->altitude[ri] = (int16_t)be16(h + 17);
+        c->angle[ri] = be16(h + 19);
+        c->satellites[ri] = h[21];
+        c->speed[ri] = be16(h + 22);
+        c->codec[ri] = codec;
+        c->event_io_id[ri] = isz == 1 ? h[24] : be16(h + 24);
+        c->generation_type[ri] = c16 ? (int16_t)h[26] : -1;
+        c->io_offsets[ri] = c->n_io;
+        unsigned ntot = cs == 1 ? h[ntot_at] : be16(h + ntot_at);
+
+        size_t e_at = p + n1pos + cs;        /* first pair of N1 */
+        for (int g = 0; g < 4; g++) {
+            const size_t w = widths[g];
+            for (unsigned k = 0; k < cnt[g]; k++) {
+                const uint8_t *x = f + e_at;
+                uint16_t id = isz == 1 ? x[0] : be16(x);
+                if (idset_test_set(seen, id))
+                    FAIL("duplicate_io", e_at, "IO id %u appears twice in one record", id);
+                const uint8_t *v = x + isz;
+                uint64_t val = w == 1 ? v[0] : w == 2 ? be16(v) : w == 4 ? be32(v) : be64(v);
+                Py_ssize_t j = c->n_io++;
+                c->io_id[j] = id; c->io_width[j] = (uint8_t)w;
+                c->io_value[j] = val; c->io_nx_len[j] = 0;
+                e_at += isz + w;
+            }
+            e_at += cs;                      /* next group's count (or NX count / end) */
+        }
+        unsigned nx = 0;
+        if (ext) {
+            nx = be16(f + nx_at);
+            for (unsigned k = 0; k < nx; k++) {
+                if (q + 4 > end)
+                    FAIL("truncated", q, "NX element needs 4 bytes at offset %zu, have %zu", q,
+                         end > q ? end - q : 0);
+                uint16_t id = be16(f + q), len = be16(f + q + 2);
+                if (q + 4 + len > end)
+                    FAIL("truncated", q + 4, "NX value needs %u bytes at offset %zu, have %zu",
+                         len, q + 4, end - (q + 4));
+                if (idset_test_set(seen, id))
+                    FAIL("duplicate_io", q, "IO id %u appears twice in one record", id);
+                if (c->n_io >= c->io_cap || c->nx_cap - c->n_nx < (Py_ssize_t)len) {
+                    rc = P_NOROOM; goto out;
+                }
+                Py_ssize_t j = c->n_io++;
+                c->io_id[j] = id; c->io_width[j] = 0;
+                c->io_value[j] = (uint64_t)c->n_nx; c->io_nx_len[j] = len;
+                memcpy(c->nx + c->n_nx, f + q + 4, len);
+                c->n_nx += len;
+                q += 4 + (size_t)len;
+            }
+        }
+        /* 3. Value checks, in the per-frame decoder's order. */
+        if (h[8] > 3) FAIL("bad_priority", p + 8, "priority %u > 3", h[8]);
+        if (c16 && h[26] > 7) FAIL("bad_generation_type", p + 26, "generation type %u > 7", h[26]);
+        if (ntot != nfixed + nx)
+            FAIL("count_mismatch", p + ntot_at, "N total %u but the groups hold %u", ntot, nfixed + nx);
+        idset_clear(seen, c->io_id + rec_io_start, c->n_io - rec_io_start);
+        c->n_rec++;
+        pos = q;
+    }
+    if (pos != end)
+        FAIL("bad_length", pos, "%u records end at offset %zu, but the data field has %zu more "
+             "bytes before Number of Data 2", n1, pos, end - pos);
+    c->io_offsets[c->n_rec] = c->n_io;
+out:
+    /* forget the ids of a record abandoned half-way (failures are rare: wipe all 8 KiB,
+     * which also covers an id marked just before its value turned out truncated) */
+    if (rc != P_OK) memset(seen, 0, sizeof *seen);
+    return rc;
+}
+
+/* ----------------------------------------------------------------- buffers ----- */
+
+typedef struct { Py_buffer v; int held; } Buf;
+
+static int get_wbuf(PyObject *o, Buf *b, Py_ssize_t itemsize, const char *name, Py_ssize_t *cap) {
+    if (PyObject_GetBuffer(o, &b->v, PyBUF_WRITABLE | PyBUF_C_CONTIGUOUS) < 0) return -1;
+    b->held = 1;
+    if (b->v.itemsize != itemsize) {
+        PyErr_Format(PyExc_TypeError, "%s: itemsize %zd, expected %zd", name, b->v.itemsize, itemsize);
+        return -1;
+    }
+    Py_ssize_t c = b->v.len / itemsize;
+    if (*cap < 0 || c < *cap) *cap = c;
+    return 0;
+}
+
+static void release_all(Buf *bufs, int n) {
+    for (int i = 0; i < n; i++) if (bufs[i].held) { PyBuffer_Release(&bufs[i].v); bufs[i].held = 0; }
+}
+
+static PyObject *reason_strings[16];
+static const char *REASON_NAMES[] = {
+    "empty", "truncated", "bad_preamble", "too_large", "bad_length", "trailing_bytes",
+    "unknown_codec", "crc_mismatch", "bad_priority", "bad_generation_type", "duplicate_io",
+    "count_mismatch", NULL
+};
+
+static PyObject *reason_obj(const char *r) {
+    for (int i = 0; REASON_NAMES[i]; i++)
+        if (REASON_NAMES[i] == r || strcmp(REASON_NAMES[i], r) == 0) {
+            Py_INCREF(reason_strings[i]); return reason_strings[i];
+        }
+    return PyUnicode_FromString(r);
+}
+
+/* -------------------------------------------------------------- decode_into ---- */
+
+enum { NREC_BUFS = 15, NIO_BUFS = 4, NFRAME_BUFS = 3 };
+
+static PyObject *decode_into(PyObject *self, PyObject *args) {
+    PyObject *frames, *rec_t, *io_t, *nx_o, *fr_t;
+    Py_ssize_t cap; int check_crc;
+    if (!PyArg_ParseTuple(args, "OnpO!O!OO!:decode_into", &frames, &cap, &check_crc,
+                          &PyTuple_Type, &rec_t, &PyTuple_Type, &io_t, &nx_o, &PyTuple_Type, &fr_t))
+        return NULL;
+    if (cap < 0) { PyErr_SetString(PyExc_ValueError, "cap must be >= 0"); return NULL; }
+    if (PyTuple_GET_SIZE(rec_t) != NREC_BUFS || PyTuple_GET_SIZE(io_t) != NIO_BUFS ||
+        PyTuple_GET_SIZE(fr_t) != NFRAME_BUFS) {
+        PyErr_SetString(PyExc_TypeError, "decode_into: wrong number of output buffers");
+        return NULL;
+    }
+    PyObject *seq = PySequence_Fast(frames, "frames must be a sequence of bytes-like objects");
+    if (!seq) return NULL;
+    Py_ssize_t nf = PySequence_Fast_GET_SIZE(seq);
+    if (nf > INT32_MAX) { Py_DECREF(seq); PyErr_SetString(PyExc_OverflowError, "too many frames"); return NULL; }
+
+    Buf bufs[NREC_BUFS + NIO_BUFS + 1 + NFRAME_BUFS];
+    memset(bufs, 0, sizeof bufs);
+    const int nbufs = NREC_BUFS + NIO_BUFS + 1 + NFRAME_BUFS;
+    Py_buffer *in = NULL;      /* one view per frame: keeps the bytes alive and unresized */
+    Py_ssize_t n_in = 0;
+    Err *errs = NULL; Py_ssize_t n_err = 0;
+    IdSet *seen = NULL;
+    PyObject *result = NULL;
+    Cols c; memset(&c, 0, sizeof c);
+
+    static const Py_ssize_t rec_isz[NREC_BUFS] = {4, 8, 1, 4, 4, 8, 8, 2, 2, 1, 2, 2, 2, 1, 8};
+    static const char *rec_names[NREC_BUFS] = {
+        "frame_index", "timestamp_ms", "priority", "lon_raw", "lat_raw", "lon", "lat",
+        "altitude", "angle", "satellites", "speed", "event_io_id", "generation_type",
+        "codec", "io_offsets"};
+    Py_ssize_t rec_cap = -1, off_cap = -1, io_cap = -1, nx_cap = -1, fr_cap = -1;
+    for (int i = 0; i < NREC_BUFS; i++)
+        if (get_wbuf(PyTuple_GET_ITEM(rec_t, i), &bufs[i], rec_isz[i], rec_names[i],
+                     i == NREC_BUFS - 1 ? &off_cap : &rec_cap) < 0) goto done;
+    static const Py_ssize_t io_isz[NIO_BUFS] = {2, 1, 8, 2};
+    static const char *io_names[NIO_BUFS] = {"io_id", "io_width", "io_value", "io_nx_len"};
+    for (int i = 0; i < NIO_BUFS; i++)
+        if (get_wbuf(PyTuple_GET_ITEM(io_t, i), &bufs[NREC_BUFS + i], io_isz[i], io_names[i], &io_cap) < 0)
+            goto done;
+    if (get_wbuf(nx_o, &bufs[NREC_BUFS + NIO_BUFS], 1, "nx_data", &nx_cap) < 0) goto done;
+    static const Py_ssize_t fr_isz[NFRAME_BUFS] = {1, 1, 4};   /* ok, codec, n_records */
+    for (int i = 0; i < NFRAME_BUFS; i++)
+        if (get_wbuf(PyTuple_GET_ITEM(fr_t, i), &bufs[NREC_BUFS + NIO_BUFS + 1 + i], fr_isz[i],
+                     "frame column", &fr_cap) < 0) goto done;
+    if (fr_cap < nf) { PyErr_SetString(PyExc_ValueError, "frame columns shorter than frames"); goto done; }
+    if (off_cap < 1) { PyErr_SetString(PyExc_ValueError, "io_offsets must have >= 1 entry"); goto done; }
+    if (rec_cap > off_cap - 1) rec_cap = off_cap - 1;
+
+    c.frame_index = bufs[0].v.buf; c.timestamp_ms = bufs[1].v.buf; c.priority = bufs[2].v.buf;
+    c.lon_raw = bufs[3].v.buf; c.lat_raw = bufs[4].v.buf; c.lon = bufs[5].v.buf; c.lat = bufs[6].v.buf;
+    c.altitude = bufs[7].v.buf; c.angle = bufs[8].v.buf; c.satellites = bufs[9].v.buf;
+    c.speed = bufs[10].v.buf; c.event_io_id = bufs[11].v.buf; c.generation_type = bufs[12].v.buf;
+    c.codec = bufs[13].v.buf; c.io_offsets = bufs[14].v.buf; c.rec_cap = rec_cap;
+    c.io_id = bufs[15].v.buf; c.io_width = bufs[16].v.buf; c.io_value = bufs[17].v.buf;
+    c.io_nx_len = bufs[18].v.buf; c.io_cap = io_cap;
+    c.nx = bufs[19].v.buf; c.nx_cap = nx_cap;
+    uint8_t *fr_ok = bufs[20].v.buf, *fr_codec = bufs[21].v.buf;
+    int32_t *fr_nrec = bufs[22].v.buf;
+
+    in = PyMem_Calloc(nf ? nf : 1, sizeof(Py_buffer));
+    seen = PyMem_Calloc(1, sizeof(IdSet));
+    if (!in || !seen) { PyErr_NoMemory(); goto done; }
+    for (; n_in < nf; n_in++)
+        if (PyObject_GetBuffer(PySequence_Fast_GET_ITEM(seq, n_in), &in[n_in], PyBUF_SIMPLE) < 0) goto done;
+
+    int noroom = 0;
+    Py_ssize_t err_cap = 0;
+    c.io_offsets[0] = 0;
+    Py_BEGIN_ALLOW_THREADS
+    for (Py_ssize_t i = 0; i < nf; i++) {
+        Py_ssize_t r0 = c.n_rec, io0 = c.n_io, nx0 = c.n_nx;
+        Err e; e.reason = NULL; e.detail[0] = 0;
+        int codec = 0;
+        int rc = parse_frame_core(in[i].buf, (size_t)in[i].len, (size_t)cap, check_crc,
+                                  (int32_t)i, &c, seen, &e, &codec);
+        if (rc == P_NOROOM) { noroom = 1; break; }
+        fr_codec[i] = (uint8_t)codec;
+        if (rc == P_OK) {
+            fr_ok[i] = 1; fr_nrec[i] = (int32_t)(c.n_rec - r0);
+        } else {
+            c.n_rec = r0; c.n_io = io0; c.n_nx = nx0;
+            c.io_offsets[r0] = io0;
+            fr_ok[i] = 0; fr_nrec[i] = 0;
+            if (n_err == err_cap) {
+                Py_ssize_t nc = err_cap ? err_cap * 2 : 16;
+                Err *ne = PyMem_RawRealloc(errs, (size_t)nc * sizeof(Err));
+                if (!ne) { noroom = 2; break; }
+                errs = ne; err_cap = nc;
+            }
+            e.frame = i;
+            errs[n_err++] = e;
+        }
+    }
+    Py_END_ALLOW_THREADS
+    if (noroom == 1) {
+        PyErr_SetString(PyExc_RuntimeError, "decode_into: output buffers too small (bound bug)");
+        goto done;
+    }
+    if (noroom == 2) { PyErr_NoMemory(); goto done; }
+
+    PyObject *elist = PyList_New(n_err);
+    if (!elist) goto done;
+    for (Py_ssize_t k = 0; k < n_err; k++) {
+        Err *e = &errs[k];
+        PyObject *t = Py_BuildValue("(nNns)", e->frame, reason_obj(e->reason), e->offset, e->detail);
+        if (!t) { Py_DECREF(elist); goto done; }
+        PyList_SET_ITEM(elist, k, t);
+    }
+    result = Py_BuildValue("(nnnN)", c.n_rec, c.n_io, c.n_nx, elist);
+
+done:
+    for (Py_ssize_t i = 0; i < n_in; i++) PyBuffer_Release(&in[i]);
+    PyMem_Free(in);
+    PyMem_Free(seen);
+    PyMem_RawFree(errs);
+    release_all(bufs, nbufs);
+    Py_DECREF(seq);
+    return result;
+}
+
+/* -------------------------------------------------------------- parse_frame ---- */
+
+static PyObject *DecodeErrorCls = NULL;
+
+static PyObject *set_decode_error(PyObject *self, PyObject *cls) {
+    Py_XSETREF(DecodeErrorCls, Py_NewRef(cls));
+    Py_RETURN_NONE;
+}
+
+static PyObject *raise_decode_error(const Err *e) {
+    PyObject *cls = DecodeErrorCls ? DecodeErrorCls : PyExc_ValueError;
+    PyObject *r = reason_obj(e->reason);
+    if (!r) return NULL;
+    PyObject *exc = PyObject_CallFunction(cls, "Nns", r, e->offset, e->detail);
+    if (exc) { PyErr_SetObject((PyObject *)Py_TYPE(exc), exc); Py_DECREF(exc); }
+    return NULL;
+}
+
+/* parse_frame(frame, record_cls, cap=1280, check_crc=True) -> (codec, (record, ...)).
+ * record_cls is called positionally as
+ *   record_cls(timestamp_ms, priority, lon, lat, altitude, angle, satellites, speed,
+ *              event_io_id, io, io_width, generation_type)
+ * with io = {id: int | bytes} in wire order and io_width = {id: width} for fixed-size values. */
+static PyObject *parse_frame(PyObject *self, PyObject *args, PyObject *kw) {
+    static char *kwlist[] = {"frame", "record_cls", "cap", "check_crc", NULL};
+    Py_buffer fb; PyObject *rcls; Py_ssize_t cap = 1280; int check_crc = 1;
+    if (!PyArg_ParseTupleAndKeywords(args, kw, "y*O|np:parse_frame", kwlist, &fb, &rcls, &cap, &check_crc))
+        return NULL;
+    PyObject *result = NULL, *recs = NULL;
+    Cols c; memset(&c, 0, sizeof c);
+    IdSet *seen = NULL; void *mem = NULL;
+    /* Bounds as in batch.py: a record takes >= 24 bytes before it can fail, an IO element >= 2. */
+    Py_ssize_t n = fb.len;
+    c.rec_cap = n / 24 + 1; c.io_cap = n / 2 + 1; c.nx_cap = n;
+    size_t per_rec = 4 + 8 + 1 + 4 + 4 + 8 + 8 + 2 + 2 + 1 + 2 + 2 + 2 + 1 + 8;
+    size_t per_io = 2 + 1 + 8 + 2;
+    size_t total = per_rec * (size_t)(c.rec_cap + 1) + per_io * (size_t)c.io_cap + (size_t)c.nx_cap + 64;
+    mem = PyMem_Malloc(total);
+    seen = PyMem_Calloc(1, sizeof(IdSet));
+    if (!mem || !seen) { PyErr_NoMemory(); goto done; }
+    {
+        /* carve: 8-byte columns first keep everything aligned */
+        uint8_t *p = mem; Py_ssize_t R = c.rec_cap + 1, I = c.io_cap;
+        c.timestamp_ms = (uint64_t *)p; p += 8 * R;
+        c.lon = (double *)p; p += 8 * R;
+        c.lat = (double *)p; p += 8 * R;
+        c.io_offsets = (int64_t *)p; p += 8 * R;
+        c.io_value = (uint64_t *)p; p += 8 * I;
+        c.frame_index = (int32_t *)p; p += 4 * R;
+        c.lon_raw = (int32_t *)p; p += 4 * R;
+        c.lat_raw = (int32_t *)p; p += 4 * R;
+        c.altitude = (int16_t *)p; p += 2 * R;
+        c.angle = (uint16_t *)p; p += 2 * R;
+        c.speed = (uint16_t *)p; p += 2 * R;
+        c.event_io_id = (uint16_t *)p; p += 2 * R;
+        c.generation_type = (int16_t *)p; p += 2 * R;
+        c.io_id = (uint16_t *)p; p += 2 * I;
+        c.io_nx_len = (uint16_t *)p; p += 2 * I;
+        c.priority = p; p += R;
+        c.satellites = p; p += R;
+        c.codec = p; p += R;
+        c.io_width = p; p += I;
+        c.nx = p;
+    }
+    Err e; e.reason = NULL; e.detail[0] = 0;
+    int codec = 0;
+    c.io_offsets[0] = 0;
+    int rc = parse_frame_core(fb.buf, (size_t)n, (size_t)(cap < 0 ? 0 : cap), check_crc, 0, &c, seen, &e, &codec);
+    if (rc == P_NOROOM) { PyErr_SetString(PyExc_RuntimeError, "parse_frame: bound bug"); goto done; }
+    if (rc == P_ERR) { raise_decode_error(&e); goto done; }
+
+    recs = PyTuple_New(c.n_rec);
+    if (!recs) goto done;
+    for (Py_ssize_t i = 0; i < c.n_rec; i++) {
+        PyObject *io = PyDict_New(), *iow = PyDict_New();
+        PyObject *argv[12] = {0};
+        PyObject *rec = NULL;
+        if (!io || !iow) goto rec_fail;
+        for (int64_t j = c.io_offsets[i]; j < c.io_offsets[i + 1]; j++) {
+            PyObject *key = PyLong_FromUnsignedLong(c.io_id[j]);
+            PyObject *val = c.io_width[j]
+                ? PyLong_FromUnsignedLongLong(c.io_value[j])
+                : PyBytes_FromStringAndSize((const char *)c.nx + c.io_value[j], c.io_nx_len[j]);
+            int bad = !key || !val || PyDict_SetItem(io, key, val) < 0;
+            if (!bad && c.io_width[j]) {
+                PyObject *w = PyLong_FromLong(c.io_width[j]);
+                bad = !w || PyDict_SetItem(iow, key, w) < 0;
+                Py_XDECREF(w);
+            }
+            Py_XDECREF(key); Py_XDECREF(val);
+            if (bad) goto rec_fail;
+        }
+        argv[0] = PyLong_FromUnsignedLongLong(c.timestamp_ms[i]);
+        argv[1] = PyLong_FromLong(c.priority[i]);
+        argv[2] = PyFloat_FromDouble(c.lon[i]);
+        argv[3] = PyFloat_FromDouble(c.lat[i]);
+        argv[4] = PyLong_FromLong(c.altitude[i]);
+        argv[5] = PyLong_FromLong(c.angle[i]);
+        argv[6] = PyLong_FromLong(c.satellites[i]);
+        argv[7] = PyLong_FromLong(c.speed[i]);
+        argv[8] = PyLong_FromLong(c.event_io_id[i]);
+        argv[9] = io; io = NULL;
+        argv[10] = iow; iow = NULL;
+        argv[11] = c.generation_type[i] < 0 ? Py_NewRef(Py_None) : PyLong_FromLong(c.generation_type[i]);
+        for (int a = 0; a < 12; a++) if (!argv[a]) goto rec_fail;
+        rec = PyObject_Vectorcall(rcls, argv, 12, NULL);
+    rec_fail:
+        Py_XDECREF(io); Py_XDECREF(iow);
+        for (int a = 0; a < 12; a++) Py_XDECREF(argv[a]);
+        if (!rec) { Py_CLEAR(recs); goto done; }
+        PyTuple_SET_ITEM(recs, i, rec);
+    }
+    result = Py_BuildValue("(iN)", codec, recs);
+    recs = NULL;
+done:
+    Py_XDECREF(recs);
+    PyMem_Free(mem);
+    PyMem_Free(seen);
+    PyBuffer_Release(&fb);
+    return result;
+}
+
+static PyObject *crc16(PyObject *self, PyObject *arg) {
+    Py_buffer b;
+    if (PyObject_GetBuffer(arg, &b, PyBUF_SIMPLE) < 0) return NULL;
+    uint16_t r = crc16_arc(b.buf, (size_t)b.len);
+    PyBuffer_Release(&b);
+    return PyLong_FromLong(r);
+}
+
+static PyMethodDef methods[] = {
+    {"decode_into", decode_into, METH_VARARGS, "Fill caller-allocated columns from AVL frames."},
+    {"parse_frame", (PyCFunction)(void (*)(void))parse_frame, METH_VARARGS | METH_KEYWORDS,
+     "parse_frame(frame, record_cls, cap=1280, check_crc=True) -> (codec, records)"},
+    {"set_decode_error", set_decode_error, METH_O, "Register the exception class parse_frame raises."},
+    {"crc16", crc16, METH_O, "CRC-16/ARC (IBM) of a bytes-like object."},
+    {NULL, NULL, 0, NULL}
+};
+
+static struct PyModuleDef mod = {PyModuleDef_HEAD_INIT, "_avlbatch",
+    "Strict columnar Teltonika AVL frame parser (see fleetcloak.codecs.batch).", -1, methods};
+
+PyMODINIT_FUNC PyInit__avlbatch(void) {
+    crc_init();
+    for (int i = 0; REASON_NAMES[i]; i++) {
+        reason_strings[i] = PyUnicode_InternFromString(REASON_NAMES[i]);
+        if (!reason_strings[i]) return NULL;
+    }
+    return PyModule_Create(&mod);
+}
