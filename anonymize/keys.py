@@ -1,0 +1,317 @@
+"""The key hierarchy: root secrets per (scope, epoch), derived keys, per-subject salts.
+
+    master key (env / key file; never in Kafka)
+      └─ wraps ─▶ root secret  R[scope, epoch]   32 random bytes (secrets.token_bytes)
+                    scope = tenant id (processor route) or "service" (controller route)
+                    └─ HKDF-SHA256 ─▶ K[scope, route, purpose, epoch]
+                         info = "fleetcloak/v1|<scope>|<route>|<purpose>|<epoch>"
+                         purpose = an identifier kind ("device", "driver", ...) or
+                                   "record_id"
+      └─ wraps ─▶ subject salt  S[index]   32 random bytes, one per (tenant, kind,
+                    subject) on the controller route; index = HMAC(K_index, tenant|kind|id)
+                    K_index = HKDF(R["service", "static"], "subject-index")
+
+Processor pseudonym  = HMAC(K[tenant, "processor", kind, epoch], canonical id)
+Controller pseudonym = HMAC(K["service", "controller", kind, epoch], S[index] || canonical id)
+
+Crypto-shredding: `destroy_epoch` deletes R[scope, epoch] and leaves a marker, so
+nothing derived from it can be computed again (`EpochDestroyed`, never a silent new
+key). `erase_subject` deletes S[index] and leaves a marker: that person's controller-route
+pseudonyms of every epoch become uncomputable, and nobody else's change.
+
+Caches: roots, derived keys and salts are cached in memory (they are needed for every
+batch); `invalidate()` drops the caches when the backing store changed under us (the
+worker calls it when a keys-topic tombstone arrives). `generation` increases on every
+destroy/erase/invalidate so pseudonym caches know to drop their entries.
+"""
+from __future__ import annotations
+
+import base64
+import hashlib
+import hmac
+import json
+import logging
+import secrets
+import threading
+import time
+from dataclasses import dataclass
+
+from cryptography.hazmat.primitives import hashes
+from cryptography.hazmat.primitives.kdf.hkdf import HKDF
+
+from .epochs import STATIC, epoch_expired, epoch_id, parse_epoch
+from .keystore import KeyStore, KeyStoreError, MasterKey
+from .secret import Secret
+
+log = logging.getLogger(__name__)
+
+SERVICE = "service"
+ROUTES = ("processor", "controller")
+_HKDF_SALT = b"fleetcloak/v1/hkdf"
+
+
+class EpochDestroyed(KeyStoreError):
+    """The epoch's root secret was destroyed: its pseudonyms can no longer be computed."""
+
+    def __init__(self, scope: str, epoch: str):
+        self.scope, self.epoch = scope, epoch
+        super().__init__(
+            f"key epoch {epoch} of {scope!r} was destroyed (crypto-shredded): pseudonyms "
+            "and record ids of that period can no longer be computed"
+        )
+
+
+class EpochMissing(KeyStoreError):
+    def __init__(self, scope: str, epoch: str):
+        self.scope, self.epoch = scope, epoch
+        super().__init__(f"no key epoch {epoch} exists for {scope!r} yet")
+
+
+class SubjectErased(KeyStoreError):
+    def __init__(self, index: str):
+        self.index = index
+        super().__init__(f"subject {index} was erased: its controller-route pseudonyms can no longer be computed")
+
+
+@dataclass(frozen=True)
+class EpochInfo:
+    scope: str
+    epoch: str
+    state: str  # "active" | "destroyed"
+    destroyed_at_ms: int | None = None
+
+
+def b32(digest: bytes, nbytes: int = 16) -> str:
+    """Lowercase unpadded base32 of the first `nbytes` (16 bytes = 128 bits = 26 chars)."""
+    return base64.b32encode(digest[:nbytes]).decode("ascii").rstrip("=").lower()
+
+
+def _check_name_part(value: str, what: str) -> str:
+    if not value or any(c in value for c in "/|\n") or not value.isascii():
+        raise ValueError(f"{what} {value!r} cannot be used in a key name")
+    return value
+
+
+class Keyring:
+    """Root secrets, derived keys and subject salts over a `KeyStore`.
+
+    create=True: a missing root secret of a live epoch is created on first use (the
+    worker's mode). create=False: a missing one raises `EpochMissing` (the CLI's mode,
+    so an operator's lookup never mints keys the worker doesn't have).
+    """
+
+    def __init__(self, store: KeyStore, master: MasterKey, *, create: bool = True):
+        self.store = store
+        self.master = master
+        self.create = create
+        self.generation = 0
+        self._lock = threading.RLock()
+        self._roots: dict[tuple[str, str], Secret] = {}
+        self._derived: dict[tuple[str, str, str, str], Secret] = {}
+        self._salts: dict[str, Secret] = {}
+        self._index_key: Secret | None = None
+
+    def __repr__(self) -> str:
+        return f"Keyring({self.store!r}, {self.master!r})"
+
+    # --- roots ------------------------------------------------------------------
+    @staticmethod
+    def root_name(scope: str, epoch: str) -> str:
+        return f"root/{_check_name_part(scope, 'scope')}/{_check_name_part(epoch, 'epoch')}"
+
+    def root(self, scope: str, epoch: str) -> Secret:
+        key = (scope, epoch)
+        cached = self._roots.get(key)
+        if cached is not None:
+            return cached
+        with self._lock:
+            name = self.root_name(scope, epoch)
+            wrapped = self.store.get(name)
+            if wrapped is None:
+                if self.store.get(f"shredded/{scope}/{epoch}") is not None:
+                    raise EpochDestroyed(scope, epoch)
+                if not self.create:
+                    raise EpochMissing(scope, epoch)
+                wrapped = self._create_root(name, scope, epoch)
+            secret = self.master.unwrap(name, wrapped, f"root {scope}/{epoch}")
+            self._roots[key] = secret
+            return secret
+
+    def _create_root(self, name: str, scope: str, epoch: str) -> bytes:
+        parse_epoch(epoch)  # refuse to mint keys under a malformed epoch id
+        wrapped = self.master.wrap(name, Secret(secrets.token_bytes(32), "root"))
+        put_if_absent = getattr(self.store, "put_if_absent", None)
+        if put_if_absent is not None:
+            wrapped = put_if_absent(name, wrapped)
+        else:
+            self.store.put(name, wrapped)
+        log.info("created key epoch %s for %s", epoch, scope)
+        return wrapped
+
+    def has_epoch(self, scope: str, epoch: str) -> bool:
+        return self.store.get(self.root_name(scope, epoch)) is not None
+
+    def derive(self, scope: str, route: str, purpose: str, epoch: str) -> Secret:
+        """K[scope, route, purpose, epoch] (HKDF-SHA256 of the epoch's root secret)."""
+        key = (scope, route, purpose, epoch)
+        cached = self._derived.get(key)
+        if cached is not None:
+            return cached
+        if route not in ROUTES:
+            raise ValueError(f"route is one of {ROUTES}, not {route!r}")
+        if (scope == SERVICE) != (route == "controller"):
+            raise ValueError("the controller route uses the service's keys, the processor route a tenant's")
+        root = self.root(scope, epoch)
+        info = f"fleetcloak/v1|{scope}|{route}|{purpose}|{epoch}".encode()
+        raw = HKDF(algorithm=hashes.SHA256(), length=32, salt=_HKDF_SALT, info=info).derive(root.reveal())
+        secret = Secret(raw, f"{scope}/{route}/{purpose}/{epoch}")
+        self._derived[key] = secret
+        return secret
+
+    # --- epochs -----------------------------------------------------------------
+    def ensure_epochs(self, scope: str, rotation: str, now_ms: int | None = None, ahead: int = 1) -> list[str]:
+        """Create the current epoch's root (and the next `ahead` ones) if missing.
+
+        Run from one place (e.g. `policy apply`) so that workers sharing a keys topic
+        find roots already there instead of racing to create them.
+        """
+        now_ms = int(time.time() * 1000) if now_ms is None else now_ms
+        out = []
+        ep = epoch_id(now_ms, rotation)
+        for _ in range(ahead + 1):
+            out.append(ep)
+            if not self.has_epoch(scope, ep) and self.store.get(f"shredded/{scope}/{ep}") is None:
+                saved, self.create = self.create, True
+                try:
+                    self.root(scope, ep)
+                finally:
+                    self.create = saved
+            if ep == STATIC:
+                break
+            _, _, end = parse_epoch(ep)
+            ep = epoch_id(end, rotation)
+        return out
+
+    rotate = ensure_epochs
+
+    def epochs(self, scope: str | None = None) -> list[EpochInfo]:
+        """Every epoch the store knows of (active or destroyed), sorted by scope, start."""
+        out = []
+        for prefix, state in (("root/", "active"), ("shredded/", "destroyed")):
+            for name in self.store.names(prefix + (f"{scope}/" if scope else "")):
+                _, sc, ep = name.split("/", 2)
+                at = None
+                if state == "destroyed":
+                    try:
+                        at = json.loads(self.store.get(name) or b"{}").get("destroyed_at_ms")
+                    except ValueError:
+                        at = None
+                out.append(EpochInfo(sc, ep, state, at))
+        return sorted(out, key=lambda e: (e.scope, _start(e.epoch), e.state))
+
+    def destroy_epoch(self, scope: str, epoch: str, *, now_ms: int | None = None) -> bool:
+        """Crypto-shred one epoch: delete its root secret, remember that it was destroyed."""
+        now_ms = int(time.time() * 1000) if now_ms is None else now_ms
+        with self._lock:
+            name = self.root_name(scope, epoch)
+            existed = self.store.get(name) is not None
+            self.store.put(f"shredded/{scope}/{epoch}", json.dumps({"destroyed_at_ms": now_ms}).encode())
+            self.store.delete(name)
+            self._forget(scope, epoch)
+        log.info("destroyed key epoch %s of %s", epoch, scope)
+        return existed
+
+    def destroy_expired(self, now_ms: int, retention_days: int, scope: str | None = None) -> list[tuple[str, str]]:
+        """Destroy every active epoch whose end lies more than `retention_days` before now.
+
+        The "static" epoch (rotation never) never expires; it goes with `destroy_scope`.
+        """
+        done = []
+        for info in self.epochs(scope):
+            if info.state == "active" and epoch_expired(info.epoch, now_ms, retention_days):
+                self.destroy_epoch(info.scope, info.epoch, now_ms=now_ms)
+                done.append((info.scope, info.epoch))
+        return done
+
+    def destroy_scope(self, scope: str, *, now_ms: int | None = None) -> list[str]:
+        """Destroy every epoch of a tenant (offboarding). Returns the epochs destroyed."""
+        eps = [e.epoch for e in self.epochs(scope) if e.state == "active"]
+        for ep in eps:
+            self.destroy_epoch(scope, ep, now_ms=now_ms)
+        return eps
+
+    # --- per-subject salts (controller route) -------------------------------------
+    def subject_index(self, tenant: str, kind: str, canonical: bytes) -> str:
+        """The keyed, non-reversible name of a subject: what the keystore and the rights
+        machinery index by (never the raw identifier)."""
+        if self._index_key is None:
+            root = self.root(SERVICE, STATIC)
+            raw = HKDF(algorithm=hashes.SHA256(), length=32, salt=_HKDF_SALT, info=b"fleetcloak/v1|service|subject-index").derive(root.reveal())
+            self._index_key = Secret(raw, "subject index key")
+        msg = tenant.encode() + b"|" + kind.encode() + b"|" + canonical
+        return b32(hmac.digest(self._index_key.reveal(), msg, hashlib.sha256))
+
+    def subject_salt(self, tenant: str, kind: str, canonical: bytes) -> Secret:
+        return self.subject_salt_by_index(self.subject_index(tenant, kind, canonical))
+
+    def subject_salt_by_index(self, index: str) -> Secret:
+        cached = self._salts.get(index)
+        if cached is not None:
+            return cached
+        with self._lock:
+            name = f"subject/{index}"
+            wrapped = self.store.get(name)
+            if wrapped is None:
+                if self.store.get(f"erased/{index}") is not None:
+                    raise SubjectErased(index)
+                wrapped = self.master.wrap(name, Secret(secrets.token_bytes(32), "subject salt"))
+                put_if_absent = getattr(self.store, "put_if_absent", None)
+                if put_if_absent is not None:
+                    wrapped = put_if_absent(name, wrapped)
+                else:
+                    self.store.put(name, wrapped)
+            salt = self.master.unwrap(name, wrapped, "subject salt")
+            self._salts[index] = salt
+            return salt
+
+    def is_erased(self, index: str) -> bool:
+        return self.store.get(f"erased/{index}") is not None
+
+    def erase_subject(self, tenant: str, kind: str, canonical: bytes, *, now_ms: int | None = None) -> str:
+        """Destroy one subject's controller-route salt. Returns the subject index."""
+        index = self.subject_index(tenant, kind, canonical)
+        self.erase_subject_by_index(index, now_ms=now_ms)
+        return index
+
+    def erase_subject_by_index(self, index: str, *, now_ms: int | None = None) -> None:
+        now_ms = int(time.time() * 1000) if now_ms is None else now_ms
+        with self._lock:
+            self.store.put(f"erased/{index}", json.dumps({"erased_at_ms": now_ms}).encode())
+            self.store.delete(f"subject/{index}")
+            self._salts.pop(index, None)
+            self.generation += 1
+
+    # --- caches -------------------------------------------------------------------
+    def _forget(self, scope: str, epoch: str) -> None:
+        self._roots.pop((scope, epoch), None)
+        for k in [k for k in self._derived if k[0] == scope and k[3] == epoch]:
+            del self._derived[k]
+        if scope == SERVICE and epoch == STATIC:
+            self._index_key = None
+        self.generation += 1
+
+    def invalidate(self) -> None:
+        """Drop every cached secret (the backing store changed: e.g. a tombstone)."""
+        with self._lock:
+            self._roots.clear()
+            self._derived.clear()
+            self._salts.clear()
+            self._index_key = None
+            self.generation += 1
+
+
+def _start(epoch: str) -> int:
+    try:
+        return parse_epoch(epoch)[1]
+    except ValueError:
+        return 0

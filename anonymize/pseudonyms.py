@@ -1,0 +1,197 @@
+"""Keyed pseudonyms: `<prefix>_<epoch>_<26 base32 chars>` (128 bits of HMAC-SHA256).
+
+    dev_2026m11_5k3q9x0a7mfd2c4wzt1h8rnb6e     an IMEI, processor route, Nov 2026 epoch
+
+One `Pseudonymizer` serves one (tenant, route). It computes each pseudonym once per
+epoch and caches it: a dict per epoch keyed by (kind, canonical bytes), bounded
+(`max_entries` per epoch) and dropped with the epoch (at most `max_epochs` epochs are
+held; older ones are evicted first) or when the keyring reports a destroy/erase.
+
+Vectorised entry points (`imeis`, `u64`, `canonicals`) take one value and one
+timestamp per record and return an object array, computing HMACs only for distinct
+values (np.unique + inverse) and reading the cache for the rest.
+
+There is no reverse function: a pseudonym can only be recomputed from the identifier
+with the key, never turned back into it.
+"""
+from __future__ import annotations
+
+import hashlib
+import hmac
+from collections.abc import Sequence
+
+import numpy as np
+
+from .canonical import canonical_imei
+from .epochs import epoch_id, epoch_ids
+from .keys import SERVICE, Keyring, SubjectErased, b32
+from .policy import KIND_PREFIX
+
+_sha256 = hashlib.sha256
+
+
+class Pseudonymizer:
+    def __init__(
+        self,
+        keyring: Keyring,
+        *,
+        tenant: str,
+        route: str = "processor",
+        rotation: str = "monthly",
+        max_entries: int = 1_000_000,
+        max_epochs: int = 3,
+    ):
+        if route not in ("processor", "controller"):
+            raise ValueError(f"route is 'processor' or 'controller', not {route!r}")
+        self.keyring = keyring
+        self.tenant = tenant
+        self.route = route
+        self.scope = tenant if route == "processor" else SERVICE
+        self.rotation = rotation
+        self.max_entries = max_entries
+        self.max_epochs = max_epochs
+        self._cache: dict[str, dict[tuple[str, bytes], str]] = {}
+        self._gen = keyring.generation
+        self.computed = 0  # HMACs computed (cache misses), for tests and the bench
+
+    def __repr__(self) -> str:
+        return f"Pseudonymizer(tenant={self.tenant!r}, route={self.route!r}, rotation={self.rotation!r})"
+
+    # --- one value ---------------------------------------------------------------
+    def _epoch_cache(self, epoch: str) -> dict[tuple[str, bytes], str]:
+        if self._gen != self.keyring.generation:
+            self._cache.clear()
+            self._gen = self.keyring.generation
+        c = self._cache.get(epoch)
+        if c is None:
+            while len(self._cache) >= self.max_epochs:
+                del self._cache[min(self._cache)]  # epoch ids of one schedule sort by time
+            c = self._cache[epoch] = {}
+        elif len(c) >= self.max_entries:
+            c.clear()
+        return c
+
+    def _compute(self, kind: str, canonical: bytes, epoch: str) -> str:
+        key = self.keyring.derive(self.scope, self.route, kind, epoch).reveal()
+        if self.route == "controller":
+            salt = self.keyring.subject_salt(self.tenant, kind, canonical).reveal()
+            mac = hmac.digest(key, salt + canonical, "sha256")
+        else:
+            mac = hmac.digest(key, canonical, "sha256")
+        self.computed += 1
+        return f"{KIND_PREFIX[kind]}_{epoch}_{b32(mac)}"
+
+    def pseudonym(self, kind: str, canonical: bytes, epoch: str) -> str:
+        """The pseudonym of one canonical identifier in one epoch.
+
+        Raises EpochDestroyed for a shredded epoch and, on the controller route,
+        SubjectErased for an erased subject."""
+        if kind not in KIND_PREFIX:
+            raise ValueError(f"unknown identifier kind {kind!r}")
+        c = self._epoch_cache(epoch)
+        k = (kind, canonical)
+        p = c.get(k)
+        if p is None:
+            p = c[k] = self._compute(kind, canonical, epoch)
+        return p
+
+    def at(self, kind: str, canonical: bytes, timestamp_ms: int) -> str:
+        return self.pseudonym(kind, canonical, epoch_id(timestamp_ms, self.rotation))
+
+    def imei(self, imei: str | int, timestamp_ms: int) -> str:
+        return self.at("device", canonical_imei(imei), timestamp_ms)
+
+    # --- vectorised ----------------------------------------------------------------
+    def _by_epoch(self, timestamps_ms: np.ndarray, n: int):
+        labels, inv = epoch_ids(timestamps_ms, self.rotation)
+        if len(labels) == 1:
+            yield labels[0], None
+        else:
+            for i, lab in enumerate(labels):
+                yield lab, np.flatnonzero(inv == i)
+        if n and not labels:
+            raise ValueError("timestamps and values differ in length")
+
+    def _lookup_unique(self, kind: str, uniq_canon: list[bytes | None], epoch: str, on_erased: str) -> list:
+        c = self._epoch_cache(epoch)
+        out = []
+        for canon in uniq_canon:
+            if canon is None:
+                out.append(None)
+                continue
+            p = c.get((kind, canon))
+            if p is None:
+                try:
+                    p = c[(kind, canon)] = self._compute(kind, canon, epoch)
+                except SubjectErased:
+                    if on_erased == "raise":
+                        raise
+                    p = None
+            out.append(p)
+        return out
+
+    def u64(self, kind: str, values: np.ndarray, timestamps_ms: np.ndarray, *, on_erased: str = "raise") -> np.ndarray:
+        """Pseudonyms of 8-byte identifiers (iButton, RFID): uint64 in, object array out.
+
+        A zero value (no key present) stays 0: it is not a person."""
+        vals = np.asarray(values).astype(np.uint64, copy=False)
+        ts = np.asarray(timestamps_ms)
+        out = np.empty(vals.shape[0], dtype=object)
+        for epoch, idx in self._by_epoch(ts, vals.shape[0]):
+            sub = vals if idx is None else vals[idx]
+            uniq, inv = np.unique(sub, return_inverse=True)
+            canon = [int(u).to_bytes(8, "big") if u else None for u in uniq.tolist()]
+            res = self._lookup_unique(kind, canon, epoch, on_erased)
+            res_arr = np.empty(len(res), dtype=object)
+            res_arr[:] = [0 if c is None else r for c, r in zip(canon, res)]
+            if idx is None:
+                out[:] = res_arr[inv]
+            else:
+                out[idx] = res_arr[inv]
+        return out
+
+    def imeis(self, imeis: np.ndarray | Sequence, timestamps_ms: np.ndarray, *, on_erased: str = "raise") -> np.ndarray:
+        """Device pseudonyms for a column of IMEIs (15-digit str, or integers)."""
+        arr = np.asarray(imeis)
+        ts = np.asarray(timestamps_ms)
+        out = np.empty(arr.shape[0], dtype=object)
+        for epoch, idx in self._by_epoch(ts, arr.shape[0]):
+            sub = arr if idx is None else arr[idx]
+            if sub.dtype.kind in "iu":
+                uniq, inv = np.unique(sub, return_inverse=True)
+            else:
+                uniq, inv = _unique_objects(sub)
+            canon = [canonical_imei(u) for u in uniq.tolist()]
+            res_arr = np.empty(len(canon), dtype=object)
+            res_arr[:] = self._lookup_unique("device", canon, epoch, on_erased)
+            if idx is None:
+                out[:] = res_arr[inv]
+            else:
+                out[idx] = res_arr[inv]
+        return out
+
+    def canonicals(self, kind: str, canonicals: Sequence[bytes | None], timestamps_ms: np.ndarray, *, on_erased: str = "raise") -> np.ndarray:
+        """Pseudonyms of already-canonical identifiers; None (absent) stays None."""
+        arr = np.empty(len(canonicals), dtype=object)
+        arr[:] = list(canonicals)
+        ts = np.asarray(timestamps_ms)
+        out = np.empty(arr.shape[0], dtype=object)
+        for epoch, idx in self._by_epoch(ts, arr.shape[0]):
+            sub = arr if idx is None else arr[idx]
+            uniq, inv = _unique_objects(sub)
+            res_arr = np.empty(len(uniq), dtype=object)
+            res_arr[:] = self._lookup_unique(kind, list(uniq), epoch, on_erased)
+            if idx is None:
+                out[:] = res_arr[inv]
+            else:
+                out[idx] = res_arr[inv]
+        return out
+
+
+def _unique_objects(arr: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """np.unique for hashable objects (None allowed), by a dict: O(n), no sorting."""
+    index: dict = {}
+    inv = np.fromiter((index.setdefault(v, len(index)) for v in arr.tolist()), dtype=np.intp, count=arr.shape[0])
+    uniq = np.empty(len(index), dtype=object)
+    uniq[:] = list(index)
+    return uniq, inv
