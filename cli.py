@@ -12,6 +12,8 @@ import sys
 # `run(args) -> int`.
 SUBCOMMANDS: dict[str, tuple[str, str]] = {
     "decode": ("fleetcloak.codecs.cli", "decode Teltonika packets (hex) to JSON lines"),
+    "audit": ("fleetcloak.streams.cli_audit", "verify or show the hash-chained audit trail"),
+    "retention": ("fleetcloak.streams.cli_retention", "audit topic retention against the cap, --fix it"),
 }
 
 

@@ -1,0 +1,103 @@
+"""Retention: the pure evaluation, and audit/--fix/guard on the real broker."""
+import asyncio
+import json
+
+import pytest
+
+from fleetcloak.streams.retention import (
+    DAY_MS, RetentionViolation, assert_retention_ok, classify, evaluate, expire_key_epochs,
+)
+
+
+def test_classify():
+    assert classify("tenant.acme.telemetry") == ("tenant", "acme")
+    assert classify("analytics.telemetry")[0] == "analytics"
+    assert classify("fleetcloak.keys")[0] == "control" and classify("fleetcloak.audit")[0] == "audit"
+    assert classify("telematics.raw")[0] == "raw" and classify("unrelated") is None
+
+
+@pytest.mark.parametrize("ret,ok", [(400 * DAY_MS, False), (-1, False), (365 * DAY_MS, True), (30 * DAY_MS, True)])
+def test_tenant_topic_against_the_cap(ret, ok):
+    f = evaluate("tenant.acme.telemetry", {"retention.ms": str(ret), "cleanup.policy": "delete"})
+    assert f.ok is ok and (ok or f.fix == {"retention.ms": str(365 * DAY_MS)})
+
+
+def test_tenant_window_from_policy_and_other_rules():
+    f = evaluate("tenant.acme.telemetry", {"retention.ms": str(100 * DAY_MS)}, windows={"acme": 90})
+    assert not f.ok and f.fix["retention.ms"] == str(90 * DAY_MS) and "policy" in f.limit_source
+    assert not evaluate("telematics.raw", {"retention.ms": str(30 * DAY_MS)}).ok  # raw: 7 days
+    compact_only = evaluate("analytics.telemetry", {"retention.ms": str(DAY_MS), "cleanup.policy": "compact"})
+    assert compact_only.fix == {"cleanup.policy": "delete"}
+    assert evaluate("fleetcloak.keys", {"cleanup.policy": "delete"}).fix == {"cleanup.policy": "compact"}
+    assert not evaluate("fleetcloak.audit", {"cleanup.policy": "compact"}).ok
+    assert evaluate("fleetcloak.audit", {"cleanup.policy": "delete", "retention.ms": "-1"}).ok
+    # --max-days lowers every telemetry cap, never raises it
+    assert evaluate("tenant.b.telemetry", {"retention.ms": str(100 * DAY_MS)}, max_days=30).fix
+    assert evaluate("tenant.b.telemetry", {"retention.ms": str(365 * DAY_MS)}, max_days=900).ok
+
+
+def test_epoch_expiry_job_audits_each_destruction():
+    calls, events = [], []
+
+    class Audit:
+        async def append(self, action, **kw):
+            events.append((action, kw))
+
+    def destroy_expired(scope, now_ms, days):
+        calls.append((scope, days))
+        return ["2025m01", "2025m02"] if scope == "acme" else []
+
+    out = asyncio.run(expire_key_epochs(destroy_expired, {"acme": 90, "beta": 400}, now_ms=0, audit=Audit()))
+    assert calls == [("acme", 90), ("beta", 365), ("service", 365)]
+    assert [d["epoch"] for d in out] == ["2025m01", "2025m02"]
+    assert [a for a, _ in events] == ["key.destroy", "key.destroy"] and events[0][1]["tenant"] == "acme"
+
+
+@pytest.mark.broker
+def test_retention_audit_flags_400_days_and_fix_brings_it_to_365(broker, capsys):
+    from aiokafka.admin import AIOKafkaAdminClient, NewTopic
+
+    from fleetcloak.cli import main as cli
+    from fleetcloak.streams.topics import describe_topic_configs
+
+    topic = "tenant.rt400.telemetry"
+
+    async def create():
+        admin = AIOKafkaAdminClient(bootstrap_servers=broker)
+        await admin.start()
+        try:
+            await admin.create_topics([NewTopic(topic, 1, 1, topic_configs={
+                "retention.ms": str(400 * DAY_MS), "cleanup.policy": "delete"})])
+            with pytest.raises(RetentionViolation, match=topic):
+                await assert_retention_ok(admin, [topic])
+        finally:
+            await admin.close()
+
+    async def check():
+        admin = AIOKafkaAdminClient(bootstrap_servers=broker)
+        await admin.start()
+        try:
+            await assert_retention_ok(admin, [topic, "does.not.exist"])
+            return (await describe_topic_configs(admin, [topic], ["retention.ms"]))[topic]
+        finally:
+            await admin.close()
+
+    asyncio.run(create())
+    capsys.readouterr()
+    assert cli(["retention", "audit", "--broker", broker, "--json"]) == 2
+    found = {t["topic"]: t for t in json.loads(capsys.readouterr().out)["topics"]}
+    assert not found[topic]["ok"] and found[topic]["retention_days"] == 400
+    assert cli(["retention", "audit", "--broker", broker, "--fix", "--json", "--operator", "ops"]) == 0
+    assert check_result(asyncio.run(check()))
+    capsys.readouterr()
+    assert cli(["audit", "show", "--broker", broker, "--json", "--action", "retention.fix"]) == 0
+    fixes = [json.loads(line) for line in capsys.readouterr().out.splitlines()]
+    mine = [e for e in fixes if e["details"]["topic"] == topic]
+    assert mine and mine[-1]["operator"] == "ops" and mine[-1]["outcome"] == "ok"
+    assert mine[-1]["details"]["set"] == {"retention.ms": str(365 * DAY_MS)}
+    assert cli(["audit", "verify", "--broker", broker]) == 0
+
+
+def check_result(described):
+    assert described["retention.ms"] == str(365 * DAY_MS)
+    return True
