@@ -328,32 +328,36 @@ async def read_windows(bootstrap: str) -> tuple[dict[str, int], int | None]:
 
 # --------------------------------------------------------------------------- key epochs
 
-async def expire_key_epochs(destroy_expired: Callable[..., Any], windows: Mapping[str, int], *,
-                            now_ms: int | None = None, audit=None, service_days: int | None = None) -> list[dict]:
+async def expire_key_epochs(keyring, windows: Mapping[str, int], *, now_ms: int | None = None, audit=None,
+                            service_days: int | None = None) -> list[dict]:
     """Destroy every key epoch older than its scope's window and audit each destruction.
 
-    `destroy_expired(scope, now_ms, retention_days) -> iterable of destroyed epoch ids`
-    is the keystore's (anonymize) operation; scope is a tenant id or "service". The
-    worker calls this periodically (e.g. hourly) and at start-up.
+    `keyring` is anonymize's Keyring (its `destroy_expired(now_ms, retention_days,
+    scope=...)` does the shredding). Every scope the keystore knows is visited: a tenant
+    without a policy (removed, or not yet read) gets the 365-day cap, the service scope
+    the service policy's window. The worker runs this at start-up and periodically
+    (e.g. hourly); `fleetcloak retention audit --fix` does not (it is about topics).
     """
     now_ms = int(time.time() * 1000) if now_ms is None else now_ms
-    scopes = [(t, min(int(d), MAX_DAYS)) for t, d in sorted(windows.items())]
-    scopes.append(("service", min(int(service_days or MAX_DAYS), MAX_DAYS)))
+    known = {info.scope for info in keyring.epochs()}
+    scopes = sorted(known | set(windows) | {"service"})
     destroyed = []
-    for scope, days in scopes:
+    for scope in scopes:
+        days = service_days if scope == "service" else windows.get(scope)
+        days = min(int(days or MAX_DAYS), MAX_DAYS)
         try:
-            epochs = list(destroy_expired(scope, now_ms, days) or ())
-            outcome, error = "ok", None
+            done = list(keyring.destroy_expired(now_ms, days, scope=scope) or ())
+            error = None
         except Exception as exc:
-            epochs, outcome, error = [], "failed", f"{type(exc).__name__}: {exc}"
+            done, error = [], f"{type(exc).__name__}: {exc}"
             log.error("destroying expired epochs of %s failed: %s", scope, error)
-        for epoch in epochs:
+        for _scope, epoch in done:
             destroyed.append({"scope": scope, "epoch": epoch, "retention_days": days})
             if audit is not None:
                 await audit.append("key.destroy", tenant=None if scope == "service" else scope,
                                    details={"scope": scope, "epoch": str(epoch), "reason": "retention",
                                             "retention_days": days})
-        if outcome != "ok" and audit is not None:
+        if error is not None and audit is not None:
             await audit.append("key.destroy", tenant=None if scope == "service" else scope, outcome="failed",
                                details={"scope": scope, "reason": "retention", "error": error})
     return destroyed

@@ -36,21 +36,32 @@ def test_tenant_window_from_policy_and_other_rules():
     assert evaluate("tenant.b.telemetry", {"retention.ms": str(365 * DAY_MS)}, max_days=900).ok
 
 
-def test_epoch_expiry_job_audits_each_destruction():
-    calls, events = [], []
+def test_epoch_expiry_job_shreds_old_epochs_and_audits_each(monkeypatch):
+    from fleetcloak.anonymize.epochs import epoch_id
+    from fleetcloak.anonymize.keys import EpochDestroyed, Keyring
+    from fleetcloak.anonymize.keystore import MasterKey, MemoryKeyStore
+
+    events = []
 
     class Audit:
         async def append(self, action, **kw):
             events.append((action, kw))
 
-    def destroy_expired(scope, now_ms, days):
-        calls.append((scope, days))
-        return ["2025m01", "2025m02"] if scope == "acme" else []
-
-    out = asyncio.run(expire_key_epochs(destroy_expired, {"acme": 90, "beta": 400}, now_ms=0, audit=Audit()))
-    assert calls == [("acme", 90), ("beta", 365), ("service", 365)]
-    assert [d["epoch"] for d in out] == ["2025m01", "2025m02"]
-    assert [a for a, _ in events] == ["key.destroy", "key.destroy"] and events[0][1]["tenant"] == "acme"
+    now = 1_763_800_000_000  # Nov 2025
+    keyring = Keyring(MemoryKeyStore(), MasterKey.generate())
+    for months_ago in (14, 4, 0):
+        keyring.ensure_epochs("acme", "monthly", now - months_ago * 30 * DAY_MS, ahead=0)
+    keyring.ensure_epochs("service", "monthly", now - 13 * 30 * DAY_MS, ahead=0)
+    old = epoch_id(now - 14 * 30 * DAY_MS)
+    out = asyncio.run(expire_key_epochs(keyring, {"acme": 90}, now_ms=now, audit=Audit()))
+    gone = {(d["scope"], d["epoch"]) for d in out}
+    assert ("acme", old) in gone and ("acme", epoch_id(now)) not in gone
+    assert ("acme", epoch_id(now - 4 * 30 * DAY_MS)) in gone  # older than the tenant's 90 days
+    assert ("service", epoch_id(now - 13 * 30 * DAY_MS)) in gone  # the 365-day cap
+    with pytest.raises(EpochDestroyed):
+        keyring.root("acme", old)
+    assert len(events) == len(out) and all(a == "key.destroy" for a, _ in events)
+    assert {kw["details"]["epoch"] for _, kw in events} == {e for _, e in gone}
 
 
 @pytest.mark.broker
