@@ -143,9 +143,11 @@ static int parse_frame_core(const uint8_t *f, size_t n, size_t cap, int check_cr
      * the same reason at the same offset. The cap (which only batch decoding has) is
      * checked as soon as the declared length is known. */
     if (n == 0) FAIL("empty", 0, "no bytes");
-    if (f[0] != 0 || (n >= 2 && f[1] != 0))
+    if (f[0] != 0 || (n >= 2 && f[1] != 0)) {
+        if (n == 1) FAIL("bad_preamble", 0, "the byte %02X: a keep-alive, not an AVL data frame", f[0]);
         FAIL("bad_preamble", 0, "starts %02X%02X: an IMEI login or keep-alive, not an AVL data frame",
-             f[0], n >= 2 ? f[1] : 0);
+             f[0], f[1]);
+    }
     if (n < 8) FAIL("truncated", n, "need the 8-byte frame header, got %zu", n);
     if (be32(f) != 0) FAIL("bad_preamble", 0, "preamble 0x%08X, not 0", be32(f));
     uint32_t L = be32(f + 4);
@@ -193,7 +195,9 @@ static int parse_frame_core(const uint8_t *f, size_t n, size_t cap, int check_cr
     for (unsigned r = 0; r < n1; r++) {
         const size_t p = pos;
         const Py_ssize_t rec_io_start = c->n_io;
-        /* 1. Shape scan: read the group counts, checking each count fits before `end`,
+        /* (A "truncated" offset is clamped to `end`, as decode() does: a count can point
+         *  far past the data; blame where the data runs out.)
+         * 1. Shape scan: read the group counts, checking each count fits before `end`,
          *    and that the pairs of every group fit. q may run past `end` (it is a size_t
          *    sum of at most 5 * (2 + 65535 * 10) beyond p, no overflow) but nothing is
          *    read at q unless q + cs <= end. After this the whole record [p, q) is
@@ -202,7 +206,7 @@ static int parse_frame_core(const uint8_t *f, size_t n, size_t cap, int check_cr
         size_t q = p + n1pos;
         for (int g = 0; g < 4; g++) {
             if (q + cs > end)
-                FAIL("truncated", q, "IO group count needs %zu bytes at offset %zu, have %zu",
+                FAIL("truncated", q < end ? q : end, "IO group count needs %zu bytes at offset %zu, have %zu",
                      cs, q, end > q ? end - q : 0);
             cnt[g] = cs == 1 ? f[q] : be16(f + q);
             q += cs + (isz + widths[g]) * cnt[g];
@@ -210,13 +214,13 @@ static int parse_frame_core(const uint8_t *f, size_t n, size_t cap, int check_cr
         size_t nx_at = 0;
         if (ext) {
             if (q + 2 > end)
-                FAIL("truncated", q, "NX count needs 2 bytes at offset %zu, have %zu", q,
+                FAIL("truncated", q < end ? q : end, "NX count needs 2 bytes at offset %zu, have %zu", q,
                      end > q ? end - q : 0);
             nx_at = q;
             q += 2;
         } else if (q > end) {
             size_t g8 = q - (isz + 8) * cnt[3];
-            FAIL("truncated", g8, "N8 group needs %zu bytes at offset %zu, have %zu",
+            FAIL("truncated", g8 < end ? g8 : end, "N8 group needs %zu bytes at offset %zu, have %zu",
                  (isz + 8) * cnt[3], g8, end > g8 ? end - g8 : 0);
         }
         /* 2. Fixed fields: everything in [p, q) is readable. */
@@ -263,7 +267,7 @@ static int parse_frame_core(const uint8_t *f, size_t n, size_t cap, int check_cr
             nx = be16(f + nx_at);
             for (unsigned k = 0; k < nx; k++) {
                 if (q + 4 > end)
-                    FAIL("truncated", q, "NX element needs 4 bytes at offset %zu, have %zu", q,
+                    FAIL("truncated", q < end ? q : end, "NX element needs 4 bytes at offset %zu, have %zu", q,
                          end > q ? end - q : 0);
                 uint16_t id = be16(f + q), len = be16(f + q + 2);
                 if (q + 4 + len > end)
