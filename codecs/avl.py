@@ -34,7 +34,7 @@ shapes, so the cache stays small (it is also bounded against hostile input).
 from __future__ import annotations
 
 import struct
-from operator import index, itemgetter
+from operator import index
 
 from .errors import DecodeError, EncodeError
 from .iodict import IO_DICTIONARY
@@ -73,49 +73,61 @@ _U16 = struct.Struct(">H")
 _CACHE_MAX = 4096  # shapes kept per codec; hostile input cannot grow it further
 
 
-class _Shape:
-    """Everything precompiled for one (codec, N1, N2, N4, N8) record shape."""
+class IoWidths(dict):
+    """A decoded record's `io_width`. Records of one shape with the same ids share one
+    (building a dict per record costs ~0.6 us, a sixth of the per-record budget), so it
+    is read-only: copy it with dict(...) to change it. Compares equal to a plain dict."""
 
-    __slots__ = ("struct", "size", "ids", "vals", "widths", "n", "id_offsets")
+    __slots__ = ()
+
+    def _read_only(self, *args, **kwargs):
+        raise TypeError("a decoded record's io_width is shared and read-only; copy it first")
+
+    __setitem__ = __delitem__ = __ior__ = clear = pop = popitem = setdefault = update = _read_only
+
+    def __reduce__(self):  # pickle without going through __setitem__
+        return (IoWidths, (dict(self),))
+
+
+class _Shape:
+    """Everything precompiled for one (codec, N1, N2, N4, N8) record shape.
+
+    The struct reads the whole fixed part of a record in one call; the group counts,
+    already peeked, are skipped as pad bytes so that after the `head` fields the tuple
+    alternates id, value, id, value: ids = t[head::2], values = t[head + 1::2].
+    """
+
+    __slots__ = ("struct", "size", "n", "widths", "id_offsets", "iow")
 
     def __init__(self, codec: int, counts: tuple[int, int, int, int]) -> None:
         head, id_fmt, cnt_fmt = _HEAD[codec]
-        fmt = [">", _GPS_FMT, head]
-        pos = 8 + len(head)  # tuple index of the first pair: 8 GPS fields + head fields
-        ids: list[int] = []
-        vals: list[int] = []
+        pad = "x" * struct.calcsize(">" + cnt_fmt)
+        fmt = [">", _GPS_FMT, head[:-1], pad]  # the N1 count is peeked, not returned
         widths: list[int] = []
         id_offsets: list[int] = []
         off = _HEAD_SIZE[codec]
         isz, csz = _ID_SIZE[codec], _COUNT_SIZE[codec]
         for gi, (w, k) in enumerate(zip(_WIDTHS, counts)):
             fmt.append((id_fmt + _VAL_FMT[w]) * k)
+            widths += [w] * k
             for _ in range(k):
-                ids.append(pos)
-                vals.append(pos + 1)
-                widths.append(w)
                 id_offsets.append(off)
-                pos += 2
                 off += isz + w
-            if gi < 3 or codec == CODEC_8E:  # next count (N2, N4, N8; NX for 8E)
-                fmt.append(cnt_fmt)
-                pos += 1
+            if gi < 3 or codec == CODEC_8E:  # skip the next count (N2, N4, N8; NX for 8E)
+                fmt.append(pad)
                 off += csz
         self.struct = struct.Struct("".join(fmt))
         self.size = self.struct.size
-        self.n = len(ids)
-        # itemgetter of one index returns a scalar: keep tuples for every n.
-        if self.n > 1:
-            self.ids = itemgetter(*ids)
-            self.vals = itemgetter(*vals)
-        elif self.n == 1:
-            i, v = ids[0], vals[0]
-            self.ids = lambda t: (t[i],)
-            self.vals = lambda t: (t[v],)
-        else:
-            self.ids = self.vals = lambda t: ()
+        self.n = len(widths)
         self.widths = tuple(widths)
         self.id_offsets = tuple(id_offsets)
+        self.iow: dict[tuple, IoWidths] = {}  # ids -> shared io_width (hot path reads it)
+
+    def io_widths(self, ids: tuple) -> IoWidths:
+        if len(self.iow) >= 256:  # bounded: one per IO configuration seen in this shape
+            self.iow.clear()
+        w = self.iow[ids] = IoWidths(zip(ids, self.widths))
+        return w
 
 
 _SHAPES: dict[int, dict[tuple[int, int, int, int], _Shape]] = {c: {} for c in _HEAD}
@@ -135,7 +147,7 @@ def _truncated(pos: int, need: int, end: int) -> DecodeError:
                        f"need {need} bytes at offset {pos}, the records end at offset {end}")
 
 
-def _duplicate(rec: int, ids: tuple, shape: _Shape, io: dict, nx_ids: list | None = None) -> DecodeError:
+def _duplicate(rec: int, ids: tuple, shape: _Shape) -> DecodeError:
     seen: set[int] = set()
     for i, off in zip(ids, shape.id_offsets):
         if i in seen:
@@ -195,16 +207,16 @@ def _decode_8(buf: bytes, p: int, end: int, count: int, lenient: bool) -> tuple[
         key = (n1, n2, n4, n8)
         shape = cache.get(key) or _shape(CODEC_8, key)
         t = shape.struct.unpack_from(buf, p)
-        ids = shape.ids(t)
-        io = dict(zip(ids, shape.vals(t)))
+        ids = t[10::2]
+        io = dict(zip(ids, t[11::2]))
         if len(io) != shape.n:
-            raise _duplicate(p, ids, shape, io)
+            raise _duplicate(p, ids, shape)
         if t[1] > 3:
             raise DecodeError("bad_priority", p + 8, f"priority {t[1]} > 3")
         if t[9] != shape.n and not lenient:
             raise DecodeError("count_mismatch", p + 25, f"N total {t[9]} but the groups hold {shape.n}")
         append(AvlRecord(t[0], t[1], t[2] / 1e7, t[3] / 1e7, t[4], t[5], t[6], t[7], t[8],
-                         io, dict(zip(ids, shape.widths)), None))
+                         io, shape.iow.get(ids) or shape.io_widths(ids), None))
         p = q
     if p != end:
         raise DecodeError("bad_length", p, f"{count} records end at offset {p}, "
@@ -239,10 +251,10 @@ def _decode_16(buf: bytes, p: int, end: int, count: int, lenient: bool) -> tuple
         key = (n1, n2, n4, n8)
         shape = cache.get(key) or _shape(CODEC_16, key)
         t = shape.struct.unpack_from(buf, p)
-        ids = shape.ids(t)
-        io = dict(zip(ids, shape.vals(t)))
+        ids = t[11::2]
+        io = dict(zip(ids, t[12::2]))
         if len(io) != shape.n:
-            raise _duplicate(p, ids, shape, io)
+            raise _duplicate(p, ids, shape)
         if t[1] > 3:
             raise DecodeError("bad_priority", p + 8, f"priority {t[1]} > 3")
         if t[9] > 7:
@@ -250,7 +262,7 @@ def _decode_16(buf: bytes, p: int, end: int, count: int, lenient: bool) -> tuple
         if t[10] != shape.n and not lenient:
             raise DecodeError("count_mismatch", p + 27, f"N total {t[10]} but the groups hold {shape.n}")
         append(AvlRecord(t[0], t[1], t[2] / 1e7, t[3] / 1e7, t[4], t[5], t[6], t[7], t[8],
-                         io, dict(zip(ids, shape.widths)), t[9]))
+                         io, shape.iow.get(ids) or shape.io_widths(ids), t[9]))
         p = q
     if p != end:
         raise DecodeError("bad_length", p, f"{count} records end at offset {p}, "
@@ -284,13 +296,13 @@ def _decode_8e(buf: bytes, p: int, end: int, count: int, lenient: bool) -> tuple
             raise _truncated(q, 2, end)
         key = (n1, n2, n4, n8)
         shape = cache.get(key) or _shape(CODEC_8E, key)
-        t = shape.struct.unpack_from(buf, p)
-        ids = shape.ids(t)
-        io = dict(zip(ids, shape.vals(t)))
-        if len(io) != shape.n:
-            raise _duplicate(p, ids, shape, io)
+        nx = buf[q] << 8 | buf[q + 1]
         q += 2
-        nx = t[-1]
+        t = shape.struct.unpack_from(buf, p)
+        ids = t[10::2]
+        io = dict(zip(ids, t[11::2]))
+        if len(io) != shape.n:
+            raise _duplicate(p, ids, shape)
         for _ in range(nx):
             if q + 4 > end:
                 raise _truncated(q, 4, end)
@@ -307,7 +319,7 @@ def _decode_8e(buf: bytes, p: int, end: int, count: int, lenient: bool) -> tuple
             raise DecodeError("count_mismatch", p + 26,
                               f"N total {t[9]} but the groups hold {shape.n + nx}")
         append(AvlRecord(t[0], t[1], t[2] / 1e7, t[3] / 1e7, t[4], t[5], t[6], t[7], t[8],
-                         io, dict(zip(ids, shape.widths)), None))
+                         io, shape.iow.get(ids) or shape.io_widths(ids), None))
         p = q
     if p != end:
         raise DecodeError("bad_length", p, f"{count} records end at offset {p}, "

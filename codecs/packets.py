@@ -1,10 +1,11 @@
 """The values the codecs decode to and encode from.
 
 Plain dataclasses: comparable (property tests check decode(encode(p)) == p), cheap to
-build. All are frozen except AvlRecord: a frozen dataclass's __init__ goes through
-object.__setattr__ per field and costs ~1.9 us against ~0.3 us for a plain slotted one,
-which alone would eat a third of the per-record decode budget. Treat records as
-read-only all the same. Field names are the `fleetcloak decode` JSON
+build. All are frozen except AvlRecord and AvlPacket: a frozen dataclass's __init__
+goes through object.__setattr__ per field and costs ~1.9 us against ~0.3 us for a plain
+slotted one (a third of the per-record decode budget; ~0.9 us per frame for the
+packet). Treat them as read-only all the same; a decoded record's io_width is shared
+between records and really is read-only (avl.IoWidths). Field names are the `fleetcloak decode` JSON
 contract (shared/DESIGN.md).
 """
 from __future__ import annotations
@@ -61,7 +62,7 @@ class AvlRecord:
         return self.satellites != 0
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True, eq=True)
 class AvlPacket:
     """An AVL data packet: a TCP frame or a UDP datagram with its records.
 
