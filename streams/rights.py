@@ -6,19 +6,18 @@ State lives in the compacted `fleetcloak.subjects` topic (one partition, DESIGN.
     value = JSON SubjectEntry (below), or null (tombstone: no restriction left)
 
 The subject key is NOT the raw identifier. It is a keyed hash that does not rotate:
-`subj_` + base32(HMAC-SHA256(tenant subjects secret, "<kind>\\0" + canonical id))[:26]
-(128 bits). It must not rotate because an erasure made in March has to keep stopping the
-same person's records in April, when the pseudonym epoch (and so the tenant's processor
-pseudonym) has changed. The secret is per tenant, so the same IMEI gives unrelated keys
-in two tenants, and the audit trail (which names subjects only by this key) cannot be
-joined across tenants. Where the secret comes from is `SubjectKeyer`'s caller's choice:
-`keyer_from_master` derives it with HKDF from the master key (so CLI and workers agree
-without extra state); a keystore-held per-tenant secret (destroyed at offboarding) is
-the stronger choice once the keystore offers one (see docs/rights.md).
+`subj_` + base32(HMAC-SHA256(subjects secret, "<kind>\\0" + canonical id)[:16]) (128
+bits), where the subjects secret is anonymize's `Keyring.subjects_secret(tenant)`: HKDF
+of the tenant's "static" root, which never rotates and is destroyed with the tenant's
+other keys at offboarding. It must not rotate because an erasure made in March has to
+keep stopping the same person's records in April, when the pseudonym epoch (and so the
+tenant's processor pseudonym) has changed. Per tenant, so the same IMEI gives unrelated
+keys in two tenants and the audit trail (which names subjects only by this key) cannot
+be joined across tenants; after offboarding nobody can recompute it at all.
 
 Semantics (routes a subject's records may take):
 
-    erase     neither route; the per-subject controller secret is destroyed elsewhere
+    erase     neither route; the per-subject controller salt is destroyed (Keyring)
     restrict  neither route until lifted
     object    processor route only (GDPR art. 21 concerns our analytics)
     lift      clears restriction and/or objection; an erasure cannot be lifted
@@ -61,24 +60,31 @@ class RightsError(ValueError):
 
 # --------------------------------------------------------------------------- subject key
 
-def canonical_id(kind: str, raw: str | bytes) -> bytes:
-    """The canonical bytes of an identifier: an IMEI is its 15 ASCII digits, a driver id
-    (iButton, card) its raw bytes (hex on the command line)."""
+def canonical_id(kind: str, raw: str | bytes | int) -> bytes:
+    """The canonical bytes of an identifier, as anonymize/canonical.py defines them, so the
+    subject key matches what the worker computes from a record: an IMEI is its 15 ASCII
+    digits; a driver id given as hex of up to 8 bytes is an iButton/RFID-style raw8
+    value (left-padded to 8 bytes); longer hex is taken as raw bytes."""
+    from fleetcloak.anonymize.canonical import canonical_imei, canonical_raw8
+
     if kind == "device":
-        s = raw.decode("ascii") if isinstance(raw, bytes) else str(raw)
-        s = s.strip()
-        if not (len(s) == 15 and s.isdigit()):
-            raise RightsError("an IMEI is 15 digits")
-        return s.encode("ascii")
-    if isinstance(raw, (bytes, bytearray)):
-        return bytes(raw)
-    s = str(raw).strip().lower().removeprefix("0x")
-    try:
-        b = bytes.fromhex(s)
-    except ValueError:
-        raise RightsError(f"a {kind} id is given as hex bytes") from None
+        try:
+            return canonical_imei(raw)
+        except (ValueError, UnicodeDecodeError):
+            raise RightsError("an IMEI is 15 digits") from None
+    if isinstance(raw, int):
+        b = canonical_raw8(raw)
+    else:
+        if isinstance(raw, (bytes, bytearray)):
+            b = bytes(raw)
+        else:
+            try:
+                b = bytes.fromhex(str(raw).strip().lower().removeprefix("0x"))
+            except ValueError:
+                raise RightsError(f"a {kind} id is given as hex bytes") from None
+        b = canonical_raw8(b) if len(b) <= 8 else b
     if not b:
-        raise RightsError(f"empty {kind} id")
+        raise RightsError(f"a zero or empty {kind} id names nobody")
     return b
 
 
@@ -125,46 +131,29 @@ class SubjectKeyer:
         return f"SubjectKeyer({len(self._secrets)} tenants, ******)"
 
 
-def keyer_from_master(master: object) -> SubjectKeyer:
-    """Per-tenant subjects secrets derived from the master key with HKDF-SHA256."""
-    from cryptography.hazmat.primitives import hashes
-    from cryptography.hazmat.primitives.kdf.hkdf import HKDF
-
-    master_bytes = master.reveal() if hasattr(master, "reveal") else bytes(master)
-
-    def secret_for(tenant: str) -> bytes:
-        return HKDF(algorithm=hashes.SHA256(), length=32, salt=b"fleetcloak subjects v1",
-                    info=b"subjects/" + tenant.encode()).derive(master_bytes)
-
-    return SubjectKeyer(secret_for)
+class SubjectKeyUnavailable(RuntimeError):
+    """The tenant's subjects secret is not (yet) visible: fail closed, never guess."""
 
 
-def master_key_from_env() -> bytes:
-    """FLEETCLOAK_MASTER_KEY (base64 of 32 bytes) or the file named by
-    FLEETCLOAK_MASTER_KEY_FILE. The keystore's own loader is preferred when present."""
-    import os
+def subjects_secret_source(keyring) -> Callable[[str], object]:
+    """`secret_for` backed by anonymize's Keyring, WITHOUT minting a root: a worker that
+    has not yet seen the tenant's static root (created by the rights CLI or `policy
+    apply`) must not create a different one, or its subject keys would not match the
+    rights topic's. Raises SubjectKeyUnavailable instead (the worker should stop the
+    batch uncommitted and retry: fail closed)."""
+    from fleetcloak.anonymize.epochs import STATIC
 
-    try:  # the anonymize keystore owns the master key when it offers a loader
-        from fleetcloak.anonymize import keystore as _ks  # type: ignore
+    def secret_for(tenant: str):
+        if not keyring.has_epoch(tenant, STATIC):
+            raise SubjectKeyUnavailable(f"no subjects secret for tenant {tenant!r} in the keystore yet")
+        return keyring.subjects_secret(tenant)
 
-        loader = getattr(_ks, "load_master_key", None)
-        if loader is not None:
-            v = loader()
-            return v.reveal() if hasattr(v, "reveal") else bytes(v)
-    except ImportError:
-        pass
-    text = os.environ.get("FLEETCLOAK_MASTER_KEY")
-    path = os.environ.get("FLEETCLOAK_MASTER_KEY_FILE")
-    if not text and path:
-        with open(path, "rb") as f:
-            text = f.read().decode().strip()
-    if not text:
-        raise RightsError("no master key: set FLEETCLOAK_MASTER_KEY (base64 of 32 bytes) "
-                          "or FLEETCLOAK_MASTER_KEY_FILE")
-    key = base64.b64decode(text)
-    if len(key) != 32:
-        raise RightsError("the master key must be 32 bytes (base64)")
-    return key
+    return secret_for
+
+
+def keyer_for(keyring) -> "SubjectKeyer":
+    """The SubjectKeyer a worker or CLI builds from its Keyring."""
+    return SubjectKeyer(subjects_secret_source(keyring))
 
 
 # --------------------------------------------------------------------------- state model

@@ -5,11 +5,21 @@ import numpy as np
 import pytest
 
 from fleetcloak.streams.rights import (
-    DAY_MS, RightsError, SubjectGate, SubjectState, apply_request, expired_keys, keyer_from_master,
+    DAY_MS, RightsError, SubjectGate, SubjectKeyUnavailable, SubjectState, apply_request, expired_keys, keyer_for,
     routes_of, subject_key, table_key,
 )
 
 T0 = 1_763_000_000_000
+
+
+def make_keyer(tenants=("acme", "beta")):
+    from fleetcloak.anonymize.keys import Keyring
+    from fleetcloak.anonymize.keystore import MasterKey, MemoryKeyStore
+
+    keyring = Keyring(MemoryKeyStore(), MasterKey.generate())
+    for t in tenants:
+        keyring.ensure_epochs(t, "never")
+    return keyer_for(keyring), keyring
 IMEI = "356307042441013"
 OTHER = "490154203237518"
 
@@ -56,10 +66,17 @@ def test_subject_keys_are_keyed_stable_and_tenant_separated():
     assert k1 == subject_key(b"s" * 32, "device", IMEI.encode()) and IMEI not in k1
     assert k1 != subject_key(b"t" * 32, "device", IMEI.encode())
     assert k1 != subject_key(b"s" * 32, "driver", IMEI.encode())
-    keyer = keyer_from_master(b"m" * 32)
+    keyer, keyring = make_keyer()
     assert keyer.key("acme", "device", IMEI) != keyer.key("beta", "device", IMEI)
     assert keyer.key("acme", "driver", "00112233AABBCCDD") == keyer.key("acme", "driver", bytes.fromhex("00112233aabbccdd"))
-    assert "m" * 8 not in repr(keyer)
+    # an iButton given short gets the raw8 canonical form the worker uses
+    assert keyer.key("acme", "driver", "aa01") == keyer.key("acme", "driver", 0xAA01)
+    # the same key anonymize's Keyring files the subject's salt under
+    assert keyer.key("acme", "device", IMEI) == keyring.subject_key("acme", "device", IMEI.encode())
+    with pytest.raises(RightsError):
+        keyer.key("acme", "driver", "0000")  # no key present is nobody
+    with pytest.raises(SubjectKeyUnavailable):  # never minted by a lookup
+        keyer.key("gamma", "device", IMEI)
 
 
 def _state(keyer, entries):
@@ -72,7 +89,7 @@ def _state(keyer, entries):
 
 
 def test_gate_masks_for_a_batch():
-    keyer = keyer_from_master(b"m" * 32)
+    keyer, _ = make_keyer()
     state = _state(keyer, [("acme", "device", IMEI, "erase"), ("acme", "driver", "aa01", "object")])
     gate = SubjectGate(state, keyer, clock=lambda: T0 + 1)
     proc, ctrl = gate.masks("acme", [IMEI, OTHER, OTHER, OTHER], [None, None, "aa01", "bb02"])
@@ -86,7 +103,7 @@ def test_gate_masks_for_a_batch():
 
 
 def test_tombstone_and_offboard_marker_apply_live():
-    keyer = keyer_from_master(b"m" * 32)
+    keyer, _ = make_keyer()
     state = _state(keyer, [("acme", "device", IMEI, "restrict")])
     skey = keyer.key("acme", "device", IMEI)
     assert not state.status("acme", "device", skey).processor
