@@ -236,7 +236,7 @@ class PrivateHours(_Model):
     """A weekly window in the tenant's time zone during which records are private.
 
     `start`/`end` are "HH:MM"; a window with end <= start runs past midnight into the
-    next day (the window belongs to the day it starts on).
+    next day (the window belongs to the day it starts on); start == end is 24 hours.
     """
 
     days: tuple[Literal["mon", "tue", "wed", "thu", "fri", "sat", "sun"], ...] = _DAYS
@@ -252,11 +252,6 @@ class PrivateHours(_Model):
             raise ValueError("a day is listed twice")
         return v
 
-    @model_validator(mode="after")
-    def _nonempty(self) -> PrivateHours:
-        if self.start == self.end:
-            raise ValueError("start equals end: the window would be empty")
-        return self
 
 
 StripField = Literal["position", "speed", "heading", "altitude", "cell_ids"]

@@ -1,0 +1,578 @@
+"""The pure, vectorised "apply policy" layer the streams worker calls.
+
+Build once per policy (and again when a policy changes), call per batch:
+
+    proc = ProcessorTransform(tenant_policy, keyring)
+    ctrl = ControllerTransform(service_policy, keyring, tenant_policy, gate=shared_gate)
+    cols = Columns(imei=..., timestamp_ms=..., lat=..., lon=..., speed=..., angle=...,
+                   altitude=..., satellites=..., io={io_id: column, ...},
+                   family=..., content=raw_record_bytes)
+    p = proc.apply(cols)          # ProcessorResult: every record, anonymised per policy
+    c = ctrl.apply(cols)          # ControllerResult: c.keep says which records go out
+    msgs = p.records(raw_io)      # list of JSON-ready dicts (raw_io: per-record {id: value})
+
+`Columns` holds ONE tenant's records (the worker groups a batch by tenant with the
+device registry first). Which IO columns to pass: `proc.io_ids_needed(families)` (the
+identifying ids, 391, the cell ids). Columns may be uint64 (0 = absent) or object
+arrays (None = absent; NX as bytes or lowercase hex).
+
+Nothing here does I/O except through the Keyring's KeyStore (creating a root secret or a
+subject salt on first use). No Kafka.
+"""
+from __future__ import annotations
+
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from ..codecs.iodict import CELL_IDS, identifier_groups
+from .canonical import canonical_group, display_canonical
+from .coarsen import bucket, grid_cells, h3_cells, h3_centres, h3_strings, round_to, snap_to_grid, truncate_time
+from .keys import Keyring
+from .policy import TenantPolicy
+from .private_mode import PRIVATE_MODE_IO, private_mask
+from .pseudonyms import Pseudonymizer, _unique_objects
+from .record_id import RecordIds, pack_columns
+from .service_policy import SERVICE_IO_FIELDS, ServicePolicy
+from .zones import ZoneIndex
+
+OMIT = object()  # an io replacement meaning "leave this IO element out"
+KEEP = object()  # an io replacement meaning "keep the record's own value"
+
+# location_suppressed values
+PRIVACY_ZONE = "privacy_zone"
+PRIVATE_MODE = "private_mode"
+BY_POLICY = "policy"
+MIN_GROUP = "min_group_size"
+
+
+@dataclass
+class Columns:
+    """One tenant's records as columns (one entry per record)."""
+
+    imei: np.ndarray                      # str (U15/object) or integer
+    timestamp_ms: np.ndarray              # int64, UTC
+    lat: np.ndarray                       # float64 degrees (NaN = no position)
+    lon: np.ndarray
+    altitude: np.ndarray | None = None
+    angle: np.ndarray | None = None
+    speed: np.ndarray | None = None
+    satellites: np.ndarray | None = None
+    priority: np.ndarray | None = None
+    event_io_id: np.ndarray | None = None
+    io: Mapping[int, np.ndarray] = field(default_factory=dict)
+    family: str | np.ndarray = "FMB"      # one family for the batch, or one per record
+    content: Sequence[bytes] | None = None  # raw AVL record bytes, for record_id
+
+    def __len__(self) -> int:
+        return len(self.timestamp_ms)
+
+    def family_rows(self) -> Iterable[tuple[str, np.ndarray | None]]:
+        """(family, row indexes or None for all rows)."""
+        if isinstance(self.family, str):
+            yield self.family, None
+            return
+        fam = np.asarray(self.family)
+        for f in np.unique(fam).tolist():
+            yield f, np.flatnonzero(fam == f)
+
+    def record_content(self) -> Sequence[bytes]:
+        if self.content is not None:
+            return self.content
+        return pack_columns(
+            self.timestamp_ms, self.lat, self.lon, priority=self.priority, altitude=self.altitude,
+            angle=self.angle, satellites=self.satellites, speed=self.speed,
+            event_io_id=self.event_io_id, io=self.io,
+        )
+
+
+def _take(col: np.ndarray | None, idx: np.ndarray | None):
+    if col is None or idx is None:
+        return col
+    return np.asarray(col)[idx]
+
+
+@dataclass
+class Identifiers:
+    """What the identifier pass found: per-record driver, io replacements."""
+
+    driver: np.ndarray                       # object: pseudonym / kept id / None
+    replace: dict[int, np.ndarray]           # io id -> object column (value, or OMIT)
+    erased: np.ndarray                       # bool: a subject of this record was erased
+
+
+def _identifiers(cols: Columns, pseudo: Pseudonymizer, pseudonymise: frozenset[str], on_erased: str, want_io: bool) -> Identifiers:
+    n = len(cols)
+    ts = np.asarray(cols.timestamp_ms)
+    driver = np.full(n, None, dtype=object)
+    erased = np.zeros(n, dtype=bool)
+    replace: dict[int, np.ndarray] = {}
+    for fam, rows in cols.family_rows():
+        sub_ts = ts if rows is None else ts[rows]
+        m = sub_ts.shape[0]
+        fam_driver = np.full(m, None, dtype=object)
+        for group in identifier_groups(fam):
+            colset = [cols.io.get(i) for i in group.ids]
+            if all(c is None for c in colset):
+                continue
+            if group.kind == "driver" and not want_io and fam_driver.astype(bool).all():
+                continue
+            parts = [(_take(c, rows) if c is not None else None) for c in colset]
+            hide = group.kind in pseudonymise
+            first = parts[0]
+            if group.canonical == "raw8" and first is not None and np.asarray(first).dtype.kind in "iu":
+                vals = np.asarray(first).astype(np.uint64, copy=False)
+                if hide:
+                    out = pseudo.u64(group.kind, vals, sub_ts, on_erased=on_erased)
+                    present = vals != 0
+                else:
+                    uniq, inv = np.unique(vals, return_inverse=True)
+                    shown = np.empty(len(uniq), dtype=object)
+                    shown[:] = [display_canonical(group, int(u).to_bytes(8, "big")) if u else 0 for u in uniq.tolist()]
+                    out = shown[inv]
+                    present = vals != 0
+            else:
+                rowvals = list(zip(*[(p.tolist() if p is not None else [None] * m) for p in parts]))
+                tup_arr = np.empty(m, dtype=object)
+                tup_arr[:] = rowvals
+                uniq, inv = _unique_objects(tup_arr)
+                canon = [canonical_group(group, t, fam) for t in uniq.tolist()]
+                if hide:
+                    # expand to one canonical per record (epochs are per record); the
+                    # pseudonymizer dedupes again and its cache holds the rest
+                    canon_arr = np.empty(len(canon), dtype=object)
+                    canon_arr[:] = canon
+                    out = pseudo.canonicals(group.kind, canon_arr[inv].tolist(), sub_ts, on_erased=on_erased)
+                else:
+                    shown = np.empty(len(canon), dtype=object)
+                    shown[:] = [display_canonical(group, c) if c is not None else None for c in canon]
+                    out = shown[inv]
+                present = np.fromiter((c is not None for c in canon), dtype=bool, count=len(canon))[inv]
+            if hide:
+                # an erased subject's value comes back None while present
+                gone = present & np.equal(out, None)
+                if gone.any():
+                    erased_rows = np.flatnonzero(gone)
+                    erased[erased_rows if rows is None else rows[erased_rows]] = True
+            if group.kind == "driver":
+                take = present & np.equal(fam_driver, None)
+                fam_driver[take] = out[take]
+            if want_io and hide:
+                # keep a zero iButton as 0; absent multi-part values stay as they were
+                col0 = np.where(present, out, np.asarray(first, dtype=object) if first is not None else None)
+                _put(replace, group.ids[0], col0, rows, n)
+                for other in group.ids[1:]:
+                    omit = np.empty(m, dtype=object)
+                    omit[:] = [OMIT] * m
+                    _put(replace, other, omit, rows, n)
+        if rows is None:
+            driver = fam_driver
+        else:
+            driver[rows] = fam_driver
+    return Identifiers(driver, replace, erased)
+
+
+def _put(replace: dict[int, np.ndarray], io_id: int, values: np.ndarray, rows: np.ndarray | None, n: int) -> None:
+    if rows is None:
+        replace[io_id] = values
+        return
+    col = replace.get(io_id)
+    if col is None:
+        col = replace[io_id] = np.empty(n, dtype=object)
+        col[:] = [KEEP] * n
+    col[rows] = values
+
+
+# --- processor route -------------------------------------------------------------
+@dataclass
+class ProcessorResult:
+    """Every record of the batch, anonymised for the tenant's own topic.
+
+    Numeric columns are float64 with NaN for null (None when the policy drops the field
+    altogether). `io_replace[id][i]` replaces record i's value of IO `id` (OMIT: leave
+    it out; KEEP: keep the record's own value); `io_keep(id)` is the tenant's IO filter; `strip_io[i]` marks records whose
+    cell ids (iodict.CELL_IDS) are removed.
+    """
+
+    tenant: str
+    record_id: np.ndarray
+    device: np.ndarray
+    driver: np.ndarray
+    timestamp_ms: np.ndarray
+    lat: np.ndarray
+    lon: np.ndarray
+    altitude: np.ndarray | None
+    angle: np.ndarray | None
+    speed: np.ndarray | None
+    satellites: np.ndarray | None
+    private: np.ndarray
+    location_suppressed: np.ndarray
+    io_replace: dict[int, np.ndarray]
+    strip_io: np.ndarray
+    io_filter: object
+
+    def __len__(self) -> int:
+        return len(self.timestamp_ms)
+
+    def io_keep(self, io_id: int) -> bool:
+        return self.io_filter.passes(io_id)
+
+    def record_io(self, i: int, raw_io: Mapping[int, object]) -> dict[str, object]:
+        """Record i's IO dict for output: filtered, identifiers replaced, NX as hex."""
+        out: dict[str, object] = {}
+        strip = bool(self.strip_io[i])
+        for io_id, v in raw_io.items():
+            io_id = int(io_id)
+            if not self.io_filter.passes(io_id) or (strip and io_id in CELL_IDS):
+                continue
+            rep = self.io_replace.get(io_id)
+            if rep is not None:
+                r = rep[i]
+                if r is OMIT:
+                    continue
+                if r is not KEEP:
+                    v = r
+            if isinstance(v, (bytes, bytearray)):
+                v = bytes(v).hex()
+            out[str(io_id)] = v
+        return out
+
+    def records(self, raw_io: Sequence[Mapping[int, object]] | None = None) -> list[dict]:
+        """JSON-ready dicts (the processor output contract), one per record."""
+        cols = {
+            "record_id": self.record_id.tolist(),
+            "tenant": [self.tenant] * len(self),
+            "device": self.device.tolist(),
+            "driver": self.driver.tolist(),
+            "timestamp_ms": np.asarray(self.timestamp_ms).tolist(),
+            "lat": _nullable(self.lat, float),
+            "lon": _nullable(self.lon, float),
+        }
+        for name in ("altitude", "angle", "speed", "satellites"):
+            col = getattr(self, name)
+            if col is not None:
+                cols[name] = _nullable(col, int)
+        cols["private"] = self.private.tolist()
+        cols["location_suppressed"] = self.location_suppressed.tolist()
+        names = list(cols)
+        out = [dict(zip(names, row)) for row in zip(*cols.values())]
+        if raw_io is not None:
+            for i, (rec, io) in enumerate(zip(out, raw_io)):
+                rec["io"] = self.record_io(i, io)
+        return out
+
+
+def _nullable(col: np.ndarray, typ) -> list:
+    arr = np.asarray(col, dtype=np.float64)
+    vals = arr.tolist()
+    if typ is int:
+        return [None if v != v else int(v) for v in vals]
+    return [None if v != v else v for v in vals]
+
+
+class ProcessorTransform:
+    """The tenant's processor route: pseudonymise per policy, zones, private mode,
+    precision, IO filter. Build once per policy; `apply` per batch."""
+
+    def __init__(self, policy: TenantPolicy, keyring: Keyring):
+        self.policy = policy
+        self.proc = policy.processor
+        self.keyring = keyring
+        self.pseudo = Pseudonymizer(keyring, tenant=policy.tenant, route="processor", rotation=policy.pseudonym_rotation)
+        self.ids = RecordIds(keyring, tenant=policy.tenant, route="processor", rotation=policy.pseudonym_rotation)
+        self.zones = ZoneIndex.from_policy(self.proc.privacy_zones)
+        self.pseudonymise = frozenset(self.proc.pseudonymise)
+        self.strip = frozenset(self.proc.private_mode.strip)
+        self.drop = frozenset(self.proc.drop_fields)
+
+    def __repr__(self) -> str:
+        return f"ProcessorTransform(tenant={self.policy.tenant!r}, zones={len(self.zones)})"
+
+    def io_ids_needed(self, families: Iterable[str] = ("FMB",)) -> set[int]:
+        """IO columns `apply` reads: identifiers, private mode (391)."""
+        out = {PRIVATE_MODE_IO}
+        for fam in families:
+            out |= {i for g in identifier_groups(fam) for i in g.ids}
+        return out
+
+    def devices(self, cols: Columns) -> np.ndarray:
+        if "device" in self.pseudonymise:
+            return self.pseudo.imeis(cols.imei, cols.timestamp_ms)
+        arr = np.asarray(cols.imei)
+        out = np.empty(arr.shape[0], dtype=object)
+        out[:] = [f"{v:015d}" if isinstance(v, int) else str(v) for v in arr.tolist()]
+        return out
+
+    def locate(self, cols: Columns) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """(lat, lon, location_suppressed) before private mode."""
+        n = len(cols)
+        lat = np.asarray(cols.lat, dtype=np.float64)
+        lon = np.asarray(cols.lon, dtype=np.float64)
+        why = np.full(n, None, dtype=object)
+        prec = self.proc.location.precision
+        if prec == "none":
+            why[:] = BY_POLICY
+            return np.full(n, np.nan), np.full(n, np.nan), why
+        zone = self.zones.locate(lat, lon) if len(self.zones) else None
+        if prec == "grid":
+            lat, lon = snap_to_grid(lat, lon, self.proc.location.grid_m)
+            if zone is not None:  # the emitted cell centre must not lie in a zone either
+                z2 = self.zones.locate(lat, lon)
+                zone = np.where(zone >= 0, zone, z2)
+        else:
+            lat, lon = lat.copy(), lon.copy()
+        if zone is not None:
+            hit = zone >= 0
+            if hit.any():
+                lat[hit] = self.zones.replace_lat[zone[hit]]
+                lon[hit] = self.zones.replace_lon[zone[hit]]
+                why[hit] = PRIVACY_ZONE
+        return lat, lon, why
+
+    def apply(self, cols: Columns) -> ProcessorResult:
+        n = len(cols)
+        ts = np.asarray(cols.timestamp_ms, dtype=np.int64)
+        private = private_mask(ts, cols.io.get(PRIVATE_MODE_IO), self.proc.private_mode, self.policy.zoneinfo)
+        lat, lon, why = self.locate(cols)
+        any_private = bool(private.any())
+        if any_private and "position" in self.strip:
+            lat[private] = np.nan
+            lon[private] = np.nan
+            why[private] = PRIVATE_MODE
+        fields = {}
+        for name, dropname, stripname in (("altitude", "altitude", "altitude"), ("angle", "heading", "heading"), ("speed", "speed", "speed"), ("satellites", "satellites", None)):
+            col = getattr(cols, name)
+            if col is None or dropname in self.drop:
+                fields[name] = None
+                continue
+            col = np.asarray(col, dtype=np.float64).copy()
+            if any_private and stripname in self.strip:
+                col[private] = np.nan
+            fields[name] = col
+        ident = _identifiers(cols, self.pseudo, self.pseudonymise, "raise", want_io=True)
+        strip_io = private if "cell_ids" in self.strip else np.zeros(n, dtype=bool)
+        return ProcessorResult(
+            tenant=self.policy.tenant,
+            record_id=self.ids.compute(cols.imei, ts, cols.record_content()),
+            device=self.devices(cols),
+            driver=ident.driver,
+            timestamp_ms=ts,
+            lat=lat,
+            lon=lon,
+            private=private,
+            location_suppressed=why,
+            io_replace=ident.replace,
+            strip_io=strip_io,
+            io_filter=self.proc.io,
+            **fields,
+        )
+
+
+# --- controller route ------------------------------------------------------------
+class GroupGate:
+    """Minimum group size (k) per (cell, time bucket), online.
+
+    A record's position is released only when its (cell, bucket) has been seen with at
+    least k distinct devices -- counting this batch and what this gate saw before. The
+    first k-1 devices of a group get their records without a position; later ones get
+    it. State is kept for the `horizon` most recent buckets; a record of an older bucket
+    finds its group forgotten and is treated as a new group (so it is suppressed unless
+    k distinct devices of it arrive together). With several workers each gate sees a
+    subset of devices, so its count is a lower bound of the true one: conservative.
+    Share one gate across tenants' ControllerTransforms in a worker.
+    """
+
+    def __init__(self, k: int, horizon: int = 4):
+        self.k = k
+        self.horizon = horizon
+        self._groups: dict[tuple[int, int], set] = {}
+        self._latest = None
+
+    def admit(self, cells: np.ndarray, buckets: np.ndarray, devices: np.ndarray) -> np.ndarray:
+        n = len(cells)
+        if self.k <= 1:
+            return np.ones(n, dtype=bool)
+        cells = np.asarray(cells).astype(np.int64, copy=False)
+        buckets = np.asarray(buckets, dtype=np.int64)
+        dev_codes = _unique_objects(np.asarray(devices, dtype=object))
+        dev_uniq, dev_inv = dev_codes
+        keys = np.stack([buckets, cells, dev_inv.astype(np.int64)], axis=1)
+        trip = np.unique(keys, axis=0)
+        for b, c, d in trip.tolist():
+            self._groups.setdefault((b, c), set()).add(dev_uniq[d])
+        gkeys, ginv = np.unique(keys[:, :2], axis=0, return_inverse=True)
+        sizes = np.array([len(self._groups[(b, c)]) for b, c in gkeys.tolist()], dtype=np.int64)
+        ok = sizes[ginv.reshape(-1)] >= self.k
+        newest = int(buckets.max()) if n else None
+        if newest is not None and (self._latest is None or newest > self._latest):
+            self._latest = newest  # evict only when time moves on
+            oldest = self._latest - self.horizon + 1
+            stale = [key for key in self._groups if key[0] < oldest]
+            for key in stale:
+                del self._groups[key]
+        return ok
+
+
+@dataclass
+class ControllerResult:
+    """The batch on the analytics route. Only rows with keep=True are emitted.
+
+    drops: {rule: count} for the rows with keep=False ("analytics_refused",
+    "private_mode", "subject_erased"). lat/lon are cell centres (NaN when suppressed),
+    cell the H3 cell (hex) or grid cell id, timestamp_ms truncated to the bucket.
+    `fields` holds the allowlisted extras (name -> column).
+    """
+
+    tenant: str
+    keep: np.ndarray
+    drops: dict[str, int]
+    record_id: np.ndarray
+    device: np.ndarray
+    driver: np.ndarray | None
+    timestamp_ms: np.ndarray
+    lat: np.ndarray
+    lon: np.ndarray
+    cell: np.ndarray
+    location_suppressed: np.ndarray
+    fields: dict[str, np.ndarray]
+
+    def records(self) -> list[dict]:
+        idx = np.flatnonzero(self.keep)
+        cols = {
+            "record_id": self.record_id[idx].tolist(),
+            "tenant": [self.tenant] * idx.size,
+            "device": self.device[idx].tolist(),
+            "driver": self.driver[idx].tolist() if self.driver is not None else [None] * idx.size,
+            "timestamp_ms": self.timestamp_ms[idx].tolist(),
+            "lat": _nullable(self.lat[idx], float),
+            "lon": _nullable(self.lon[idx], float),
+            "cell": self.cell[idx].tolist(),
+            "location_suppressed": self.location_suppressed[idx].tolist(),
+        }
+        for name, col in self.fields.items():
+            cols[name] = _nullable(np.asarray(col, dtype=np.float64)[idx], int)
+        names = list(cols)
+        return [dict(zip(names, row)) for row in zip(*cols.values())]
+
+
+class ControllerTransform:
+    """The service's analytics route for one tenant's records.
+
+    Drops: the whole batch when the tenant refused analytics; private records; records
+    of an erased subject. Then: service-key pseudonyms with per-subject salts, positions
+    to H3/grid cell centres (suppressed in the tenant's privacy zones and below the
+    minimum group size), time truncated to the bucket, speed bucketed, heading and
+    altitude rounded, only allowlisted fields.
+    """
+
+    def __init__(self, service: ServicePolicy, keyring: Keyring, tenant: TenantPolicy, *, gate: GroupGate | None = None):
+        self.service = service
+        self.tenant = tenant
+        self.keyring = keyring
+        self.pseudo = Pseudonymizer(keyring, tenant=tenant.tenant, route="controller", rotation=service.pseudonym_rotation)
+        self.ids = RecordIds(keyring, tenant=tenant.tenant, route="controller", rotation=service.pseudonym_rotation)
+        self.zones = ZoneIndex.from_policy(tenant.processor.privacy_zones)
+        self.gate = gate if gate is not None else GroupGate(service.min_group_size)
+        self.allow = frozenset(service.allow)
+
+    def __repr__(self) -> str:
+        return f"ControllerTransform(tenant={self.tenant.tenant!r})"
+
+    def cells(self, lat: np.ndarray, lon: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+        """(cell key int64, cell label object, centre lat, centre lon)."""
+        loc = self.service.location
+        if loc.grid_m is not None:
+            clat, clon = snap_to_grid(lat, lon, loc.grid_m)
+            ids = grid_cells(lat, lon, loc.grid_m)
+            label = np.empty(ids.shape[0], dtype=object)
+            g = int(loc.grid_m)
+            label[:] = [None if c < 0 else f"g{g}:{c >> 32}:{c & 0xFFFFFFFF}" for c in ids.tolist()]
+            return ids, label, np.where(ids >= 0, clat, np.nan), np.where(ids >= 0, clon, np.nan)
+        cells = h3_cells(lat, lon, loc.h3_resolution)
+        clat, clon = h3_centres(cells)
+        return cells.astype(np.int64), h3_strings(cells), clat, clon
+
+    def apply(self, cols: Columns) -> ControllerResult:
+        n = len(cols)
+        ts = np.asarray(cols.timestamp_ms, dtype=np.int64)
+        keep = np.ones(n, dtype=bool)
+        drops: dict[str, int] = {}
+        empty = np.full(n, None, dtype=object)
+        if not self.tenant.analytics:
+            drops["analytics_refused"] = n
+            return ControllerResult(self.tenant.tenant, np.zeros(n, bool), drops, empty, empty, None, ts,
+                                    np.full(n, np.nan), np.full(n, np.nan), empty, empty, {})
+        private = private_mask(ts, cols.io.get(PRIVATE_MODE_IO), self.tenant.processor.private_mode, self.tenant.zoneinfo)
+        if private.any():
+            keep &= ~private
+            drops["private_mode"] = int(private.sum())
+        device = self.pseudo.imeis(cols.imei, ts, on_erased="none")
+        want_driver = "driver" in self.allow
+        ident = _identifiers(cols, self.pseudo, frozenset({"driver"}), "none", want_io=False) if want_driver else None
+        erased = np.equal(device, None)
+        if ident is not None:
+            erased |= ident.erased
+        erased &= keep
+        if erased.any():
+            keep &= ~erased
+            drops["subject_erased"] = int(erased.sum())
+        lat = np.asarray(cols.lat, dtype=np.float64)
+        lon = np.asarray(cols.lon, dtype=np.float64)
+        cell_key, cell, clat, clon = self.cells(lat, lon)
+        why = np.full(n, None, dtype=object)
+        nopos = np.isnan(clat)
+        if len(self.zones):
+            inz = (self.zones.locate(lat, lon) >= 0) | (self.zones.locate(clat, clon) >= 0)
+            why[inz] = PRIVACY_ZONE
+            nopos |= inz
+        bucket_ms = self.service.time_bucket_s * 1000
+        tsb = truncate_time(ts, self.service.time_bucket_s)
+        cand = keep & ~nopos
+        if cand.any():
+            ok = self.gate.admit(cell_key[cand], tsb[cand] // bucket_ms, device[cand])
+            small = np.flatnonzero(cand)[~ok]
+            why[small] = MIN_GROUP
+            nopos[small] = True
+        clat = np.where(nopos, np.nan, clat)
+        clon = np.where(nopos, np.nan, clon)
+        cell = cell.copy()
+        cell[nopos] = None
+        fields: dict[str, np.ndarray] = {}
+        if "speed" in self.allow and cols.speed is not None:
+            fields["speed"] = bucket(np.asarray(cols.speed, dtype=np.float64), self.service.speed_bucket_kmh)
+        if "heading" in self.allow and cols.angle is not None:
+            fields["heading"] = np.mod(round_to(cols.angle, 45), 360)
+        if "altitude" in self.allow and cols.altitude is not None:
+            fields["altitude"] = round_to(cols.altitude, 100)
+        if "satellites" in self.allow and cols.satellites is not None:
+            fields["satellites"] = np.asarray(cols.satellites, dtype=np.float64)
+        if "event_io_id" in self.allow and cols.event_io_id is not None:
+            fields["event_io_id"] = np.asarray(cols.event_io_id, dtype=np.float64)
+        for name, io_id in SERVICE_IO_FIELDS.items():
+            if name in self.allow:
+                col = cols.io.get(io_id)
+                fields[name] = _numeric(col, n)
+        return ControllerResult(
+            tenant=self.tenant.tenant,
+            keep=keep,
+            drops=drops,
+            record_id=self.ids.compute(cols.imei, ts, cols.record_content()),
+            device=device,
+            driver=ident.driver if ident is not None else None,
+            timestamp_ms=tsb,
+            lat=clat,
+            lon=clon,
+            cell=cell,
+            location_suppressed=why,
+            fields=fields,
+        )
+
+
+def _numeric(col, n: int) -> np.ndarray:
+    if col is None:
+        return np.full(n, np.nan)
+    arr = np.asarray(col)
+    if arr.dtype == object:
+        return np.array([np.nan if v is None or isinstance(v, (bytes, str)) else float(v) for v in arr.tolist()])
+    return arr.astype(np.float64)
