@@ -1,0 +1,349 @@
+"""The batched at-least-once delivery loop.
+
+    getmany() ─▶ process(batch) ─▶ produce every output (no await per message)
+              ─▶ await ALL delivery futures ─▶ commit next offset per partition
+
+A source offset is committed only after every output of its batch has been
+acknowledged by the broker (acks=all). Anything else stops the loop *without*
+committing: an exception from `process` (a bug: Faust would ack and skip it), a failed
+delivery (Faust's flush() would not even raise), a dead control-plane reader. The
+records of the failed batch stay uncommitted and are redelivered to whoever owns their
+partition next. Duplicates are possible, losses are not; every output carries a
+deterministic `record_id` (the pipeline's job) so consumers can drop the duplicates.
+
+Rebalances: the in-flight batch holds `_batch_lock`; `on_partitions_revoked` waits
+for it, so a batch whose processing started is delivered and committed while this
+member still owns its partitions (the commit of the old generation is accepted until
+the group moves on). Records fetched for a partition that was revoked before their
+batch started are dropped unprocessed and uncommitted. A commit refused because the
+group already moved on is not an error: the outputs are delivered, the new owner
+redelivers the records, consumers see duplicates.
+
+This module knows nothing of telematics: see streams/seam.py for the pipeline seam.
+"""
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from dataclasses import dataclass
+from typing import Callable
+
+from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, ConsumerRebalanceListener, TopicPartition
+from aiokafka.errors import CommitFailedError, IllegalStateError
+from aiokafka.partitioner import murmur2
+
+from fleetcloak.streams.metrics import WorkerMetrics, summary_line
+from fleetcloak.streams.seam import ControlSnapshot, Pipeline, PipelineFactory, as_pipeline
+from fleetcloak.streams.topics import RAW
+
+log = logging.getLogger(__name__)
+
+
+class WorkerFailed(RuntimeError):
+    """The loop stopped without committing the batch in hand."""
+
+
+class PipelineFailed(WorkerFailed):
+    pass
+
+
+class DeliveryFailed(WorkerFailed):
+    pass
+
+
+@dataclass
+class LoopSettings:
+    bootstrap: str
+    input_topic: str = RAW
+    group_id: str = "fleetcloak-worker"
+    client_id: str = "fleetcloak-worker"
+    max_records: int = 20_000          # per batch: keep a batch's CPU well under the 3 s heartbeat
+    poll_timeout_ms: int = 200          # how soon a stop request is noticed when idle
+    linger_ms: int = 5
+    producer_batch_bytes: int = 1 << 20  # per (topic, partition) batch; aiokafka's 16 KB is 16 msgs of 1 KB
+    create_topics: bool = True          # create the pipeline's missing output topics with their settings
+    session_timeout_ms: int = 10_000
+    heartbeat_interval_ms: int = 3_000
+
+
+def _fmt_tps(tps) -> str:
+    return ",".join(f"{tp.topic}[{tp.partition}]" for tp in sorted(tps)) or "-"
+
+
+class _Rebalance(ConsumerRebalanceListener):
+    def __init__(self, loop: "BatchLoop") -> None:
+        self._loop = loop
+
+    async def on_partitions_revoked(self, revoked) -> None:
+        # Wait for the in-flight batch: it is delivered and committed before we let go.
+        async with self._loop._batch_lock:
+            self._loop._owned.difference_update(revoked)
+            for tp in revoked:
+                self._loop._forget_lag(tp)
+        if revoked:
+            log.info("partitions revoked: %s", _fmt_tps(revoked))
+
+    async def on_partitions_assigned(self, assigned) -> None:
+        self._loop._owned = set(assigned)
+        log.info("partitions assigned: %s", _fmt_tps(assigned))
+        self._loop.assigned.set()
+
+
+class BatchLoop:
+    """Consume -> process -> produce -> await delivery -> commit, one batch at a time.
+
+    `run()` returns when `request_stop()` was called (after finishing and committing the
+    current batch) and raises WorkerFailed when it had to stop without committing.
+    """
+
+    def __init__(self, settings: LoopSettings, factory: PipelineFactory, *,
+                 control=None, metrics: WorkerMetrics | None = None,
+                 on_started: Callable[[], None] | None = None) -> None:
+        self.settings = settings
+        self.factory = factory
+        self.control = control      # ControlPlane or None (an empty snapshot then)
+        self.metrics = metrics or WorkerMetrics()
+        self.on_started = on_started
+        self.pipeline: Pipeline | None = None
+        self.assigned = asyncio.Event()
+        self._owned: set[TopicPartition] = set()
+        self._batch_lock = asyncio.Lock()
+        self._stopping = False
+        self._rebuild = True
+        self._consumer: AIOKafkaConsumer | None = None
+        self._producer: AIOKafkaProducer | None = None
+        self._partitions: dict[str, list[int]] = {}
+        self._partition_cache: dict[tuple[str, bytes], int] = {}
+        self._rr = 0
+        self._lag_labels: set[tuple[str, str]] = set()
+        self.consumed = 0
+        self.produced = 0
+        self.started_at: float | None = None
+        self.stopped_at: float | None = None
+        if control is not None:
+            control.subscribe(self._on_control_change)
+
+    # --- lifecycle ------------------------------------------------------------------------
+
+    def request_stop(self) -> None:
+        """Finish the batch in hand, commit it, and return from run()."""
+        self._stopping = True
+
+    @property
+    def stopping(self) -> bool:
+        return self._stopping
+
+    def _on_control_change(self) -> None:
+        self._rebuild = True
+
+    async def run(self) -> None:
+        s = self.settings
+        self._producer = AIOKafkaProducer(
+            bootstrap_servers=s.bootstrap, client_id=s.client_id,
+            acks="all",                 # acks=0/1 would ack before the data is safe (and acks=0 breaks on Tansu)
+            enable_idempotence=False,   # Tansu has no idempotent producer; duplicates are handled by record_id
+            linger_ms=s.linger_ms, max_batch_size=s.producer_batch_bytes,
+            max_request_size=max(s.producer_batch_bytes, 1 << 20) + (64 << 10),
+        )
+        self._consumer = AIOKafkaConsumer(
+            bootstrap_servers=s.bootstrap, client_id=s.client_id, group_id=s.group_id,
+            enable_auto_commit=False,   # we commit, after delivery
+            auto_offset_reset="earliest",  # a new group starts at the oldest raw record, not "now"
+            session_timeout_ms=s.session_timeout_ms, heartbeat_interval_ms=s.heartbeat_interval_ms,
+            max_poll_interval_ms=300_000,
+        )
+        failure: BaseException | None = None
+        try:
+            await self._producer.start()
+            await self._build_pipeline()
+            await self._consumer.start()
+            self._consumer.subscribe([s.input_topic], listener=_Rebalance(self))
+            self.started_at = time.monotonic()
+            self.metrics.up.set(1)
+            if self.on_started:
+                self.on_started()
+            await self._loop()
+        except BaseException as exc:
+            failure = exc
+            raise
+        finally:
+            self.metrics.up.set(0)
+            self.stopped_at = time.monotonic()
+            await self._close(failure)
+
+    async def _close(self, failure: BaseException | None) -> None:
+        # No commit here, ever: commits happen only after a delivered batch. (Auto-commit is
+        # off, so stopping the consumer leaves the group without committing.)
+        for client in (self._consumer, self._producer):
+            if client is None:
+                continue
+            try:
+                await client.stop()
+            except Exception as exc:  # closing must not hide the failure that got us here
+                log.warning("closing %s failed: %r", type(client).__name__, exc)
+        if self.started_at is not None:
+            seconds = (self.stopped_at or time.monotonic()) - self.started_at
+            level = logging.ERROR if failure is not None and not isinstance(failure, asyncio.CancelledError) else logging.INFO
+            log.log(level, "%s%s", summary_line(self.metrics.totals, self.consumed, self.produced, seconds),
+                    f" (stopped by {type(failure).__name__}, last batch NOT committed)" if failure else "")
+
+    # --- the loop -------------------------------------------------------------------------
+
+    async def _loop(self) -> None:
+        consumer = self._consumer
+        while not self._stopping:
+            if self.control is not None and (err := self.control.failed()) is not None:
+                raise WorkerFailed(f"control-plane reader failed: {err!r}") from err
+            if self._rebuild:
+                await self._build_pipeline()
+            batch = await consumer.getmany(timeout_ms=self.settings.poll_timeout_ms,
+                                           max_records=self.settings.max_records)
+            if not batch:
+                continue
+            if self._stopping:  # fetched but not started: leave it uncommitted
+                break
+            async with self._batch_lock:
+                await self._handle(batch)
+
+    async def _handle(self, batch: dict) -> None:
+        t0 = time.perf_counter()
+        messages = []
+        last: dict[TopicPartition, int] = {}
+        dropped = 0
+        for tp, records in batch.items():
+            if tp not in self._owned:  # revoked between fetch and now: not ours to process
+                dropped += len(records)
+                continue
+            messages.extend(records)
+            last[tp] = records[-1].offset
+        if dropped:
+            self.metrics.revoked_dropped.inc(dropped)
+            log.info("left %d fetched records of revoked partitions unprocessed", dropped)
+        if not messages:
+            return
+        try:
+            result = self.pipeline.process(messages)
+        except Exception as exc:
+            raise PipelineFailed(f"process() raised on a batch of {len(messages)} messages: {exc!r}") from exc
+        await self._deliver(result.outputs)
+        self.consumed += len(messages)
+        self.produced += len(result.outputs)
+        self.metrics.messages_consumed.inc(len(messages))
+        self.metrics.messages_produced.inc(len(result.outputs))
+        if not self.metrics.account(result.counts):
+            log.error("accounting does not balance for a batch: in=%d accounted=%d (pipeline bug)",
+                      result.counts.received, result.counts.accounted())
+        await self._commit({tp: off + 1 for tp, off in last.items()})
+        for tp, off in last.items():
+            hw = self._consumer.highwater(tp)
+            if hw is not None:
+                self._set_lag(tp, hw - off - 1)
+        self.metrics.batches.inc()
+        self.metrics.batch_seconds.observe(time.perf_counter() - t0)
+
+    async def _commit(self, offsets: dict[TopicPartition, int]) -> None:
+        try:
+            await self._consumer.commit(offsets)
+        except (CommitFailedError, IllegalStateError) as exc:
+            # The group moved on: our outputs are delivered, the new owner redelivers.
+            self.metrics.commit_failures.inc()
+            log.warning("commit refused after a rebalance (records will be redelivered, duplicates downstream): %s",
+                        type(exc).__name__)
+
+    # --- producing ------------------------------------------------------------------------
+
+    async def _partitions_of(self, topic: str) -> list[int]:
+        parts = self._partitions.get(topic)
+        if parts is None:
+            parts = self._partitions[topic] = sorted(await self._producer.partitions_for(topic))
+        return parts
+
+    def _partition_for(self, topic: str, key: bytes | None, parts: list[int]) -> int:
+        # Kafka's default partitioner (murmur2), so keys land where Java producers put them;
+        # cached because murmur2 is pure Python in aiokafka and keys repeat (devices).
+        if key is None:
+            self._rr += 1
+            return parts[self._rr % len(parts)]
+        cache_key = (topic, key)
+        p = self._partition_cache.get(cache_key)
+        if p is None:
+            if len(self._partition_cache) > 200_000:
+                self._partition_cache.clear()
+            p = self._partition_cache[cache_key] = parts[(murmur2(key) & 0x7FFFFFFF) % len(parts)]
+        return p
+
+    async def _deliver(self, outputs) -> None:
+        """Produce every output in per-partition batches, then await every batch's delivery."""
+        producer = self._producer
+        builders: dict[tuple[str, int], object] = {}
+        futures = []
+        try:
+            for topic, key, value, headers in outputs:
+                if type(headers) is not list:  # aiokafka's C batch builder takes lists only
+                    headers = list(headers) if headers else []
+                parts = self._partitions.get(topic) or await self._partitions_of(topic)
+                p = self._partition_for(topic, key, parts)
+                builder = builders.get((topic, p))
+                if builder is None:
+                    builder = builders[(topic, p)] = producer.create_batch()
+                if builder.append(key=key, value=value, timestamp=None, headers=headers) is None:
+                    futures.append(await producer.send_batch(builder, topic, partition=p))
+                    builder = builders[(topic, p)] = producer.create_batch()
+                    if builder.append(key=key, value=value, timestamp=None, headers=headers) is None:
+                        raise DeliveryFailed(f"an output message for {topic} is larger than a producer batch")
+            for (topic, p), builder in builders.items():
+                futures.append(await producer.send_batch(builder, topic, partition=p))
+        except DeliveryFailed:
+            raise
+        except Exception as exc:
+            raise DeliveryFailed(f"producing the batch's outputs failed: {exc!r}") from exc
+        results = await asyncio.gather(*futures, return_exceptions=True)
+        errors = [r for r in results if isinstance(r, BaseException)]
+        if errors:
+            raise DeliveryFailed(f"{len(errors)} of {len(futures)} output batches were not delivered: {errors[0]!r}")
+
+    # --- pipeline -------------------------------------------------------------------------
+
+    async def _build_pipeline(self) -> None:
+        self._rebuild = False
+        snapshot = self.control.snapshot() if self.control is not None else ControlSnapshot({}, {}, {}, 0)
+        try:
+            pipeline = as_pipeline(self.factory(snapshot))
+        except Exception as exc:
+            # Fail closed: a control change we cannot apply (an erasure, a policy) must not
+            # leave the worker processing under the old rules.
+            self.metrics.pipeline_builds.labels("failed").inc()
+            raise PipelineFailed(f"building the pipeline from control version {snapshot.version} failed: {exc!r}") from exc
+        if self.settings.create_topics and pipeline.topics:
+            await self._ensure_topics(list(pipeline.topics))
+        self._partitions.clear()
+        self._partition_cache.clear()
+        self.pipeline = pipeline
+        self.metrics.pipeline_builds.labels("ok").inc()
+        log.info("pipeline built from control version %d: %s", snapshot.version, pipeline.description or "-")
+
+    async def _ensure_topics(self, specs) -> None:
+        from aiokafka.admin import AIOKafkaAdminClient
+
+        from fleetcloak.streams.topics import ensure_topics
+
+        admin = AIOKafkaAdminClient(bootstrap_servers=self.settings.bootstrap, client_id=self.settings.client_id)
+        await admin.start()
+        try:
+            await ensure_topics(admin, specs)
+        finally:
+            await admin.close()
+
+    # --- lag ------------------------------------------------------------------------------
+
+    def _set_lag(self, tp: TopicPartition, value: int) -> None:
+        labels = (tp.topic, str(tp.partition))
+        self._lag_labels.add(labels)
+        self.metrics.lag.labels(*labels).set(max(value, 0))
+
+    def _forget_lag(self, tp: TopicPartition) -> None:
+        labels = (tp.topic, str(tp.partition))
+        if labels in self._lag_labels:
+            self._lag_labels.discard(labels)
+            self.metrics.lag.remove(*labels)

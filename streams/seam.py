@@ -1,0 +1,153 @@
+"""The seam between the Kafka delivery loop and the pure pipeline.
+
+The loop (streams/loop.py) knows Kafka and nothing about telematics; the pipeline knows
+telematics and nothing about Kafka. They meet here:
+
+    factory(control: ControlSnapshot) -> Pipeline          # built at start, rebuilt on change
+    pipeline.process(batch: Sequence[RawMessage]) -> ProcessResult   # pure, synchronous
+
+`process` gets a whole `getmany()` batch (all partitions, in offset order per partition)
+and returns every output message for it plus the batch's accounting. It must not do IO
+and must not keep a reference to the batch. It MAY raise: the loop then stops the worker
+without committing anything of the batch (bad *input* is data, routed to the dead-letter
+topic by the pipeline; an exception means a bug, and a bug must not be acked).
+
+Nothing in this module imports Kafka or Faust, so pipeline tests build `RawMessage`s by
+hand and never need a broker.
+"""
+from __future__ import annotations
+
+from collections import Counter
+from dataclasses import dataclass, field
+from typing import Callable, Mapping, Protocol, Sequence
+
+
+class RawMessage(Protocol):
+    """What `process` may read of a consumed message (aiokafka's ConsumerRecord fits as is)."""
+    topic: str
+    partition: int
+    offset: int
+    timestamp: int                      # ms since the epoch (producer CreateTime)
+    key: bytes | None                   # telematics.raw: the IMEI as ASCII digits
+    value: bytes | None                 # telematics.raw: one raw AVL frame
+    headers: Sequence[tuple[str, bytes]]  # telematics.raw: received_at, transport
+
+
+@dataclass(frozen=True, slots=True)
+class Message:
+    """A RawMessage built by hand (tests, benches, the simulator's file sink)."""
+    value: bytes | None
+    key: bytes | None = None
+    headers: Sequence[tuple[str, bytes]] = ()
+    topic: str = "telematics.raw"
+    partition: int = 0
+    offset: int = 0
+    timestamp: int = 0
+
+
+# (topic, key, value, headers). key None -> any partition; headers may be None or [].
+Output = tuple[str, "bytes | None", bytes, "Sequence[tuple[str, bytes]] | None"]
+
+
+@dataclass
+class Counts:
+    """A batch's accounting, in the pipeline's unit (records), such that
+    `received == sum(forwarded) + sum(deadlettered) + sum(dropped)`.
+
+    Labels are low-cardinality and never identify a person or a device:
+      forwarded    keyed by (route, tenant slug); route is "processor" or "controller"
+      deadlettered keyed by reason (e.g. "bad_crc", "unknown_device")
+      dropped      keyed by (rule, tenant slug) (e.g. ("too_old", "acme"))
+    Use tenant "" where no tenant is known.
+
+    Note on the controller route: one record may be forwarded to both routes. Count its
+    fate once, under the processor route, and count the analytics copy in `copies`
+    (keyed like `forwarded`) so the identity above still holds.
+    """
+    received: int = 0
+    forwarded: Counter = field(default_factory=Counter)     # (route, tenant) -> n
+    deadlettered: Counter = field(default_factory=Counter)  # reason -> n
+    dropped: Counter = field(default_factory=Counter)       # (rule, tenant) -> n
+    copies: Counter = field(default_factory=Counter)        # (route, tenant) -> n, outside the identity
+
+    def accounted(self) -> int:
+        return sum(self.forwarded.values()) + sum(self.deadlettered.values()) + sum(self.dropped.values())
+
+    def balanced(self) -> bool:
+        return self.received == self.accounted()
+
+    def add(self, other: "Counts") -> None:
+        self.received += other.received
+        self.forwarded.update(other.forwarded)
+        self.deadlettered.update(other.deadlettered)
+        self.dropped.update(other.dropped)
+        self.copies.update(other.copies)
+
+
+@dataclass
+class ProcessResult:
+    outputs: list[Output]
+    counts: Counts
+
+
+ProcessFn = Callable[[Sequence[RawMessage]], ProcessResult]
+
+
+@dataclass(frozen=True)
+class Pipeline:
+    """What a factory returns: the pure function, and the output topics it needs.
+
+    `topics` are TopicSpecs (streams/topics.py) the loop creates, if missing, before the
+    pipeline sees its first batch: a tenant's topic with its retention window must
+    exist before anything is written to it (no broker auto-creation with defaults).
+    """
+    process: ProcessFn
+    topics: tuple = ()
+    description: str = ""
+
+
+@dataclass(frozen=True)
+class ControlSnapshot:
+    """The control plane as of one instant: key bytes -> latest value bytes per topic.
+
+    `policies`: fleetcloak.policies (key = tenant slug); `keys`: fleetcloak.keys (wrapped
+    key epochs, unwrap with the master key); `subjects`: fleetcloak.subjects (rights
+    state). Values are opaque here; the pipeline's factory parses them. `version`
+    increases with every change seen, so a factory may cache.
+    """
+    policies: Mapping[bytes, bytes]
+    keys: Mapping[bytes, bytes]
+    subjects: Mapping[bytes, bytes]
+    version: int = 0
+
+
+PipelineFactory = Callable[[ControlSnapshot], "Pipeline | ProcessFn"]
+
+
+def as_pipeline(built: "Pipeline | ProcessFn") -> Pipeline:
+    return built if isinstance(built, Pipeline) else Pipeline(process=built)
+
+
+# --- the placeholder pipeline ------------------------------------------------------------
+# Until the real pipeline (decode -> registry -> gates -> routes) is plugged in, the worker
+# can run this one: every raw message is copied unchanged to one topic. It exists to test
+# and benchmark delivery, never to run in production: it forwards raw identifiers.
+
+PASSTHROUGH_TOPIC = "fleetcloak.passthrough"
+
+
+def passthrough_factory(output_topic: str = PASSTHROUGH_TOPIC, partitions: int = 4) -> PipelineFactory:
+    from fleetcloak.streams.topics import TopicSpec, _retention
+
+    spec = TopicSpec(output_topic, partitions, _retention(1))
+
+    def process(batch: Sequence[RawMessage]) -> ProcessResult:
+        outputs = [(output_topic, m.key, m.value, m.headers) for m in batch]
+        counts = Counts(received=len(outputs))
+        counts.forwarded[("passthrough", "")] = len(outputs)
+        return ProcessResult(outputs, counts)
+
+    def factory(control: ControlSnapshot) -> Pipeline:
+        return Pipeline(process, topics=(spec,), description=f"passthrough -> {output_topic}")
+
+    return factory
