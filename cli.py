@@ -12,6 +12,9 @@ import sys
 # `run(args) -> int`.
 SUBCOMMANDS: dict[str, tuple[str, str]] = {
     "decode": ("fleetcloak.codecs.cli", "decode Teltonika packets (hex) to JSON lines"),
+    "broker": ("fleetcloak.streams.cmd_broker", "run the embedded Kafka-compatible broker (Tansu) until stopped"),
+    "topics": ("fleetcloak.streams.cmd_topics", "create or describe the fleetcloak topics with their settings"),
+    "worker": ("fleetcloak.streams.cmd_worker", "run the stream worker (batched, at-least-once)"),
     "audit": ("fleetcloak.streams.cli_audit", "verify or show the hash-chained audit trail"),
     "retention": ("fleetcloak.streams.cli_retention", "audit topic retention against the cap, --fix it"),
 }

@@ -1,0 +1,60 @@
+"""`fleetcloak worker --broker HOST:PORT`: run the stream worker (streams/app.py)."""
+from __future__ import annotations
+
+import importlib
+import logging
+import os
+import sys
+
+from fleetcloak.streams.topics import RAW
+
+# The pipeline the worker runs unless --pipeline says otherwise. `passthrough` copies raw
+# messages to fleetcloak.passthrough: a delivery test fixture, not the product. The lead
+# replaces this with the real factory (decode -> registry -> gates -> routes).
+DEFAULT_PIPELINE = os.environ.get("FLEETCLOAK_PIPELINE", "passthrough")
+
+
+def add_arguments(p) -> None:
+    p.add_argument("--broker", default=os.environ.get("FLEETCLOAK_BROKER"), required="FLEETCLOAK_BROKER" not in os.environ,
+                   help="bootstrap HOST:PORT (env FLEETCLOAK_BROKER)")
+    p.add_argument("--group", default="fleetcloak-worker", help="consumer group (default fleetcloak-worker)")
+    p.add_argument("--input-topic", default=RAW, help=f"topic to consume (default {RAW})")
+    p.add_argument("--metrics-port", type=int, default=6066, help="HTTP port for /health and /metrics (default 6066)")
+    p.add_argument("--metrics-host", default="0.0.0.0", help="address to bind the HTTP server to")
+    p.add_argument("--pipeline", default=DEFAULT_PIPELINE,
+                   help="`passthrough`, or module:callable returning a PipelineFactory (see streams/seam.py)")
+    p.add_argument("--passthrough-topic", default="fleetcloak.passthrough", help="output topic of the passthrough pipeline")
+    p.add_argument("--max-records", type=int, default=20_000, help="max raw messages per batch")
+    p.add_argument("--raw-partitions", type=int, default=4, help="partitions of telematics.raw if the worker creates it")
+    p.add_argument("--no-control-plane", action="store_true", help="do not read the control topics (benches only)")
+    p.add_argument("-l", "--loglevel", default="info", choices=["debug", "info", "warning", "error"],
+                   help="log level (explicit: Faust's default is DEBUG behind a spinner)")
+
+
+def resolve_factory(spec: str, passthrough_topic: str):
+    from fleetcloak.streams.seam import passthrough_factory
+
+    if spec == "passthrough":
+        return passthrough_factory(passthrough_topic)
+    module_name, _, attr = spec.partition(":")
+    if not attr:
+        raise SystemExit(f"--pipeline must be `passthrough` or module:callable, got {spec!r}")
+    return getattr(importlib.import_module(module_name), attr)()
+
+
+def run(args) -> int:
+    from fleetcloak.streams.app import WorkerSettings, run_worker
+    from fleetcloak.streams.loop import LoopSettings
+
+    factory = resolve_factory(args.pipeline, args.passthrough_topic)
+    if args.pipeline == "passthrough":
+        logging.getLogger("fleetcloak.worker").warning(
+            "running the PASSTHROUGH pipeline: raw messages are copied unchanged to %s (testing only)",
+            args.passthrough_topic)
+        print(f"fleetcloak worker: passthrough pipeline -> {args.passthrough_topic} (testing only)", file=sys.stderr)
+    settings = WorkerSettings(
+        loop=LoopSettings(args.broker, input_topic=args.input_topic, group_id=args.group, max_records=args.max_records),
+        web_port=args.metrics_port, web_host=args.metrics_host,
+        control_plane=not args.no_control_plane, raw_partitions=args.raw_partitions,
+    )
+    return run_worker(settings, factory, loglevel=args.loglevel)
