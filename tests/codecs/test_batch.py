@@ -435,7 +435,7 @@ def _mutate(rng: random.Random, f: bytes) -> bytes:
     return out
 
 
-FUZZ_CASES = 4000
+FUZZ_CASES = 20_000     # default run, ~2 s; the slow test below runs 1,000,000
 
 
 def test_fuzz_never_crashes_and_agrees_with_decode():
@@ -460,3 +460,20 @@ def test_fuzz_never_crashes_and_agrees_with_decode():
     # the fuzz reached deep into the parser, not just the header checks
     assert {"crc_mismatch", "truncated", "count_mismatch", "bad_length"} <= reasons, reasons
     assert len(reasons & {"duplicate_io", "bad_priority", "bad_generation_type"}) >= 2, reasons
+
+
+@pytest.mark.slow
+def test_fuzz_one_million(request):
+    """1,000,000 fuzz cases (pytest -m slow, ~50 s): no crash, known reasons, and
+    agreement with decode() on every 20th batch."""
+    if "slow" not in (request.config.getoption("markexpr") or ""):
+        pytest.skip("1,000,000 cases: run with -m slow")
+    rng = random.Random(1_000_000)
+    corpus = _corpus(rng)
+    for k in range(1000):
+        chunk = [_mutate(rng, rng.choice(corpus)) for _ in range(1000)] + [C8E]
+        b = decode_batch(chunk)
+        assert b.frame_ok[-1] and b.n_frames == 1001
+        assert all(e.reason in REASONS for _, e in b.errors)
+        if k % 20 == 0:
+            check_batch_against_decode(chunk, b)
