@@ -1,0 +1,189 @@
+"""The simulation loop: device-days -> emissions in arrival order.
+
+Determinism: every random draw comes from a numpy Generator seeded by
+(seed, stream, vehicle, day), with separate streams for the model (trips, telemetry),
+the network (latencies) and the faults, so turning faults on never changes the model's
+records, and nothing reads the wall clock. Simulated time runs as fast as the machine
+goes; pacing (--realtime / --speed) is the caller's business (cli.py).
+
+Emissions of one simulated day are merged across devices in a heap ordered by
+(received_at, vehicle, sequence); an emission that arrives after midnight (a late
+resend) waits in the heap for the next day, so the output is globally ordered by
+received_at.
+"""
+from __future__ import annotations
+
+import heapq
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from ..codecs.packets import AvlPacket
+from . import faults as F
+from .fleet import Fleet, build_fleet
+from .packetiser import (DeviceLink, Emission, chunk, encode_checked, latency_ms, make_packet,
+                         send_groups)
+from .telemetry import RecordFactory
+from .trips import DAY_S, DayPlanner, DeviceState
+
+DAY_MS = DAY_S * 1000
+YEAR_MS = 365 * DAY_MS
+
+# Seed streams.
+_MODEL, _NET, _FAULT = 1, 2, 3
+
+
+@dataclass(frozen=True)
+class SimConfig:
+    seed: int
+    tenants: int
+    vehicles: int
+    days: int
+    start_s: int                     # simulated start, epoch seconds (midnight UTC)
+    faults: F.FaultRates = field(default_factory=F.FaultRates)
+
+    @property
+    def start_ms(self) -> int:
+        return self.start_s * 1000
+
+    @property
+    def end_ms(self) -> int:
+        return self.start_ms + self.days * DAY_MS
+
+    @property
+    def too_old_before_ms(self) -> int:
+        """A record older than this is fate too_old (generated ones are >= 400 days older)."""
+        return self.start_ms - YEAR_MS
+
+    @property
+    def future_after_ms(self) -> int:
+        """A record newer than this is fate future (generated ones are >= 366 days newer)."""
+        return self.end_ms + YEAR_MS
+
+
+def classify(ts_ms: int, cfg: SimConfig) -> str:
+    if ts_ms < cfg.too_old_before_ms:
+        return "too_old"
+    if ts_ms > cfg.future_after_ms:
+        return "future"
+    return "valid"
+
+
+def timestamp_fates(packet: AvlPacket, cfg: SimConfig) -> dict[str, int]:
+    lo, hi = cfg.too_old_before_ms, cfg.future_after_ms
+    old = fut = 0
+    for r in packet.records:
+        t = r.timestamp_ms
+        if t < lo:
+            old += 1
+        elif t > hi:
+            fut += 1
+    out = {"valid": len(packet.records) - old - fut}
+    if old:
+        out["too_old"] = old
+    if fut:
+        out["future"] = fut
+    return out
+
+
+class Simulation:
+    def __init__(self, cfg: SimConfig):
+        self.cfg = cfg
+        self.fleet: Fleet = build_fleet(cfg.seed, cfg.tenants, cfg.vehicles)
+        self.states = [DeviceState(*self.fleet.drivers[v.primary].home_xy) for v in self.fleet.vehicles]
+        self.planners = [DayPlanner(self.fleet, v) for v in self.fleet.vehicles]
+        self.factories = [RecordFactory(self.fleet, v) for v in self.fleet.vehicles]
+        self.links = [DeviceLink() for _ in self.fleet.vehicles]
+        self.model_records = 0        # records the model made (before faults)
+        self.day = 0
+
+    def _rng(self, stream: int, veh: int, day: int) -> np.random.Generator:
+        return np.random.default_rng([self.cfg.seed, stream, veh, day])
+
+    def device_day(self, vi: int, day: int) -> list[Emission]:
+        """One device's emissions for one simulated day (unordered across devices)."""
+        cfg, veh = self.cfg, self.fleet.vehicles[vi]
+        state, link = self.states[vi], self.links[vi]
+        mrng, nrng, frng = self._rng(_MODEL, vi, day), self._rng(_NET, vi, day), self._rng(_FAULT, vi, day)
+        day_t0 = cfg.start_s + day * DAY_S
+        track = self.planners[vi].plan(mrng, day_t0, state)
+        records = self.factories[vi].build(mrng, track, state)
+        if day == cfg.days - 1 and records and records[-1].timestamp_ms >= cfg.end_ms:
+            records = [r for r in records if r.timestamp_ms < cfg.end_ms]
+        self.model_records += len(records)
+        rates = cfg.faults
+        span = cfg.end_ms - cfg.start_ms
+        out: list[Emission] = []
+        ooo: list[int] = []
+        for tick, recs in send_groups(veh, records):
+            rfault = rates.draw(frng, F.RECORD_FAULTS) if rates.rates else None
+            if rfault == "backlog":
+                recs = F.backlog_records(frng, recs, span) + recs
+            elif rfault == "future":
+                recs = recs + F.future_records(frng, recs, span)
+            t_ms = tick * 1000 + latency_ms(nrng)
+            for ch in chunk(veh, recs, link.sizes):
+                for pkt, frame in encode_checked(veh, link, make_packet(veh, link, ch)):
+                    tags = (rfault,) if rfault and self._has_shifted(pkt) else ()
+                    em = Emission(t_ms, (vi, link.seq), veh.imei, veh.transport, frame, pkt,
+                                  timestamp_fates(pkt, cfg), None, "original", vi)
+                    link.seq += 1
+                    t_ms += 3 + int(nrng.integers(0, 40))
+                    pfault = rates.draw(frng, F.PACKET_FAULTS) if rates.rates else None
+                    out += self._packet_fault(pfault, em, tags, frng, link, ooo, len(out))
+        for i in ooo:  # deliver after the device's next original packet
+            nxt = next((e.received_at for e in out[i + 1:] if e.copy == "original"), None)
+            out[i].received_at = (nxt if nxt is not None else out[i].received_at + 60_000) + int(frng.integers(1, 500))
+        return out
+
+    def _has_shifted(self, pkt: AvlPacket) -> bool:
+        cfg = self.cfg
+        return any(not cfg.start_ms <= r.timestamp_ms < cfg.end_ms + DAY_MS for r in pkt.records)
+
+    def _packet_fault(self, pfault, em: Emission, tags, frng, link: DeviceLink, ooo: list[int],
+                      pos: int) -> list[Emission]:
+        em.fault = ",".join(tags) or None
+        n = em.n_records
+        if pfault is None:
+            return [em]
+        if pfault in F.CORRUPTING:
+            bad = Emission(em.received_at, em.order + ("c",), em.imei, em.transport,
+                           F.corrupt(frng, pfault, em.frame, em.transport), em.packet,
+                           {"corrupt": n}, ",".join(tags + (pfault,)), "corrupt", em.device)
+            em.received_at += F.resend_delay_ms(frng)
+            em.copy = "resend"
+            return [bad, em]
+        if pfault == "duplicate":
+            dup = Emission(em.received_at + F.resend_delay_ms(frng), em.order + ("d",), em.imei,
+                           em.transport, em.frame, em.packet, {"duplicate": n},
+                           ",".join(tags + ("duplicate",)), "duplicate", em.device)
+            return [em, dup]
+        if pfault == "out_of_order":
+            em.fault = ",".join(tags + ("out_of_order",))
+            ooo.append(pos)
+            return [em]
+        if pfault == "unknown_imei":
+            imeis = self.fleet.unknown_imeis
+            imei = imeis[int(frng.integers(0, len(imeis)))]
+            pkt, frame = F.rekey(em.packet, imei)
+            ph = Emission(em.received_at + int(frng.integers(1, 900)), em.order + ("u",), imei,
+                          em.transport, frame, pkt, {"unknown_device": n},
+                          ",".join(tags + ("unknown_imei",)), "phantom", -1)
+            return [em, ph]
+        raise ValueError(pfault)
+
+    def emissions(self) -> Iterator[Emission]:
+        """Every emission of the run, in received_at order."""
+        heap: list[Emission] = []
+        n_veh = len(self.fleet.vehicles)
+        for day in range(self.cfg.days):
+            self.day = day
+            for vi in range(n_veh):
+                for em in self.device_day(vi, day):
+                    heapq.heappush(heap, em)
+            horizon = self.cfg.start_ms + (day + 1) * DAY_MS
+            while heap and heap[0].received_at < horizon:
+                yield heapq.heappop(heap)
+        while heap:
+            yield heapq.heappop(heap)

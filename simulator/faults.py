@@ -1,0 +1,143 @@
+"""Fault injection: what networks and devices do to telemetry, each fault at its own rate.
+
+Rates are probabilities per send (record-level faults) or per packet (packet-level
+faults); a packet gets at most one fault. `--faults R` spreads a total rate R over the
+mix in DEFAULT_MIX.
+
+record-level (decided per send, before packetisation; the records are extra copies of
+the send's records with shifted timestamps, so the model's own records are untouched):
+  backlog      1-30 records from the device's memory, timestamped 400-900 days before
+               the simulated start (an RTC or buffer problem): fate too_old.
+  future       1-5 records with a clock in the future, at least 366 days after the
+               simulated end: fate future.
+  Both land in the same packets as the send's normal records (packets mix fates).
+
+packet-level:
+  crc          transit corruption. TCP: one bit flipped in the data field, so the CRC
+               fails; UDP (no CRC): Number of Data 2 altered, so the count check fails.
+  truncation   the frame cut short (a dropped connection).
+  garbage      1-32 random bytes appended (TCP: sometimes prepended, first byte never
+               00, so the frame cannot start like a data frame).
+               For these three the corrupt copy (fate corrupt) is followed, after the
+               device's response timeout (20-60 s), by the clean resend it triggers.
+  duplicate    the packet arrives twice, the copy 20-60 s later (a lost ACK):
+               the copy's records are fate duplicate.
+  out_of_order the packet arrives after the device's next packet.
+  unknown_imei the same packet is also sent by a device no tenant owns (an IMEI from
+               Fleet.unknown_imeis): fate unknown_device.
+Every corrupt copy fails fleetcloak.codecs.decode; the tests check it.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+from ..codecs import encode
+from ..codecs.packets import AvlPacket, AvlRecord
+
+RECORD_FAULTS = ("backlog", "future")
+PACKET_FAULTS = ("crc", "truncation", "garbage", "duplicate", "out_of_order", "unknown_imei")
+FAULTS = RECORD_FAULTS + PACKET_FAULTS
+CORRUPTING = ("crc", "truncation", "garbage")
+
+DEFAULT_MIX = {
+    "crc": 0.18, "truncation": 0.08, "garbage": 0.08, "duplicate": 0.20,
+    "out_of_order": 0.14, "backlog": 0.12, "future": 0.06, "unknown_imei": 0.14,
+}
+DAY_MS = 86_400_000
+
+
+@dataclass(frozen=True)
+class FaultRates:
+    rates: tuple[tuple[str, float], ...] = ()
+
+    @classmethod
+    def build(cls, total: float = 0.0, overrides: dict[str, float] | None = None) -> "FaultRates":
+        if not 0.0 <= total <= 1.0:
+            raise ValueError("--faults takes a total rate between 0 and 1")
+        r = {k: total * w for k, w in DEFAULT_MIX.items()}
+        for k, v in (overrides or {}).items():
+            if k not in FAULTS:
+                raise ValueError(f"unknown fault {k!r}; known: {', '.join(FAULTS)}")
+            if not 0.0 <= v <= 1.0:
+                raise ValueError(f"fault rate {k}={v} is not between 0 and 1")
+            r[k] = v
+        if sum(r[k] for k in PACKET_FAULTS) > 1.0 or sum(r[k] for k in RECORD_FAULTS) > 1.0:
+            raise ValueError("fault rates add up to more than 1")
+        return cls(tuple((k, r[k]) for k in FAULTS))
+
+    def get(self, name: str) -> float:
+        return dict(self.rates).get(name, 0.0)
+
+    def as_dict(self) -> dict[str, float]:
+        return {k: round(v, 6) for k, v in self.rates}
+
+    def draw(self, rng: np.random.Generator, kinds: tuple[str, ...]) -> str | None:
+        u = rng.random()
+        acc = 0.0
+        for k in kinds:
+            acc += self.get(k)
+            if u < acc:
+                return k
+        return None
+
+
+def shifted(records: list[AvlRecord], delta_ms: int) -> list[AvlRecord]:
+    """Copies of records with timestamps moved by delta_ms (same shape, same widths)."""
+    return [AvlRecord(r.timestamp_ms + delta_ms, r.priority, r.lon, r.lat, r.altitude, r.angle,
+                      r.satellites, r.speed, r.event_io_id, r.io, r.io_width, r.generation_type)
+            for r in records]
+
+
+def backlog_records(rng: np.random.Generator, records: list[AvlRecord], span_ms: int) -> list[AvlRecord]:
+    """Old records (>= 400 days before the start) to put in front of a send."""
+    k = int(rng.integers(1, 31))
+    src = [records[i % len(records)] for i in range(k)]
+    base = span_ms + int(rng.integers(400, 901)) * DAY_MS + int(rng.integers(0, 86_400)) * 1000
+    # Oldest first, 10 s apart, all at least `base` before the send's first record.
+    t0 = src[0].timestamp_ms - base - k * 10_000
+    return [shifted([r], t0 + i * 10_000 - r.timestamp_ms)[0] for i, r in enumerate(src)]
+
+
+def future_records(rng: np.random.Generator, records: list[AvlRecord], span_ms: int) -> list[AvlRecord]:
+    """Records whose clock runs >= 366 days past the simulated end."""
+    k = min(len(records), int(rng.integers(1, 6)))
+    delta = span_ms + int(rng.integers(366, 731)) * DAY_MS + int(rng.integers(0, 86_400)) * 1000
+    return shifted(records[-k:], delta)
+
+
+def corrupt(rng: np.random.Generator, kind: str, frame: bytes, transport: str) -> bytes:
+    """A copy of `frame` that fleetcloak.codecs.decode rejects (see the module notes)."""
+    n = len(frame)
+    if kind == "crc":
+        b = bytearray(frame)
+        if transport == "tcp":
+            length = int.from_bytes(frame[4:8], "big")
+            pos = 8 + int(rng.integers(0, length))
+            b[pos] ^= 1 << int(rng.integers(0, 8))
+        else:
+            b[-1] = (b[-1] + int(rng.integers(1, 255))) & 0xFF
+        return bytes(b)
+    if kind == "truncation":
+        return frame[:int(rng.integers(1, n))]
+    if kind == "garbage":
+        junk = rng.integers(0, 256, int(rng.integers(1, 33)), dtype=np.uint8).tobytes()
+        if transport == "tcp" and rng.random() < 0.5:
+            return bytes([int(rng.integers(1, 255))]) + junk + frame
+        return frame + junk
+    raise ValueError(kind)
+
+
+def rekey(packet: AvlPacket, imei: str) -> tuple[AvlPacket, bytes]:
+    """The same records sent by another device (UDP carries the IMEI in the datagram)."""
+    if packet.transport == "udp":
+        p = AvlPacket(packet.codec, packet.records, "udp", imei, packet.packet_id,
+                      packet.avl_packet_id, packet.packet_type)
+        return p, encode(p)
+    return packet, encode(packet)
+
+
+def resend_delay_ms(rng: np.random.Generator) -> int:
+    """A device's response timeout before it resends an unacknowledged packet."""
+    return int(rng.integers(20_000, 60_001))

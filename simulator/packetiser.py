@@ -1,0 +1,134 @@
+"""Records -> packets the way a tracker sends them, and packets -> wire bytes.
+
+A device buffers its records and sends what it holds every `send_period_s` (on its own
+clock phase): all records made since the last send, split into as many packets as the
+byte limit needs (1280 bytes per frame, 512 for the FMB640; protocol notes 7). Sizes are
+computed from the layout (a record's size depends only on the codec and which IO widths
+it carries), and the encoder has the last word: a chunk that encodes too large is split.
+
+Bytes always come from fleetcloak.codecs.encode: the simulator never writes its own
+encoder. An `Emission` is one message as it reaches the raw topic (or the gateway).
+"""
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from ..codecs import encode
+from ..codecs.packets import CODEC_8, CODEC_8E, AvlPacket, AvlRecord
+from .fleet import Vehicle
+
+# Record bytes before the IO pairs, and bytes per IO pair beyond its value (id width).
+_RECORD_BASE = {CODEC_8: 24 + 1 + 1 + 4, CODEC_8E: 24 + 2 + 2 + 5 * 2, 0x10: 24 + 2 + 1 + 1 + 4}
+_ID_W = {CODEC_8: 1, CODEC_8E: 2, 0x10: 2}
+TCP_OVERHEAD = 8 + 1 + 1 + 1 + 4          # preamble+length, codec, N1, N2, CRC
+UDP_OVERHEAD = 2 + 2 + 1 + 1 + 2 + 15 + 1 + 1 + 1
+
+
+@dataclass(slots=True)
+class Emission:
+    """One message for the sink: the bytes a device (or the network) delivered.
+
+    `fates` maps fate -> number of records, as the truth counts them when this copy is
+    delivered as planned (truth.py defines the fates). `fault` is the fault label, kept
+    for the truth and the summary only: sinks never write it into the stream.
+    """
+
+    received_at: int                  # ms since the epoch
+    order: tuple                      # deterministic tie-break for equal received_at
+    imei: str
+    transport: str
+    frame: bytes
+    packet: AvlPacket                 # the packet the frame was encoded from (clean)
+    fates: dict[str, int]
+    fault: str | None = None
+    copy: str = "original"            # original | corrupt | resend | duplicate | phantom
+    device: int = -1                  # vehicle index (-1 for unknown devices)
+
+    def __lt__(self, other: "Emission") -> bool:
+        return (self.received_at, self.order) < (other.received_at, other.order)
+
+    @property
+    def n_records(self) -> int:
+        return len(self.packet.records)
+
+
+@dataclass
+class DeviceLink:
+    """Per-device sending state that lasts across days (UDP packet ids)."""
+
+    packet_id: int = 0
+    avl_packet_id: int = 0
+    seq: int = 0
+    sizes: dict[int, int] = field(default_factory=dict)
+
+    def next_udp_ids(self) -> tuple[int, int]:
+        self.packet_id = (self.packet_id + 1) & 0xFFFF
+        self.avl_packet_id = (self.avl_packet_id + 1) & 0xFF
+        return self.packet_id, self.avl_packet_id
+
+
+def record_size(codec: int, r: AvlRecord, cache: dict[int, int]) -> int:
+    """Encoded size of a record with fixed-width IO only (what the simulator makes)."""
+    key = id(r.io_width)
+    s = cache.get(key)
+    if s is None:
+        idw = _ID_W[codec]
+        s = cache[key] = _RECORD_BASE[codec] + sum(idw + w for w in r.io_width.values())
+    return s
+
+
+def send_groups(veh: Vehicle, records: list[AvlRecord]) -> list[tuple[int, list[AvlRecord]]]:
+    """Group records by the send tick that carries them: [(send time s, records)]."""
+    if not records:
+        return []
+    t = np.fromiter((r.timestamp_ms for r in records), dtype=np.int64, count=len(records)) // 1000
+    p = veh.send_period_s
+    tick = np.ceil((t - veh.phase_s) / p).astype(np.int64) * p + veh.phase_s
+    cuts = np.flatnonzero(np.diff(tick)) + 1
+    bounds = [0, *cuts.tolist(), len(records)]
+    ticks = tick.tolist()
+    return [(ticks[a], records[a:b]) for a, b in zip(bounds[:-1], bounds[1:])]
+
+
+def chunk(veh: Vehicle, records: list[AvlRecord], cache: dict[int, int]) -> list[list[AvlRecord]]:
+    """Split a send's records into packets within the byte limit (and <= 255 records)."""
+    limit = veh.max_packet - (UDP_OVERHEAD if veh.transport == "udp" else TCP_OVERHEAD)
+    codec = veh.codec
+    out, cur, size = [], [], 0
+    for r in records:
+        s = record_size(codec, r, cache)
+        if cur and (size + s > limit or len(cur) == 255):
+            out.append(cur)
+            cur, size = [], 0
+        cur.append(r)
+        size += s
+    if cur:
+        out.append(cur)
+    return out
+
+
+def make_packet(veh: Vehicle, link: DeviceLink, records: list[AvlRecord], imei: str | None = None) -> AvlPacket:
+    if veh.transport == "udp":
+        pid, apid = link.next_udp_ids()
+        return AvlPacket(veh.codec, tuple(records), "udp", imei or veh.imei, pid, apid, 1)
+    return AvlPacket(veh.codec, tuple(records), "tcp")
+
+
+def encode_checked(veh: Vehicle, link: DeviceLink, packet: AvlPacket) -> list[tuple[AvlPacket, bytes]]:
+    """Encode; if the frame is over the limit after all, split it in two (never expected)."""
+    frame = encode(packet)
+    if len(frame) <= veh.max_packet or len(packet.records) == 1:
+        return [(packet, frame)]
+    half = len(packet.records) // 2
+    out = []
+    for part in (packet.records[:half], packet.records[half:]):
+        out += encode_checked(veh, link, make_packet(veh, link, list(part), packet.imei))
+    return out
+
+
+def latency_ms(rng: np.random.Generator) -> int:
+    """Mobile network + gateway latency: mostly 100-600 ms, a long tail to a few seconds."""
+    return int(80 + min(5000.0, rng.lognormal(math.log(250), 0.6)))
