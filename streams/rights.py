@@ -267,7 +267,7 @@ class SubjectState:
 
     def __init__(self) -> None:
         self._by_tenant: dict[str, dict[tuple[str, str], dict]] = {}
-        self._offboarded: set[str] = set()
+        self._offboarded: dict[str, int | None] = {}  # tenant -> marker expiry (ms) or None
         self.version = 0
 
     @classmethod
@@ -285,9 +285,13 @@ class SubjectState:
         self.version += 1
         if kind == TENANT_MARKER_KIND:
             if value is None:
-                self._offboarded.discard(tenant)
+                self._offboarded.pop(tenant, None)
             else:
-                self._offboarded.add(tenant)
+                try:
+                    exp = json.loads(value).get("expires_ms")
+                except (ValueError, AttributeError):
+                    exp = None
+                self._offboarded[tenant] = exp
             return
         entries = self._by_tenant.setdefault(tenant, {})
         if value is None:
@@ -303,8 +307,11 @@ class SubjectState:
             entries[(kind, skey)] = e
 
     # --- lookups (pure) ---------------------------------------------------------------
-    def is_offboarded(self, tenant: str) -> bool:
-        return tenant in self._offboarded
+    def is_offboarded(self, tenant: str, now_ms: int | None = None) -> bool:
+        if tenant not in self._offboarded:
+            return False
+        exp = self._offboarded[tenant]
+        return exp is None or now_ms is None or now_ms < exp
 
     def has_entries(self, tenant: str) -> bool:
         return tenant in self._offboarded or tenant in self._by_tenant
@@ -314,7 +321,7 @@ class SubjectState:
 
     def status(self, tenant: str, kind: str, skey: str | None, now_ms: int | None = None) -> Routes:
         """Allowed routes of one subject (None subject: no person, every route)."""
-        if tenant in self._offboarded:
+        if self.is_offboarded(tenant, now_ms):
             return NO_ROUTES
         if skey is None:
             return ALL_ROUTES
@@ -324,7 +331,7 @@ class SubjectState:
               now_ms: int | None = None) -> tuple[np.ndarray, np.ndarray]:
         """(allow_processor, allow_controller) boolean arrays for a batch of subject keys."""
         n = len(skeys)
-        if tenant in self._offboarded:
+        if self.is_offboarded(tenant, now_ms):
             return np.zeros(n, bool), np.zeros(n, bool)
         entries = self._by_tenant.get(tenant)
         proc = np.ones(n, bool)
@@ -372,3 +379,389 @@ class SubjectGate:
             proc &= dp
             ctrl &= dc
         return proc, ctrl
+
+
+# =========================================================================== Kafka side
+# The operations behind `fleetcloak subject ...` and `fleetcloak tenant offboard`. Each
+# publishes to the compacted topics, appends one audit event, and returns a
+# confirmation dict (with the UTC timestamp the CLI prints).
+
+POLICIES_TOPIC = "fleetcloak.policies"
+KEYS_TOPIC = "fleetcloak.keys"
+OFFBOARD_MARKER_DAYS = 7  # the raw topic's retention: no raw record of the tenant outlives it
+
+
+class TopicKeyStore:
+    """A CLI's view of the `fleetcloak.keys` topic as anonymize's KeyStore interface:
+    loaded whole (to the high-watermark), changed in memory, published on `flush()`
+    (put = the wrapped value under its name, delete = tombstone). Entry names are the
+    message keys, as in anonymize/keystore.py's description of the topic store.
+
+    TODO(streams): fold into the worker's topic-backed keystore when it lands.
+    """
+
+    def __init__(self, entries: Mapping[bytes, bytes] | None = None) -> None:
+        self._d: dict[str, bytes] = {k.decode(): v for k, v in (entries or {}).items()}
+        self._ops: list[tuple[str, bytes | None]] = []
+
+    @classmethod
+    async def load(cls, bootstrap: str) -> "TopicKeyStore":
+        from fleetcloak.streams.control import read_tables
+
+        return cls((await read_tables(bootstrap, [KEYS_TOPIC]))[KEYS_TOPIC])
+
+    def get(self, name: str) -> bytes | None:
+        return self._d.get(name)
+
+    def put(self, name: str, value: bytes) -> None:
+        self._d[name] = bytes(value)
+        self._ops.append((name, bytes(value)))
+
+    def put_if_absent(self, name: str, value: bytes) -> bytes:
+        if name in self._d:
+            return self._d[name]
+        self.put(name, value)
+        return bytes(value)
+
+    def delete(self, name: str) -> None:
+        self._d.pop(name, None)
+        self._ops.append((name, None))  # a tombstone even if we never saw it: deletion is final
+
+    def names(self, prefix: str = "") -> list[str]:
+        return sorted(n for n in self._d if n.startswith(prefix))
+
+    @property
+    def pending(self) -> list[tuple[str, bytes | None]]:
+        return list(self._ops)
+
+    async def flush(self, bootstrap: str) -> list[str]:
+        """Publish the pending changes; returns the names tombstoned."""
+        from fleetcloak.streams.control import publish_to
+
+        ops, self._ops = self._ops, []
+        if ops:
+            await publish_to(bootstrap, KEYS_TOPIC, [(n.encode(), v) for n, v in ops])
+        return [n for n, v in ops if v is None]
+
+    def __repr__(self) -> str:
+        return f"TopicKeyStore({len(self._d)} entries)"
+
+
+@dataclass
+class Keys:
+    """The keyring a rights command works with, and how to persist its changes."""
+
+    keyring: object
+    store: object
+
+    async def flush(self, bootstrap: str) -> list[str]:
+        if isinstance(self.store, TopicKeyStore):
+            return await self.store.flush(bootstrap)
+        return []  # a FileKeyStore writes through
+
+
+async def open_keys(bootstrap: str, *, keystore_file: str | None = None, master_key_file: str | None = None) -> Keys:
+    """The master key (production mode: refuse without one) and the shared keystore:
+    a FileKeyStore when a file is named (--keystore or $FLEETCLOAK_KEYSTORE), else the
+    `fleetcloak.keys` topic."""
+    import os
+
+    from fleetcloak.anonymize.keys import Keyring
+    from fleetcloak.anonymize.keystore import FileKeyStore, load_master_key
+
+    master = load_master_key("production", key_file=master_key_file)
+    path = keystore_file or os.environ.get("FLEETCLOAK_KEYSTORE")
+    store = FileKeyStore(path) if path else await TopicKeyStore.load(bootstrap)
+    return Keys(Keyring(store, master, create=False), store)
+
+
+async def ensure_control_topics(bootstrap: str) -> None:
+    from aiokafka.admin import AIOKafkaAdminClient
+
+    from fleetcloak.streams.topics import CONTROL_TOPICS, control_topic, ensure_topics
+
+    admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap)
+    await admin.start()
+    try:
+        await ensure_topics(admin, [control_topic(t) for t in CONTROL_TOPICS])
+    finally:
+        await admin.close()
+
+
+def parse_policy_value(key: bytes, value: bytes):
+    """A fleetcloak.policies value (policy JSON) -> TenantPolicy/ServicePolicy."""
+    from fleetcloak.anonymize.policy import load_policy, parse_policy_text
+
+    data = parse_policy_text(value.decode("utf-8"), key.decode(errors="replace"))
+    if isinstance(data.get("policy"), dict):  # tolerate an envelope {"policy": {...}, ...}
+        data = data["policy"]
+    return load_policy(data, key.decode(errors="replace"))
+
+
+async def read_control(bootstrap: str) -> tuple[dict[bytes, bytes], dict[bytes, bytes]]:
+    """(policies, subjects) tables, read to the high-watermark."""
+    from fleetcloak.streams.control import read_tables
+
+    tables = await read_tables(bootstrap, [POLICIES_TOPIC, SUBJECTS_TOPIC])
+    return tables[POLICIES_TOPIC], tables[SUBJECTS_TOPIC]
+
+
+def tenant_policy(policies: Mapping[bytes, bytes], tenant: str):
+    value = policies.get(tenant.encode())
+    if value is None:
+        raise RightsError(f"tenant {tenant!r} has no policy on this broker (check the tenant id; "
+                          "`fleetcloak policy apply` publishes policies)")
+    return parse_policy_value(tenant.encode(), value)
+
+
+def _iso(ms: int) -> str:
+    from datetime import datetime, timezone
+
+    return datetime.fromtimestamp(ms / 1000, timezone.utc).isoformat(timespec="milliseconds").replace("+00:00", "Z")
+
+
+def _ensure_subjects_secret(keys: Keys, tenant: str) -> bool:
+    """Create the tenant's static root if it has none yet (True when created). The rights
+    CLI may: an erasure must be recordable before the worker ever saw the tenant."""
+    from fleetcloak.anonymize.epochs import STATIC
+
+    if keys.keyring.has_epoch(tenant, STATIC):
+        return False
+    keys.keyring.ensure_epochs(tenant, "never")
+    return True
+
+
+async def subject_request(bootstrap: str, action: str, *, tenant: str, kind: str, raw_id: str | bytes,
+                          keys: Keys, audit, now_ms: int | None = None, lift: Iterable[str] = ("restriction", "objection"),
+                          forever: bool = False) -> dict:
+    """erase | restrict | object | lift: publish the subject's new state, act on keys
+    (erase), audit, and return the confirmation."""
+    if action not in ("erase", "restrict", "object", "lift"):
+        raise RightsError(f"{action!r} is not a state-changing request")
+    from fleetcloak.streams.control import publish_to
+
+    now_ms = int(time.time() * 1000) if now_ms is None else now_ms
+    canonical = canonical_id(kind, raw_id)
+    await ensure_control_topics(bootstrap)
+    policies, subjects = await read_control(bootstrap)
+    policy = tenant_policy(policies, tenant)
+    created_secret = _ensure_subjects_secret(keys, tenant)
+    skey = keys.keyring.subject_key(tenant, kind, canonical)
+    tkey = table_key(tenant, kind, skey)
+    current = json.loads(subjects[tkey]) if tkey in subjects else None
+    request_id = new_request_id()
+    details: dict = {"request_id": request_id, "kind": kind}
+    try:
+        new = apply_request(current, action, tenant=tenant, kind=kind, subject=skey, now_ms=now_ms,
+                            window_days=policy.retention_days, request_id=request_id, lift=lift, forever=forever)
+    except RightsError as exc:
+        await audit.append(f"subject.{action}", tenant=tenant, subject=skey, outcome="refused",
+                           details={**details, "reason": str(exc)})
+        raise
+    if created_secret:
+        await keys.flush(bootstrap)  # the subjects secret must be visible before the entry
+        details["created_subjects_secret"] = True
+    # 1. the state: every worker stops (or resumes) within seconds of this record
+    await publish_to(bootstrap, SUBJECTS_TOPIC, [(tkey, None if new is None else json.dumps(new, sort_keys=True).encode())])
+    outcome = "ok"
+    tombstoned: list[str] = []
+    notes: list[str] = []
+    if action == "erase":
+        # 2. the controller-route salt: earlier analytics records become unlinkable
+        try:
+            keys.keyring.erase_subject_by_key(tenant, skey, now_ms=now_ms)
+            flushed = await keys.flush(bootstrap)
+            tombstoned = ([f"{KEYS_TOPIC}:{n}" for n in flushed] if isinstance(keys.store, TopicKeyStore)
+                          else [f"keystore:subject/{tenant}/{skey}"])
+        except Exception as exc:
+            outcome = "partial"
+            details["error"] = f"destroying the controller-route salt failed: {type(exc).__name__}: {exc}"
+        if kind == "device" and canonical.decode() in policy.device_family:
+            notes.append("the device is still listed in the tenant's policy; its records are suppressed "
+                         "until expires_at, remove it from the policy to stop them for good")
+    state = None if new is None else {k: new[k] for k in ("erased", "restricted", "objected", "expires_ms")}
+    details.update({"state": state, "tombstoned": tombstoned})
+    await audit.append(f"subject.{action}", tenant=tenant, subject=skey, outcome=outcome, details=details)
+    routes = routes_of(new, now_ms)
+    return {
+        "action": action, "tenant": tenant, "kind": kind, "subject": skey, "request_id": request_id,
+        "outcome": outcome, "at": _iso(now_ms), "at_ms": now_ms,
+        "routes": {"processor": routes.processor, "controller": routes.controller},
+        "state": state, "expires_at": _iso(new["expires_ms"]) if new and new.get("expires_ms") else None,
+        "tombstoned": tombstoned, "notes": notes, **({"error": details["error"]} if "error" in details else {}),
+    }
+
+
+def export_candidates(keys: Keys, policy, kind: str, canonical: bytes) -> tuple[set[str], list[str]]:
+    """Every value the tenant's topic can hold for this subject: the processor pseudonym
+    of each key epoch still alive, plus the identifier itself where the policy keeps it.
+    Returns (candidates, epochs used)."""
+    from fleetcloak.anonymize.keys import EpochDestroyed, EpochMissing
+    from fleetcloak.anonymize.pseudonyms import Pseudonymizer
+
+    p = Pseudonymizer(keys.keyring, tenant=policy.tenant, route="processor", rotation=policy.pseudonym_rotation)
+    out: set[str] = set()
+    used = []
+    for info in keys.keyring.epochs(policy.tenant):
+        if info.state != "active":
+            continue
+        try:
+            out.add(p.pseudonym(kind, canonical, info.epoch))
+            used.append(info.epoch)
+        except (EpochDestroyed, EpochMissing):
+            continue
+    if kind not in policy.processor.pseudonymise:
+        if kind == "device":
+            out.add(canonical.decode("ascii"))
+        else:
+            out.update({canonical.hex(), canonical.hex().upper()})
+    return out, used
+
+
+FIELD_OF_KIND = {"device": "device", "driver": "driver"}
+
+
+def match_records(value: bytes, field_name: str, candidates: set[str]) -> list[dict]:
+    """Records of one output message (one record, or {"records": [...]}) naming the subject."""
+    try:
+        doc = json.loads(value)
+    except (ValueError, TypeError):
+        return []
+    records = doc.get("records") if isinstance(doc, dict) and isinstance(doc.get("records"), list) else [doc]
+    return [r for r in records if isinstance(r, dict) and r.get(field_name) in candidates]
+
+
+async def scan_topic(bootstrap: str, topic: str, predicate: Callable[[bytes], list[dict]]):
+    """Yield the matches of every message of every partition, read to the high-watermark."""
+    from aiokafka import TopicPartition
+
+    from fleetcloak.streams.audit import new_consumer, read_partition
+
+    consumer = new_consumer(bootstrap)
+    await consumer.start()
+    try:
+        await consumer.topics()
+        parts = consumer.partitions_for_topic(topic) or set()
+        for p in sorted(parts):
+            tp = TopicPartition(topic, p)
+            consumer.assign([tp])
+            async for rec in read_partition(consumer, tp):
+                if rec.value is not None:
+                    for r in predicate(rec.value):
+                        yield r
+    finally:
+        await consumer.stop()
+
+
+async def subject_export(bootstrap: str, *, tenant: str, kind: str, raw_id: str | bytes, keys: Keys, audit,
+                         write: Callable[[str], None], now_ms: int | None = None) -> dict:
+    """Every record of the subject still held in `tenant.<tenant>.telemetry`, written as
+    JSON lines through `write`; audited with the count (never the data)."""
+    from fleetcloak.streams.topics import tenant_topic_name
+
+    now_ms = int(time.time() * 1000) if now_ms is None else now_ms
+    canonical = canonical_id(kind, raw_id)
+    await ensure_control_topics(bootstrap)
+    policies, _ = await read_control(bootstrap)
+    policy = tenant_policy(policies, tenant)
+    field_name = FIELD_OF_KIND.get(kind)
+    if field_name is None:
+        raise RightsError(f"export supports device and driver subjects, not {kind!r}")
+    from fleetcloak.anonymize.epochs import STATIC
+
+    skey = keys.keyring.subject_key(tenant, kind, canonical) if keys.keyring.has_epoch(tenant, STATIC) else None
+    candidates, epochs = export_candidates(keys, policy, kind, canonical)
+    topic = tenant_topic_name(tenant)
+    n = 0
+    async for r in scan_topic(bootstrap, topic, lambda v: match_records(v, field_name, candidates)):
+        write(json.dumps(r, sort_keys=True, separators=(",", ":")))
+        n += 1
+    request_id = new_request_id()
+    await audit.append("subject.export", tenant=tenant, subject=skey, outcome="ok",
+                       details={"request_id": request_id, "kind": kind, "topic": topic, "records": n,
+                                "epochs": epochs})
+    return {"action": "export", "tenant": tenant, "kind": kind, "subject": skey, "request_id": request_id,
+            "outcome": "ok", "at": _iso(now_ms), "at_ms": now_ms, "topic": topic, "records": n,
+            "epochs_searched": epochs}
+
+
+async def tenant_offboard(bootstrap: str, *, tenant: str, keys: Keys, audit, now_ms: int | None = None) -> dict:
+    """Art. 28(3)(g): stop the tenant at once, destroy all its keys, delete its topics,
+    tombstone its policy and subject entries; report what was removed."""
+    from aiokafka.admin import AIOKafkaAdminClient
+
+    from fleetcloak.streams.control import publish_to
+
+    now_ms = int(time.time() * 1000) if now_ms is None else now_ms
+    await ensure_control_topics(bootstrap)
+    policies, subjects = await read_control(bootstrap)
+    errors: list[str] = []
+    # 1. stop: a marker every worker's gate applies within seconds (no route for the tenant)
+    marker = {"v": SCHEMA_VERSION, "tenant": tenant, "offboarded": True, "offboarded_ms": now_ms,
+              "expires_ms": now_ms + OFFBOARD_MARKER_DAYS * DAY_MS}
+    await publish_to(bootstrap, SUBJECTS_TOPIC, [(table_key(tenant, TENANT_MARKER_KIND, "*"),
+                                                 json.dumps(marker, sort_keys=True).encode())])
+    # 2. the policy (the device registry forgets the tenant's devices)
+    had_policy = tenant.encode() in policies
+    if had_policy:
+        await publish_to(bootstrap, POLICIES_TOPIC, [(tenant.encode(), None)])
+    # 3. keys: every epoch (the static root takes the subjects secret with it), and the
+    #    tenant's per-subject salts and erasure markers
+    destroyed = keys.keyring.destroy_scope(tenant, now_ms=now_ms)
+    salts = [n for n in keys.store.names(f"subject/{tenant}/")] + [n for n in keys.store.names(f"erased/{tenant}/")]
+    for n in salts:
+        keys.store.delete(n)
+    keys.keyring.invalidate()
+    try:
+        await keys.flush(bootstrap)
+    except Exception as exc:
+        errors.append(f"publishing key destruction failed: {exc}")
+    # 4. topics
+    prefix = f"tenant.{tenant}."
+    admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap)
+    await admin.start()
+    try:
+        doomed = sorted(t for t in await admin.list_topics() if t.startswith(prefix))
+        if doomed:
+            resp = await admin.delete_topics(doomed)
+            for name, code, *_ in resp.topic_error_codes:
+                if code:
+                    errors.append(f"deleting {name}: error {code}")
+        left = sorted(t for t in await admin.list_topics() if t.startswith(prefix))
+    finally:
+        await admin.close()
+    # 5. subject entries
+    mine = [k for k in subjects if k.startswith(f"{tenant}/".encode()) and not k.endswith(b"/tenant/*")]
+    if mine:
+        await publish_to(bootstrap, SUBJECTS_TOPIC, [(k, None) for k in mine])
+    report = {
+        "action": "offboard", "tenant": tenant, "at": _iso(now_ms), "at_ms": now_ms,
+        "outcome": "ok" if not errors and not left else "partial",
+        "topics_deleted": [t for t in doomed if t not in left], "topics_left": left,
+        "key_epochs_destroyed": destroyed, "subject_keys_deleted": len(salts),
+        "policy_tombstoned": had_policy, "subject_entries_tombstoned": len(mine),
+        "stop_marker_expires_at": _iso(marker["expires_ms"]), "errors": errors,
+    }
+    await audit.append("tenant.offboard", tenant=tenant, outcome=report["outcome"],
+                       details={k: v for k, v in report.items() if k not in ("action", "tenant", "at", "at_ms", "outcome")})
+    return report
+
+
+async def expire_subject_entries(bootstrap: str, *, now_ms: int | None = None, audit=None) -> list[str]:
+    """Tombstone subject entries (and offboarding markers) whose expiry has passed; one
+    audit event per entry. The worker runs it with the epoch-expiry job."""
+    from fleetcloak.streams.control import publish_to, read_tables
+
+    now_ms = int(time.time() * 1000) if now_ms is None else now_ms
+    table = (await read_tables(bootstrap, [SUBJECTS_TOPIC]))[SUBJECTS_TOPIC]
+    keys = expired_keys(table, now_ms)
+    if keys:
+        await publish_to(bootstrap, SUBJECTS_TOPIC, [(k, None) for k in keys])
+    out = []
+    for k in keys:
+        tenant, kind, skey = parse_table_key(k)
+        out.append(k.decode())
+        if audit is not None:
+            await audit.append("subject.expire", tenant=tenant, subject=None if kind == TENANT_MARKER_KIND else skey,
+                               details={"kind": kind, "reason": "suppression window over"})
+    return out
