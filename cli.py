@@ -12,6 +12,9 @@ import sys
 # `run(args) -> int`.
 SUBCOMMANDS: dict[str, tuple[str, str]] = {
     "decode": ("fleetcloak.codecs.cli", "decode Teltonika packets (hex) to JSON lines"),
+    "policy": ("fleetcloak.anonymize.cli_policy", "validate tenant and service policy files"),
+    "pseudonym": ("fleetcloak.anonymize.cli_pseudonym", "print the pseudonym a tenant sees for its own IMEI or driver id"),
+    "simulate": ("fleetcloak.simulator.cli", "simulate a fleet's Teltonika traffic into a sink, with ground truth"),
     "broker": ("fleetcloak.streams.cmd_broker", "run the embedded Kafka-compatible broker (Tansu) until stopped"),
     "topics": ("fleetcloak.streams.cmd_topics", "create or describe the fleetcloak topics with their settings"),
     "worker": ("fleetcloak.streams.cmd_worker", "run the stream worker (batched, at-least-once)"),
