@@ -498,9 +498,12 @@ static PyObject *parse_frame(PyObject *self, PyObject *args, PyObject *kw) {
     PyObject *result = NULL, *recs = NULL;
     Cols c; memset(&c, 0, sizeof c);
     IdSet *seen = NULL; void *mem = NULL;
-    /* Bounds as in batch.py: a record takes >= 24 bytes before it can fail, an IO element >= 2. */
+    /* Bounds as in batch.py: a record written holds >= 27 bytes, an IO element >= 2; a frame
+     * longer than the cap fails before anything is written (so a huge input costs nothing). */
     Py_ssize_t n = fb.len;
-    c.rec_cap = n / 24 + 1; c.io_cap = n / 2 + 1; c.nx_cap = n;
+    if (cap < 0) cap = 0;
+    Py_ssize_t room = n <= cap ? n : 0;
+    c.rec_cap = room / 24 + 1; c.io_cap = room / 2 + 1; c.nx_cap = room;
     size_t per_rec = 4 + 8 + 1 + 4 + 4 + 8 + 8 + 2 + 2 + 1 + 2 + 2 + 2 + 1 + 8;
     size_t per_io = 2 + 1 + 8 + 2;
     size_t total = per_rec * (size_t)(c.rec_cap + 1) + per_io * (size_t)c.io_cap + (size_t)c.nx_cap + 64;
@@ -534,7 +537,7 @@ static PyObject *parse_frame(PyObject *self, PyObject *args, PyObject *kw) {
     Err e; e.reason = NULL; e.detail[0] = 0;
     int codec = 0;
     c.io_offsets[0] = 0;
-    int rc = parse_frame_core(fb.buf, (size_t)n, (size_t)(cap < 0 ? 0 : cap), check_crc, 0, &c, seen, &e, &codec);
+    int rc = parse_frame_core(fb.buf, (size_t)n, (size_t)cap, check_crc, 0, &c, seen, &e, &codec);
     if (rc == P_NOROOM) { PyErr_SetString(PyExc_RuntimeError, "parse_frame: bound bug"); goto done; }
     if (rc == P_ERR) { raise_decode_error(&e); goto done; }
 

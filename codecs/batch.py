@@ -233,11 +233,12 @@ def decode_batch(frames: Sequence[bytes], *, check_crc: bool = True,
     if not isinstance(frames, (list, tuple)):
         frames = list(frames)
     nf = len(frames)
-    total = sum(map(len, frames))
     # Upper bounds (proof in docs/decode_batch.md): a record is written only once its
     # shape check passed, so it holds >= 27 of its frame's bytes; an IO element holds >= 2;
-    # NX bytes are copied from the frame. The C code checks every write against these
-    # lengths all the same.
+    # NX bytes are copied from the frame. A frame longer than `cap` fails before anything
+    # is written, so no frame contributes more than `cap` bytes. The C code checks every
+    # write against these lengths all the same.
+    total = min(sum(map(len, frames)), nf * max(cap, 0))
     rec_cap = total // 24 + 1
     io_cap = total // 2 + 1
     rec = [np.empty(rec_cap, dtype=t) for _, t in _REC_COLUMNS]
