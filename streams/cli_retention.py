@@ -5,6 +5,10 @@ Lists every fleetcloak topic with its retention and cleanup policy, flags violat
 compact, an audit topic that would compact), and with --fix corrects them with
 IncrementalAlterConfigs, describes them back and appends one audit event per fix.
 Exit status: 0 when everything is (now) within the limits, 2 otherwise.
+
+`fleetcloak retention expire --broker HOST:PORT` runs the retention jobs once (what a
+worker runs periodically): destroys key epochs older than each window (crypto-shredding)
+and tombstones subject entries whose suppression window is over, auditing each.
 """
 from __future__ import annotations
 
@@ -14,13 +18,19 @@ import json
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
-    sub = p.add_subparsers(dest="retention_command", metavar="{audit}", required=True)
+    sub = p.add_subparsers(dest="retention_command", metavar="{audit,expire}", required=True)
     a = sub.add_parser("audit", help="list topic retention, flag violations, --fix them")
     a.add_argument("--broker", required=True, help="bootstrap HOST:PORT")
     a.add_argument("--fix", action="store_true", help="correct violations (IncrementalAlterConfigs), audited")
     a.add_argument("--max-days", type=int, default=365, help="the cap for telemetry topics (<= 365)")
     a.add_argument("--operator", help="who runs this (else $FLEETCLOAK_OPERATOR, else the OS user)")
     a.add_argument("--json", action="store_true", help="print JSON")
+    e = sub.add_parser("expire", help="destroy expired key epochs, expire subject entries (audited)")
+    e.add_argument("--broker", required=True, help="bootstrap HOST:PORT")
+    e.add_argument("--operator", help="who runs this (else $FLEETCLOAK_OPERATOR, else the OS user)")
+    e.add_argument("--keystore", metavar="FILE", help="a file keystore (default: the fleetcloak.keys topic)")
+    e.add_argument("--master-key-file", metavar="FILE", help="else $FLEETCLOAK_MASTER_KEY_FILE / $FLEETCLOAK_MASTER_KEY")
+    e.add_argument("--json", action="store_true", help="print JSON")
 
 
 async def _audit(args) -> int:
@@ -63,5 +73,33 @@ async def _audit(args) -> int:
     return 0 if all(f.ok for f in after) else 2
 
 
+async def _expire(args) -> int:
+    import sys
+
+    from fleetcloak.anonymize.keystore import KeyStoreError
+    from fleetcloak.streams.audit import AuditLog
+    from fleetcloak.streams.retention import housekeeping
+    from fleetcloak.streams.rights import ensure_control_topics, open_keys
+
+    try:
+        await ensure_control_topics(args.broker)
+        keys = await open_keys(args.broker, keystore_file=args.keystore, master_key_file=args.master_key_file)
+    except KeyStoreError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    async with AuditLog(args.broker, operator=args.operator) as audit:
+        result = await housekeeping(args.broker, keys, audit=audit)
+    if args.json:
+        print(json.dumps(result, sort_keys=True))
+    else:
+        for d in result["key_epochs_destroyed"]:
+            print(f"destroyed key epoch {d['epoch']} of {d['scope']} (window {d['retention_days']} days)")
+        print(f"{len(result['key_epochs_destroyed'])} key epoch(s) destroyed, "
+              f"{result['subject_entries_expired']} subject entr(y/ies) expired")
+    return 0
+
+
 def run(args: argparse.Namespace) -> int:
+    if args.retention_command == "expire":
+        return asyncio.run(_expire(args))
     return asyncio.run(_audit(args))

@@ -361,3 +361,31 @@ async def expire_key_epochs(keyring, windows: Mapping[str, int], *, now_ms: int 
             await audit.append("key.destroy", tenant=None if scope == "service" else scope, outcome="failed",
                                details={"scope": scope, "reason": "retention", "error": error})
     return destroyed
+
+
+async def housekeeping(bootstrap: str, keys, *, audit=None, now_ms: int | None = None) -> dict:
+    """One round of the retention jobs a worker runs at start-up and periodically
+    (hourly is plenty: epochs are days to years long), and `fleetcloak retention expire`
+    runs by hand:
+
+      1. destroy key epochs older than each scope's window (windows from the policies
+         topic, the cap for scopes without a policy), publishing the destruction;
+      2. tombstone subject entries whose suppression window is over.
+
+    `keys` is streams.rights.Keys (a Keyring and a way to publish its store's changes).
+    Every destruction and expiry is audited.
+    """
+    from fleetcloak.streams.rights import expire_subject_entries
+
+    now_ms = int(time.time() * 1000) if now_ms is None else now_ms
+    windows, service_days = await read_windows(bootstrap)
+    destroyed = await expire_key_epochs(keys.keyring, windows, now_ms=now_ms, audit=None, service_days=service_days)
+    if destroyed:
+        await keys.flush(bootstrap)  # the tombstones reach fleetcloak.keys before we say so
+        if audit is not None:
+            for d in destroyed:
+                await audit.append("key.destroy", tenant=None if d["scope"] == "service" else d["scope"],
+                                   details={"scope": d["scope"], "epoch": d["epoch"], "reason": "retention",
+                                            "retention_days": d["retention_days"]})
+    expired = await expire_subject_entries(bootstrap, now_ms=now_ms, audit=audit)
+    return {"key_epochs_destroyed": destroyed, "subject_entries_expired": len(expired)}

@@ -12,11 +12,12 @@ pytestmark = pytest.mark.broker
 
 
 def imei(n: int) -> str:
-    body = f"35630704{n:06d}"
+    body = f"35999977{n:06d}"  # a range no simulator fleet uses
     return body + str(luhn_check_digit(body))
 
 
 IMEI_A, IMEI_B, IMEI_C = imei(1), imei(2), imei(3)
+PUBLISHED: list[str] = []  # tenants whose policies this module published (tombstoned at the end)
 DRIVER = "00000000aabbccdd"
 
 
@@ -30,6 +31,11 @@ def env():
     os.environ["FLEETCLOAK_OPERATOR"] = "dpo@tenant.test"
     os.environ.pop("FLEETCLOAK_KEYSTORE", None)
     yield
+    # leave no policy behind: other modules' workers read the whole policies topic
+    from fleetcloak.streams.control import publish_to
+
+    if PUBLISHED and _BROKER:
+        asyncio.run(publish_to(_BROKER[0], "fleetcloak.policies", [(t.encode(), None) for t in set(PUBLISHED)]))
     for k, v in old.items():
         if v is None:
             os.environ.pop(k, None)
@@ -37,7 +43,12 @@ def env():
             os.environ[k] = v
 
 
+_BROKER: list[str] = []
+
+
 def publish_policy(broker, tenant, devices, retention_days=180, **extra):
+    PUBLISHED.append(tenant)
+    _BROKER[:] = [broker]
     from fleetcloak.streams.control import publish_to
     from fleetcloak.streams.rights import POLICIES_TOPIC, ensure_control_topics
 
@@ -135,7 +146,8 @@ def test_a_running_reader_applies_requests_within_seconds(broker, env):
     from fleetcloak.streams.rights import SUBJECTS_TOPIC, SubjectState
 
     t = "rights-live"
-    publish_policy(broker, t, [IMEI_C])
+    dev = imei(10)
+    publish_policy(broker, t, [dev])
 
     async def go():
         state = SubjectState()
@@ -143,7 +155,7 @@ def test_a_running_reader_applies_requests_within_seconds(broker, env):
         await reader.start()
         try:
             before = state.version
-            code = await asyncio.to_thread(cli, ["subject", "restrict", "--imei", IMEI_C, "--tenant", t,
+            code = await asyncio.to_thread(cli, ["subject", "restrict", "--imei", dev, "--tenant", t,
                                                  "--broker", broker, "--json"])
             assert code == 0
             for _ in range(100):
@@ -170,8 +182,9 @@ def test_export_returns_exactly_the_subjects_records(broker, env, capsys, tmp_pa
     from fleetcloak.streams.topics import ensure_topics, tenant_topic
 
     t = "rights-x"
+    IMEI_A, IMEI_B = imei(20), imei(21)
     publish_policy(broker, t, [IMEI_A, IMEI_B])
-    now = 1_763_800_000_000
+    now = int(__import__("time").time() * 1000)
     month = 31 * 86_400_000
     # the worker's side: keys for two epochs, records pseudonymised with them
     store = asyncio.run(TopicKeyStore.load(broker))
@@ -223,6 +236,7 @@ def test_offboarding_removes_topics_keys_policy_and_subjects(broker, env, capsys
     from fleetcloak.streams.topics import ensure_topics, tenant_topic
 
     t = "rights-off"
+    IMEI_B = imei(30)
     publish_policy(broker, t, [IMEI_B])
 
     async def make_topic():
@@ -264,3 +278,42 @@ def test_offboarding_removes_topics_keys_policy_and_subjects(broker, env, capsys
     assert st.is_offboarded(t) and not st.status(t, "device", None).processor
     capsys.readouterr()
     assert cli(["audit", "verify", "--broker", broker]) == 0
+
+
+def test_retention_expire_shreds_old_epochs_and_expires_subject_entries(broker, env, capsys, tmp_path):
+    """`retention expire` with a file keystore (so it cannot shred keys other test modules
+    keep in this session's fleetcloak.keys topic)."""
+    import time
+
+    from fleetcloak.anonymize.epochs import epoch_id
+    from fleetcloak.anonymize.keys import EpochDestroyed, Keyring
+    from fleetcloak.anonymize.keystore import FileKeyStore, load_master_key
+    from fleetcloak.streams.control import publish_to
+    from fleetcloak.streams.rights import SUBJECTS_TOPIC, apply_request, table_key
+
+    t = "rights-exp"
+    publish_policy(broker, t, [imei(40)], retention_days=30)
+    now = int(time.time() * 1000)
+    day = 86_400_000
+    path = tmp_path / "keys.json"
+    keyring = Keyring(FileKeyStore(path), load_master_key(), create=True)
+    for ago in (400, 60, 0):
+        keyring.ensure_epochs(t, "monthly", now - ago * day, ahead=0)
+    old_entry = apply_request(None, "erase", tenant=t, kind="device", subject="subj_old", now_ms=now - 40 * day,
+                              window_days=30)
+    asyncio.run(publish_to(broker, SUBJECTS_TOPIC, [(table_key(t, "device", "subj_old"), json.dumps(old_entry).encode())]))
+
+    code, r = run_json(capsys, "retention", "expire", "--broker", broker, "--keystore", str(path))
+    assert code == 0
+    gone = {(d["scope"], d["epoch"]) for d in r["key_epochs_destroyed"]}
+    assert gone == {(t, epoch_id(now - 400 * day)), (t, epoch_id(now - 60 * day))}  # 30-day window
+    keyring = Keyring(FileKeyStore(path), load_master_key(), create=False)
+    with pytest.raises(EpochDestroyed):
+        keyring.root(t, epoch_id(now - 400 * day))
+    keyring.root(t, epoch_id(now))  # the live epoch stays
+    assert r["subject_entries_expired"] >= 1 and fresh_state(broker).entry(t, "device", "subj_old") is None
+    capsys.readouterr()
+    assert cli(["audit", "show", "--broker", broker, "--json", "--tenant", t]) == 0
+    events = [json.loads(line) for line in capsys.readouterr().out.splitlines()]
+    assert {e["details"]["epoch"] for e in events if e["action"] == "key.destroy"} == {ep for _, ep in gone}
+    assert any(e["action"] == "subject.expire" and e["subject"] == "subj_old" for e in events)
