@@ -265,35 +265,24 @@ def new_producer(bootstrap: str):
     return AIOKafkaProducer(bootstrap_servers=bootstrap, acks="all", linger_ms=0)
 
 
-async def ensure_topic(admin, name: str, *, partitions: int, configs: dict[str, str]) -> bool:
-    """Create a topic if missing (True when created). Uses streams.topics when it offers
-    a spec for `name`; the settings here match DESIGN.md otherwise."""
-    from aiokafka.admin import NewTopic
-
-    existing = set(await admin.list_topics())
-    if name in existing:
-        return False
-    resp = await admin.create_topics([NewTopic(name, partitions, 1, topic_configs=configs)])
-    for topic, code, *rest in resp.topic_errors:
-        if code not in (0, 36):  # 36: TOPIC_ALREADY_EXISTS (a concurrent creator)
-            raise AuditError(f"could not create {topic}: error {code} {rest}")
-    return True
-
-
-AUDIT_TOPIC_CONFIG = {
-    # The trail is evidence: it must not silently expire or be compacted (compaction
-    # would drop events and break the chain). It holds no raw ids (see module doc).
-    "cleanup.policy": "delete",
-    "retention.ms": "-1",
-}
-
-
 async def ensure_audit_topic(admin) -> None:
-    await ensure_topic(admin, AUDIT_TOPIC, partitions=1, configs=AUDIT_TOPIC_CONFIG)
+    """Create `fleetcloak.audit` with streams.topics' spec (one partition, delete, kept
+    forever) if missing, and refuse a topic with more than one partition."""
+    from fleetcloak.streams.topics import audit_topic, ensure_topics
+
+    await ensure_topics(admin, [audit_topic()])
     meta = await admin.describe_topics([AUDIT_TOPIC])
     parts = meta[0].get("partitions") if meta else None
     if parts is not None and len(parts) != 1:
         raise AuditError(f"{AUDIT_TOPIC} has {len(parts)} partitions; the chain needs exactly 1")
+
+
+async def ensure_chain_topic(admin, topic: str) -> None:
+    if topic == AUDIT_TOPIC:
+        return await ensure_audit_topic(admin)
+    from fleetcloak.streams.topics import TopicSpec, ensure_topics  # tests' private trails
+
+    await ensure_topics(admin, [TopicSpec(topic, 1, {"cleanup.policy": "delete", "retention.ms": "-1"})])
 
 
 class AuditLog:
@@ -326,7 +315,7 @@ class AuditLog:
         admin = AIOKafkaAdminClient(bootstrap_servers=self.bootstrap)
         await admin.start()
         try:
-            await ensure_audit_topic(admin)
+            await ensure_chain_topic(admin, self.topic)
         finally:
             await admin.close()
         self._tp = TopicPartition(self.topic, 0)

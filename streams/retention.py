@@ -389,3 +389,34 @@ async def housekeeping(bootstrap: str, keys, *, audit=None, now_ms: int | None =
                                             "retention_days": d["retention_days"]})
     expired = await expire_subject_entries(bootstrap, now_ms=now_ms, audit=audit)
     return {"key_epochs_destroyed": destroyed, "subject_entries_expired": len(expired)}
+
+
+class DropAuditor:
+    """Audits the ingest gate's drops in aggregate: one event per (rule, tenant) per
+    flush, with the count and the period, never one per record (a backlog of a million
+    too-old records is one event, not a million).
+
+    The worker adds each batch's `Counts.dropped` (keys (rule, tenant)) with `add()` and
+    calls `await flush(audit)` periodically (e.g. every 60 s) and at shutdown.
+    """
+
+    def __init__(self, clock: Callable[[], int] | None = None) -> None:
+        from collections import Counter
+
+        self._clock = clock or (lambda: int(time.time() * 1000))
+        self._pending: Counter = Counter()
+        self._since = self._clock()
+
+    def add(self, dropped: Mapping[tuple[str, str], int]) -> None:
+        self._pending.update({k: v for k, v in dropped.items() if v})
+
+    async def flush(self, audit) -> int:
+        """Append the pending counts (returns the number of events written)."""
+        pending, self._pending = self._pending, type(self._pending)()
+        since, self._since = self._since, self._clock()
+        n = 0
+        for (rule, tenant), count in sorted(pending.items()):
+            await audit.append("retention.drop", tenant=tenant or None,
+                               details={"rule": rule, "records": int(count), "from_ms": since, "to_ms": self._since})
+            n += 1
+        return n

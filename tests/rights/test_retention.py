@@ -112,3 +112,25 @@ def test_retention_audit_flags_400_days_and_fix_brings_it_to_365(broker, capsys)
 def check_result(described):
     assert described["retention.ms"] == str(365 * DAY_MS)
     return True
+
+
+def test_drop_auditor_aggregates_per_rule_and_tenant():
+    from collections import Counter
+
+    from fleetcloak.streams.retention import DropAuditor
+
+    events = []
+
+    class Audit:
+        async def append(self, action, **kw):
+            events.append((action, kw))
+
+    clock = iter(range(1000, 10_000, 1000))
+    d = DropAuditor(clock=lambda: next(clock))
+    d.add(Counter({("too_old", "acme"): 3, ("future", "acme"): 0}))
+    d.add(Counter({("too_old", "acme"): 2, ("too_old", ""): 1}))
+    assert asyncio.run(d.flush(Audit())) == 2
+    assert [(kw["tenant"], kw["details"]["rule"], kw["details"]["records"]) for _, kw in events] == [
+        (None, "too_old", 1), ("acme", "too_old", 5)]
+    assert events[0][1]["details"]["from_ms"] == 1000 and events[0][1]["details"]["to_ms"] == 2000
+    assert asyncio.run(d.flush(Audit())) == 0
