@@ -42,6 +42,7 @@ class SimConfig:
     days: int
     start_s: int                     # simulated start, epoch seconds (midnight UTC)
     faults: F.FaultRates = field(default_factory=F.FaultRates)
+    transport: str | None = None     # force every device onto "tcp" or "udp" (device sinks)
 
     @property
     def start_ms(self) -> int:
@@ -91,6 +92,9 @@ class Simulation:
     def __init__(self, cfg: SimConfig):
         self.cfg = cfg
         self.fleet: Fleet = build_fleet(cfg.seed, cfg.tenants, cfg.vehicles)
+        if cfg.transport:
+            for v in self.fleet.vehicles:
+                v.transport = cfg.transport
         self.states = [DeviceState(*self.fleet.drivers[v.primary].home_xy) for v in self.fleet.vehicles]
         self.planners = [DayPlanner(self.fleet, v) for v in self.fleet.vehicles]
         self.factories = [RecordFactory(self.fleet, v) for v in self.fleet.vehicles]

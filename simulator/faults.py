@@ -15,7 +15,8 @@ the send's records with shifted timestamps, so the model's own records are untou
 packet-level:
   crc          transit corruption. TCP: one bit flipped in the data field, so the CRC
                fails; UDP (no CRC): Number of Data 2 altered, so the count check fails.
-  truncation   the frame cut short (a dropped connection).
+  truncation   the frame cut short inside its records (a dropped connection); the
+               header up to Number of Data 1 survives.
   garbage      1-32 random bytes appended (TCP: sometimes prepended, first byte never
                00, so the frame cannot start like a data frame).
                For these three the corrupt copy (fate corrupt) is followed, after the
@@ -74,13 +75,28 @@ class FaultRates:
         return {k: round(v, 6) for k, v in self.rates}
 
     def draw(self, rng: np.random.Generator, kinds: tuple[str, ...]) -> str | None:
+        """One of `kinds` with its rate, or None (one uniform draw either way)."""
         u = rng.random()
-        acc = 0.0
-        for k in kinds:
-            acc += self.get(k)
-            if u < acc:
+        for k, upper in _cumulative(self.rates, kinds):
+            if u < upper:
                 return k
         return None
+
+
+_CUM: dict = {}
+
+
+def _cumulative(rates: tuple, kinds: tuple[str, ...]) -> list[tuple[str, float]]:
+    key = (rates, kinds)
+    c = _CUM.get(key)
+    if c is None:
+        d, acc, c = dict(rates), 0.0, []
+        for k in kinds:
+            if d.get(k, 0.0) > 0:
+                acc += d[k]
+                c.append((k, acc))
+        _CUM[key] = c
+    return c
 
 
 def shifted(records: list[AvlRecord], delta_ms: int) -> list[AvlRecord]:
@@ -120,7 +136,10 @@ def corrupt(rng: np.random.Generator, kind: str, frame: bytes, transport: str) -
             b[-1] = (b[-1] + int(rng.integers(1, 255))) & 0xFF
         return bytes(b)
     if kind == "truncation":
-        return frame[:int(rng.integers(1, n))]
+        # Cut inside the records: the header (and Number of Data 1) survives, so a
+        # dead-letter consumer can still tell how many records were lost.
+        head = 10 if transport == "tcp" else 25
+        return frame[:int(rng.integers(head, n))]
     if kind == "garbage":
         junk = rng.integers(0, 256, int(rng.integers(1, 33)), dtype=np.uint8).tobytes()
         if transport == "tcp" and rng.random() < 0.5:

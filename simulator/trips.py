@@ -240,19 +240,17 @@ class DayPlanner:
             self._leg(self.depot, veh.primary)
             self._park_until(self._t + rng.uniform(600, 1800))
             shared = veh.secondary is not None
-            switched = False
+            shift = veh.primary                      # who drives now
             for _ in range(int(rng.integers(2, 7))):
                 if self._t > local(16.5):
                     break
-                if shared and not switched and self._t > local(12.0):
-                    self._leg(self.depot, self._drv)
+                if shared and shift == veh.primary and self._t > local(12.0):
+                    self._leg(self.depot, shift)     # hand over at the depot
                     self._park_until(self._t + rng.uniform(900, 1800))
-                    self._leg(self._job(), veh.secondary)
-                    switched = True
-                else:
-                    self._leg(self._job(), self._drv if self._drv >= 0 else veh.primary)
+                    shift = veh.secondary
+                self._leg(self._job(), shift)
                 self._park_until(self._t + rng.uniform(600, 3000))
-            self._leg(self.depot, self._drv)
+            self._leg(self.depot, shift)
             self._park_until(self._t + rng.uniform(600, 1200))
             self._leg(self.home, veh.primary)
             if primary.private_mode and rng.random() < 0.4 and self._t < local(19.0):

@@ -16,6 +16,7 @@ cannot know:
                   may or may not have stored it (if it did, it is a duplicate of the
                   acknowledged copy, or the first copy if none was acknowledged)
   rejected        records of a device whose login the server refused (never sent)
+  undelivered     records of a packet that could not be sent at all (connection failed)
 """
 from __future__ import annotations
 
@@ -29,7 +30,7 @@ from .fleet import Fleet, square
 from .packetiser import Emission
 
 FATES = ("valid", "corrupt", "too_old", "future", "duplicate", "unknown_device")
-DEVICE_FATES = ("unacked", "rejected")
+DEVICE_FATES = ("unacked", "rejected", "undelivered")
 ZONE_SIDE_M = 300.0
 DEPOT_SIDE_M = 400.0
 FORMAT = "fleetcloak-simulator-truth/1"
