@@ -409,8 +409,14 @@ static PyObject *decode_into(PyObject *self, PyObject *args) {
     in = PyMem_Calloc(nf ? nf : 1, sizeof(Py_buffer));
     seen = PyMem_Calloc(1, sizeof(IdSet));
     if (!in || !seen) { PyErr_NoMemory(); goto done; }
-    for (; n_in < nf; n_in++)
+    for (; n_in < nf; n_in++) {
+        /* a C-level buffer exporter could run code that shrinks the list: re-check */
+        if (PySequence_Fast_GET_SIZE(seq) != nf) {
+            PyErr_SetString(PyExc_RuntimeError, "frames changed size during decode_batch");
+            goto done;
+        }
         if (PyObject_GetBuffer(PySequence_Fast_GET_ITEM(seq, n_in), &in[n_in], PyBUF_SIMPLE) < 0) goto done;
+    }
 
     int noroom = 0;
     Py_ssize_t err_cap = 0;
