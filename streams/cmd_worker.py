@@ -25,6 +25,8 @@ def add_arguments(p) -> None:
                    help="`passthrough`, or module:callable returning a PipelineFactory (see streams/seam.py)")
     p.add_argument("--passthrough-topic", default="fleetcloak.passthrough", help="output topic of the passthrough pipeline")
     p.add_argument("--max-records", type=int, default=20_000, help="max raw messages per batch")
+    p.add_argument("--session-timeout-ms", type=int, default=10_000,
+                   help="consumer group session timeout: how long a dead worker holds its partitions (default 10000)")
     p.add_argument("--raw-partitions", type=int, default=4, help="partitions of telematics.raw if the worker creates it")
     p.add_argument("--no-control-plane", action="store_true", help="do not read the control topics (benches only)")
     p.add_argument("-l", "--loglevel", default="info", choices=["debug", "info", "warning", "error"],
@@ -53,7 +55,9 @@ def run(args) -> int:
             args.passthrough_topic)
         print(f"fleetcloak worker: passthrough pipeline -> {args.passthrough_topic} (testing only)", file=sys.stderr)
     settings = WorkerSettings(
-        loop=LoopSettings(args.broker, input_topic=args.input_topic, group_id=args.group, max_records=args.max_records),
+        loop=LoopSettings(args.broker, input_topic=args.input_topic, group_id=args.group, max_records=args.max_records,
+                          session_timeout_ms=args.session_timeout_ms,
+                          heartbeat_interval_ms=max(args.session_timeout_ms // 5, 500)),
         web_port=args.metrics_port, web_host=args.metrics_host,
         control_plane=not args.no_control_plane, raw_partitions=args.raw_partitions,
     )

@@ -71,6 +71,26 @@ def _fmt_tps(tps) -> str:
     return ",".join(f"{tp.topic}[{tp.partition}]" for tp in sorted(tps)) or "-"
 
 
+async def _leave_generation_zero(consumer) -> None:
+    """Send LeaveGroup for a member of generation 0, which aiokafka skips.
+
+    Tansu numbers a group's first generation 0 where Kafka starts at 1, and aiokafka only
+    leaves a group when generation > 0: without this, the first worker of a group that
+    stops holds its partitions until its session times out. Uses aiokafka internals, so
+    it is best effort and logged when it cannot run.
+    """
+    coordinator = getattr(consumer, "_coordinator", None)
+    if coordinator is None or getattr(coordinator, "generation", None) != 0 or not coordinator.member_id:
+        return
+    try:
+        from aiokafka.protocol.group import LeaveGroupRequest
+
+        await coordinator._send_req(LeaveGroupRequest(coordinator.group_id, coordinator.member_id))
+        log.info("left group %s (generation 0)", coordinator.group_id)
+    except Exception as exc:
+        log.warning("could not leave group generation 0 (partitions move after the session timeout): %r", exc)
+
+
 class _Rebalance(ConsumerRebalanceListener):
     def __init__(self, loop: "BatchLoop") -> None:
         self._loop = loop
@@ -119,6 +139,7 @@ class BatchLoop:
         self._lag_labels: set[tuple[str, str]] = set()
         self.consumed = 0
         self.produced = 0
+        self.busy = 0.0  # seconds spent in batches (process + deliver + commit)
         self.started_at: float | None = None
         self.stopped_at: float | None = None
         if control is not None:
@@ -175,6 +196,8 @@ class BatchLoop:
     async def _close(self, failure: BaseException | None) -> None:
         # No commit here, ever: commits happen only after a delivered batch. (Auto-commit is
         # off, so stopping the consumer leaves the group without committing.)
+        if self._consumer is not None:
+            await _leave_generation_zero(self._consumer)
         for client in (self._consumer, self._producer):
             if client is None:
                 continue
@@ -185,7 +208,7 @@ class BatchLoop:
         if self.started_at is not None:
             seconds = (self.stopped_at or time.monotonic()) - self.started_at
             level = logging.ERROR if failure is not None and not isinstance(failure, asyncio.CancelledError) else logging.INFO
-            log.log(level, "%s%s", summary_line(self.metrics.totals, self.consumed, self.produced, seconds),
+            log.log(level, "%s%s", summary_line(self.metrics.totals, self.consumed, self.produced, seconds, self.busy),
                     f" (stopped by {type(failure).__name__}, last batch NOT committed)" if failure else "")
 
     # --- the loop -------------------------------------------------------------------------
@@ -239,8 +262,10 @@ class BatchLoop:
             hw = self._consumer.highwater(tp)
             if hw is not None:
                 self._set_lag(tp, hw - off - 1)
+        elapsed = time.perf_counter() - t0
+        self.busy += elapsed
         self.metrics.batches.inc()
-        self.metrics.batch_seconds.observe(time.perf_counter() - t0)
+        self.metrics.batch_seconds.observe(elapsed)
 
     async def _commit(self, offsets: dict[TopicPartition, int]) -> None:
         try:

@@ -79,7 +79,7 @@ class WorkerMetrics:
         return generate_latest(self.registry)
 
 
-def summary_line(totals: Counts, consumed: int, produced: int, seconds: float) -> str:
+def summary_line(totals: Counts, consumed: int, produced: int, seconds: float, busy: float | None = None) -> str:
     """One line for the log at shutdown: the accounting and whether it balances."""
     def fmt(counter: Counter) -> str:
         items = sorted(((("/".join(k) if isinstance(k, tuple) else k).strip("/") or "-", v)
@@ -87,8 +87,10 @@ def summary_line(totals: Counts, consumed: int, produced: int, seconds: float) -
         return "{" + ", ".join(f"{k}={v}" for k, v in items) + "}"
 
     balance = "balanced" if totals.balanced() else f"IMBALANCED by {totals.received - totals.accounted()}"
-    rate = consumed / seconds if seconds > 0 else 0.0
-    return (f"summary: messages consumed={consumed} produced={produced} in {seconds:.1f}s ({rate:,.0f} msgs/s); "
+    busy = seconds if busy is None else busy
+    rate = consumed / busy if busy > 0 else 0.0
+    return (f"summary: messages consumed={consumed} produced={produced} in {seconds:.1f}s, "
+            f"{busy:.2f}s of it in batches ({rate:,.0f} msgs/s while busy); "
             f"records in={totals.received} forwarded={sum(totals.forwarded.values())} {fmt(totals.forwarded)} "
             f"deadlettered={sum(totals.deadlettered.values())} {fmt(totals.deadlettered)} "
             f"dropped={sum(totals.dropped.values())} {fmt(totals.dropped)}; {balance}")

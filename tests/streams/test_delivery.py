@@ -1,0 +1,172 @@
+"""The delivery rule on the real broker: a source offset is committed only after its
+outputs are acknowledged; a bug, a SIGKILL or a rebalance never loses a record."""
+from __future__ import annotations
+
+import asyncio
+import collections
+import signal
+
+import pytest
+
+from fleetcloak.streams.loop import BatchLoop, DeliveryFailed, LoopSettings, PipelineFailed
+from fleetcloak.streams.seam import Counts, Pipeline, ProcessResult, passthrough_factory
+from fleetcloak.streams.topicio import unique_name
+
+pytestmark = pytest.mark.broker
+
+
+def _inputs(n: int, devices: int = 50) -> list[tuple[bytes, bytes, list]]:
+    return [(b"35%013d" % (i % devices), b"msg-%07d" % i, [("received_at", b"%d" % i)]) for i in range(n)]
+
+
+def _report(name: str, n_in: int, values: list[bytes]) -> int:
+    dups = len(values) - len(set(values))
+    print(f"\n{name}: {n_in} inputs, {len(values)} outputs, {len(set(values))} distinct, {dups} duplicates")
+    return dups
+
+
+def _run_until(loop: BatchLoop, done, timeout: float = 60.0) -> None:
+    """Run a BatchLoop until done(loop) holds, then stop it cleanly (or let it raise)."""
+    async def go():
+        task = asyncio.create_task(loop.run())
+        deadline = asyncio.get_running_loop().time() + timeout
+        while not task.done() and not done(loop):
+            if asyncio.get_running_loop().time() > deadline:
+                task.cancel()
+                raise AssertionError("loop did not finish in time")
+            await asyncio.sleep(0.02)
+        loop.request_stop()
+        await task
+    asyncio.run(go())
+
+
+def test_process_raising_stops_without_committing_then_restart_delivers_all(broker, new_topic, topic_io):
+    n = 3000
+    src = new_topic("raw", 2)
+    dst = unique_name("out")
+    group = unique_name("grp")
+    topic_io.produce(src, _inputs(n))
+
+    good_last: dict[int, int] = {}
+    calls = collections.Counter()
+
+    def failing_factory(control):
+        passthrough = passthrough_factory(dst)(control)
+
+        def process(batch):
+            calls["n"] += 1
+            if calls["n"] == 4:
+                raise ZeroDivisionError("a bug in the pipeline")
+            result = passthrough.process(batch)
+            for m in batch:  # this batch will be delivered and committed
+                good_last[m.partition] = max(good_last.get(m.partition, -1), m.offset)
+            return result
+        return Pipeline(process, passthrough.topics)
+
+    settings = LoopSettings(broker, input_topic=src, group_id=group, max_records=250)
+    first = BatchLoop(settings, failing_factory)
+    with pytest.raises(PipelineFailed, match="ZeroDivisionError"):
+        _run_until(first, lambda lp: False)
+
+    committed = topic_io.committed(group, src)
+    # exactly the batches that were delivered are committed; nothing of the failed one or after
+    assert committed == {p: off + 1 for p, off in good_last.items()}
+    assert sum(committed.values()) < n
+    delivered_first = topic_io.read_all(dst)
+    assert len(delivered_first) == sum(committed.values())
+    assert not any(b"35000000000" in line for line in first.metrics.exposition().splitlines())  # no IMEI in metrics
+
+    second = BatchLoop(settings, passthrough_factory(dst))
+    _run_until(second, lambda lp: lp.consumed >= n - sum(committed.values()))
+    assert topic_io.committed(group, src) == topic_io.true_end_offsets(src)
+    values = [r.value for r in topic_io.read_all(dst)]
+    assert set(values) == {v for _, v, _ in _inputs(n)}
+    assert _report("process raised", n, values) == 0  # the failed batch produced nothing
+    assert second.metrics.totals.balanced()
+
+
+def test_failed_delivery_raises(tmp_path):
+    """The broker going away mid-batch: the delivery futures fail, and _deliver raises
+    (so the loop never reaches the commit). A private broker, so the session's survives."""
+    from aiokafka import AIOKafkaProducer
+
+    from fleetcloak.streams.broker import EmbeddedBroker
+    from fleetcloak.streams.topicio import create_topic
+
+    with EmbeddedBroker(log_path=tmp_path / "tansu.log") as doomed:
+        create_topic(doomed.bootstrap, "out", 2)
+
+        async def go():
+            loop = BatchLoop(LoopSettings(doomed.bootstrap), passthrough_factory("unused"))
+            loop._producer = AIOKafkaProducer(bootstrap_servers=doomed.bootstrap, acks="all",
+                                              request_timeout_ms=1500, retry_backoff_ms=100)
+            await loop._producer.start()
+            try:
+                await loop._deliver([("out", b"k%d" % i, b"x" * 100, None) for i in range(100)])  # fine
+                doomed.stop()
+                with pytest.raises(DeliveryFailed, match="not delivered"):
+                    await asyncio.wait_for(loop._deliver([("out", b"k", b"y" * 100, None)]), 30)
+            finally:
+                await loop._producer.stop()
+        asyncio.run(go())
+
+
+def test_sigkill_mid_stream_then_restart_delivers_every_record(broker, new_topic, topic_io, worker_process, wait_until):
+    n = 40_000
+    src = new_topic("raw", 4)
+    dst = unique_name("out")
+    group = unique_name("grp")
+    topic_io.produce(src, _inputs(n, devices=200))
+    args = ("--input-topic", src, "--group", group, "--pipeline", "passthrough", "--passthrough-topic", dst,
+            "--max-records", "100", "--session-timeout-ms", "6000")
+
+    w1 = worker_process(*args)
+    w1.wait_health(lambda h: h["consumed"] >= 4000, timeout=40)
+    w1.signal(signal.SIGKILL)
+    assert w1.wait() == -signal.SIGKILL
+    before = sum(topic_io.committed(group, src).values())
+    assert 0 < before < n, before  # killed mid-stream
+
+    w2 = worker_process(*args)
+    end = topic_io.true_end_offsets(src)
+    wait_until(lambda: topic_io.committed(group, src) == end, timeout=60, what="the restarted worker to catch up")
+    w2.signal(signal.SIGTERM)
+    assert w2.wait() == 0, w2.log()[-2000:]
+    assert "summary:" in w2.log() and "balanced" in w2.log()
+
+    values = [r.value for r in topic_io.read_all(dst)]
+    assert set(values) == {v for _, v, _ in _inputs(n, devices=200)}
+    _report("SIGKILL mid-stream", n, values)
+
+
+def test_two_workers_share_partitions_and_hand_over_without_loss(broker, new_topic, topic_io, worker_process, wait_until):
+    src = new_topic("raw", 4)
+    dst = unique_name("out")
+    group = unique_name("grp")
+    first, second, third = _inputs(30_000, devices=300)[:10_000], _inputs(30_000, 300)[10_000:20_000], \
+        _inputs(30_000, 300)[20_000:]
+    topic_io.produce(src, first)
+    args = ("--input-topic", src, "--group", group, "--pipeline", "passthrough", "--passthrough-topic", dst,
+            "--max-records", "200", "--session-timeout-ms", "6000")
+
+    a = worker_process(*args)
+    b = worker_process(*args)
+    ha = a.wait_health(lambda h: len(h["partitions"]) == 2, timeout=45)
+    hb = b.wait_health(lambda h: len(h["partitions"]) == 2, timeout=45)
+    assert set(ha["partitions"]).isdisjoint(hb["partitions"])  # shared, not duplicated
+    topic_io.produce(src, second)
+    wait_until(lambda: (a.health() or {}).get("consumed", 0) > 0 and (b.health() or {}).get("consumed", 0) > 0,
+               timeout=30, what="both workers to consume")
+
+    a.signal(signal.SIGTERM)  # leaves the group after finishing and committing its batch
+    assert a.wait() == 0, a.log()[-2000:]
+    b.wait_health(lambda h: len(h["partitions"]) == 4, timeout=45)
+    topic_io.produce(src, third)
+    end = topic_io.true_end_offsets(src)
+    wait_until(lambda: topic_io.committed(group, src) == end, timeout=60, what="the remaining worker to catch up")
+    b.signal(signal.SIGTERM)
+    assert b.wait() == 0, b.log()[-2000:]
+
+    values = [r.value for r in topic_io.read_all(dst)]
+    assert set(values) == {v for _, v, _ in first + second + third}
+    _report("two workers, one leaves", 30_000, values)
