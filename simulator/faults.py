@@ -17,8 +17,10 @@ packet-level:
                fails; UDP (no CRC): Number of Data 2 altered, so the count check fails.
   truncation   the frame cut short inside its records (a dropped connection); the
                header up to Number of Data 1 survives.
-  garbage      1-32 random bytes appended (TCP: sometimes prepended, first byte never
-               00, so the frame cannot start like a data frame).
+  garbage      random bytes added to the frame. TCP: 2-33 bytes in front, the first one
+               never 00 or FF, so it cannot start a data frame or a keep-alive (on a
+               TCP stream, junk AFTER a frame would be a separate, later problem and
+               the frame itself would arrive intact); UDP: 1-32 bytes after it.
                For these three the corrupt copy (fate corrupt) is followed, after the
                device's response timeout (20-60 s), by the clean resend it triggers.
   duplicate    the packet arrives twice, the copy 20-60 s later (a lost ACK):
@@ -142,7 +144,7 @@ def corrupt(rng: np.random.Generator, kind: str, frame: bytes, transport: str) -
         return frame[:int(rng.integers(head, n))]
     if kind == "garbage":
         junk = rng.integers(0, 256, int(rng.integers(1, 33)), dtype=np.uint8).tobytes()
-        if transport == "tcp" and rng.random() < 0.5:
+        if transport == "tcp":
             return bytes([int(rng.integers(1, 255))]) + junk + frame
         return frame + junk
     raise ValueError(kind)
