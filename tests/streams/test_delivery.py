@@ -170,3 +170,24 @@ def test_two_workers_share_partitions_and_hand_over_without_loss(broker, new_top
     values = [r.value for r in topic_io.read_all(dst)]
     assert set(values) == {v for _, v, _ in first + second + third}
     _report("two workers, one leaves", 30_000, values)
+
+
+def test_worker_cli_exits_nonzero_and_commits_nothing_when_process_raises(
+        broker, new_topic, topic_io, worker_process, tmp_path, monkeypatch):
+    (tmp_path / "buggy_pipeline.py").write_text(
+        "from fleetcloak.streams.seam import passthrough_factory, Pipeline\n"
+        "def factory():\n"
+        "    def build(control):\n"
+        "        def process(batch):\n"
+        "            raise RuntimeError('bug')\n"
+        "        return Pipeline(process)\n"
+        "    return build\n")
+    monkeypatch.setenv("PYTHONPATH", str(tmp_path))
+    src = new_topic("raw", 2)
+    group = unique_name("grp")
+    topic_io.produce(src, _inputs(500))
+    w = worker_process("--input-topic", src, "--group", group, "--pipeline", "buggy_pipeline:factory",
+                       "--session-timeout-ms", "6000")
+    assert w.wait(60) == 1
+    assert "WITHOUT committing" in w.log()
+    assert topic_io.committed(group, src) == {}
