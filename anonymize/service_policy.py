@@ -52,7 +52,7 @@ class ServicePolicy(_Model):
                     does and does not guarantee in a stream.
     """
 
-    service: Annotated[str, Field(min_length=1, max_length=48)] = "fleetcloak-analytics"
+    service: Annotated[str, Field(min_length=1, max_length=48)]  # its presence marks a service policy file
     location: ServiceLocation = ServiceLocation()
     time_bucket_s: Annotated[int, Field(ge=60, le=86_400)] = 900
     speed_bucket_kmh: Annotated[int, Field(ge=1, le=100)] = 10
