@@ -179,15 +179,16 @@ class Simulation:
 
     def emissions(self) -> Iterator[Emission]:
         """Every emission of the run, in received_at order."""
-        heap: list[Emission] = []
+        heap: list[tuple] = []   # (received_at, order, emission): compared in C
+        push, pop = heapq.heappush, heapq.heappop
         n_veh = len(self.fleet.vehicles)
         for day in range(self.cfg.days):
             self.day = day
             for vi in range(n_veh):
                 for em in self.device_day(vi, day):
-                    heapq.heappush(heap, em)
+                    push(heap, (em.received_at, em.order, em))
             horizon = self.cfg.start_ms + (day + 1) * DAY_MS
-            while heap and heap[0].received_at < horizon:
-                yield heapq.heappop(heap)
+            while heap and heap[0][0] < horizon:
+                yield pop(heap)[2]
         while heap:
-            yield heapq.heappop(heap)
+            yield pop(heap)[2]

@@ -131,6 +131,7 @@ class Vehicle:
     move_period_s: int         # record period while moving
     stop_period_s: int         # record period while parked
     send_period_s: int         # how often buffered records are sent
+    min_records: int           # ... once at least this many are buffered while driving
     phase_s: int               # offset of the device's clocks, so devices don't beat together
 
     @property
@@ -247,6 +248,7 @@ def build_fleet(seed: int, n_tenants: int, n_vehicles: int, n_unknown: int | Non
             move_period_s=int(rng.choice([10, 15, 20, 30])),
             stop_period_s=int(rng.choice([900, 1800, 3600])),
             send_period_s=int(rng.choice([30, 60, 90, 120])),
+            min_records=int(rng.choice([4, 6, 8, 10])),
             phase_s=int(rng.integers(0, 60)),
         ))
         t.vehicles.append(v)

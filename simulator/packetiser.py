@@ -1,8 +1,9 @@
 """Records -> packets the way a tracker sends them, and packets -> wire bytes.
 
-A device buffers its records and sends what it holds every `send_period_s` (on its own
-clock phase): all records made since the last send, split into as many packets as the
-byte limit needs (1280 bytes per frame, 512 for the FMB640; protocol notes 7). Sizes are
+A device buffers its records and, every `send_period_s` (on its own clock phase), sends
+what it holds if that is at least `min_records` records, or if the ignition is off
+(parked devices send each record: Teltonika's "min saved records" is 1 on stop). A send
+is split into as many packets as the byte limit needs (1280 bytes per frame, 512 for the FMB640; protocol notes 7). Sizes are
 computed from the layout (a record's size depends only on the codec and which IO widths
 it carries), and the encoder has the last word: a chunk that encodes too large is split.
 
@@ -81,7 +82,10 @@ def record_size(codec: int, r: AvlRecord, cache: dict[int, int]) -> int:
 
 
 def send_groups(veh: Vehicle, records: list[AvlRecord]) -> list[tuple[int, list[AvlRecord]]]:
-    """Group records by the send tick that carries them: [(send time s, records)]."""
+    """Group records by the send tick that carries them: [(send time s, records)].
+
+    The day's last buffer is sent at its tick (devices do not carry it over midnight).
+    """
     if not records:
         return []
     t = np.fromiter((r.timestamp_ms for r in records), dtype=np.int64, count=len(records)) // 1000
@@ -90,7 +94,15 @@ def send_groups(veh: Vehicle, records: list[AvlRecord]) -> list[tuple[int, list[
     cuts = np.flatnonzero(np.diff(tick)) + 1
     bounds = [0, *cuts.tolist(), len(records)]
     ticks = tick.tolist()
-    return [(ticks[a], records[a:b]) for a, b in zip(bounds[:-1], bounds[1:])]
+    out: list[tuple[int, list[AvlRecord]]] = []
+    start, need = 0, veh.min_records
+    for a, b in zip(bounds[1:-1], bounds[2:]):
+        # A tick at a: the records [start, a) are buffered; send if enough or parked.
+        if a - start >= need or not records[a - 1].io.get(239, 0):
+            out.append((ticks[a - 1], records[start:a]))
+            start = a
+    out.append((ticks[-1], records[start:]))
+    return out
 
 
 def chunk(veh: Vehicle, records: list[AvlRecord], cache: dict[int, int]) -> list[list[AvlRecord]]:
