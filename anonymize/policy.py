@@ -188,6 +188,10 @@ class PrivacyZone(_Model):
             v = v.get("geometry")
         if not isinstance(v, Mapping):
             raise ValueError("a GeoJSON geometry object is expected ({type: Polygon, coordinates: ...})")
+        try:  # tuples (shapely.geometry.mapping) become lists, as in a file
+            v = json.loads(json.dumps(dict(v)))
+        except (TypeError, ValueError):
+            raise ValueError("the geometry holds values that are not GeoJSON (numbers and lists)") from None
         typ = v.get("type")
         if typ not in ("Polygon", "MultiPolygon"):
             raise ValueError(f"geometry type must be Polygon or MultiPolygon, got {typ!r}")

@@ -47,6 +47,7 @@ class Pseudonymizer:
         self.max_epochs = max_epochs
         self._cache: dict[str, dict[tuple[str, bytes], str]] = {}
         self._gen = keyring.generation
+        self._imei_canon: dict = {}  # raw IMEI value -> canonical bytes
         self.computed = 0  # HMACs computed (cache misses), for tests and the bench
 
     def __repr__(self) -> str:
@@ -175,7 +176,15 @@ class Pseudonymizer:
                 canon = np.char.zfill(uniq.astype("S15"), 15).tolist()
             else:
                 uniq, inv = _unique_objects(sub)
-                canon = [canonical_imei(u) for u in uniq.tolist()]
+                known = self._imei_canon
+                if len(known) > self.max_entries:
+                    known.clear()
+                canon = []
+                for u in uniq.tolist():
+                    c = known.get(u)
+                    if c is None:
+                        c = known[u] = canonical_imei(u)
+                    canon.append(c)
             res_arr = np.empty(len(canon), dtype=object)
             res_arr[:] = self._lookup_unique("device", canon, epoch, on_erased)
             if idx is None:

@@ -25,7 +25,7 @@ import numpy as np
 
 from .canonical import canonical_imei
 from .epochs import epoch_ids
-from .keys import SERVICE, Keyring, b32
+from .keys import SERVICE, Keyring, b32_many
 
 _ROW = np.dtype([("ts", "<i8"), ("pri", "<i2"), ("lat", "<i4"), ("lon", "<i4"), ("alt", "<i4"),
                  ("ang", "<i4"), ("sat", "<i2"), ("spd", "<i4"), ("evt", "<i4")])
@@ -78,6 +78,7 @@ class RecordIds:
         self.route = route
         self.scope = tenant if route == "processor" else SERVICE
         self.rotation = rotation
+        self._prefixes: dict = {}  # IMEI -> hashed prefix (no secret in it)
 
     def compute(self, imeis: Sequence | np.ndarray, timestamps_ms: np.ndarray, content: Sequence[bytes]) -> np.ndarray:
         ts = np.asarray(timestamps_ms, dtype=np.int64)
@@ -88,15 +89,16 @@ class RecordIds:
         labels, inv = epoch_ids(ts, self.rotation)
         keys = [self.keyring.derive(self.scope, self.route, "record_id", lab).reveal() for lab in labels]
         imei_list = np.asarray(imeis).tolist()
-        prefix_cache: dict = {}
+        prefixes = self._prefixes
+        if len(prefixes) > 1_000_000:
+            prefixes.clear()
         tenant = self.tenant.encode() + b"\0"
         blake = hashlib.blake2b
-        inv_list = inv.tolist()
-        res = []
-        for imei, e, body in zip(imei_list, inv_list, content):
-            pre = prefix_cache.get(imei)
+        digests = []
+        for imei, e, body in zip(imei_list, inv.tolist(), content):
+            pre = prefixes.get(imei)
             if pre is None:
-                pre = prefix_cache[imei] = tenant + canonical_imei(imei) + b"\0"
-            res.append(b32(blake(pre + body, key=keys[e], digest_size=16).digest()))
-        out[:] = res
+                pre = prefixes[imei] = tenant + canonical_imei(imei) + b"\0"
+            digests.append(blake(pre + body, key=keys[e], digest_size=16).digest())
+        out[:] = b32_many(digests)
         return out
