@@ -197,11 +197,11 @@ static int parse_frame_core(const uint8_t *f, size_t n, size_t cap, int check_cr
         const Py_ssize_t rec_io_start = c->n_io;
         /* (A "truncated" offset is clamped to `end`, as decode() does: a count can point
          *  far past the data; blame where the data runs out.)
-         * 1. Shape scan: read the group counts, checking each count fits before `end`,
-         *    and that the pairs of every group fit. q may run past `end` (it is a size_t
-         *    sum of at most 5 * (2 + 65535 * 10) beyond p, no overflow) but nothing is
-         *    read at q unless q + cs <= end. After this the whole record [p, q) is
-         *    inside [0, end) and needs no further checks, except NX values (below). */
+         * 1. Shape scan: read each group count after checking it fits before `end`, then
+         *    check that group's pairs fit (q + count x pair size <= end; the product is
+         *    at most 65535 x 10, so the size_t sum cannot wrap). After this the whole
+         *    fixed part of the record [p, q) is inside [10, end) and needs no further
+         *    checks; NX elements are checked one by one below. */
         unsigned cnt[4];
         size_t q = p + n1pos;
         for (int g = 0; g < 4; g++) {
@@ -209,7 +209,12 @@ static int parse_frame_core(const uint8_t *f, size_t n, size_t cap, int check_cr
                 FAIL("truncated", q < end ? q : end, "IO group count needs %zu bytes at offset %zu, have %zu",
                      cs, q, end > q ? end - q : 0);
             cnt[g] = cs == 1 ? f[q] : be16(f + q);
-            q += cs + (isz + widths[g]) * cnt[g];
+            q += cs;
+            const size_t need = (isz + widths[g]) * cnt[g];
+            if (q + need > end)
+                FAIL("truncated", q < end ? q : end, "%u IO pairs need %zu bytes at offset %zu, have %zu",
+                     cnt[g], need, q, end > q ? end - q : 0);
+            q += need;
         }
         size_t nx_at = 0;
         if (ext) {
@@ -218,10 +223,6 @@ static int parse_frame_core(const uint8_t *f, size_t n, size_t cap, int check_cr
                      end > q ? end - q : 0);
             nx_at = q;
             q += 2;
-        } else if (q > end) {
-            size_t g8 = q - (isz + 8) * cnt[3];
-            FAIL("truncated", g8 < end ? g8 : end, "N8 group needs %zu bytes at offset %zu, have %zu",
-                 (isz + 8) * cnt[3], g8, end > g8 ? end - g8 : 0);
         }
         /* 2. Fixed fields: everything in [p, q) is readable. */
         if (c->n_rec >= c->rec_cap) { rc = P_NOROOM; goto out; }
@@ -264,6 +265,8 @@ static int parse_frame_core(const uint8_t *f, size_t n, size_t cap, int check_cr
         }
         unsigned nx = 0;
         if (ext) {
+            /* decode() checks 8E priority before the NX elements */
+            if (h[8] > 3) FAIL("bad_priority", p + 8, "priority %u > 3", h[8]);
             nx = be16(f + nx_at);
             for (unsigned k = 0; k < nx; k++) {
                 if (q + 4 > end)
