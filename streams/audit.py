@@ -233,20 +233,34 @@ def verify(events: Sequence[dict]) -> VerifyResult:
 
 async def read_partition(consumer, tp, start: int | str = "beginning", *, idle_ms: int = 50):
     """Yield every record of an assigned partition from `start` to the fetch
-    high-watermark observed when catching up (never ListOffsets(latest): wrong on Tansu).
+    high-watermark (never ListOffsets(latest): wrong on Tansu).
+
+    The high-watermark must be fresh: a long-lived consumer (the audit writer's) has
+    fetch responses in flight or buffered from before this call, whose high-watermark
+    predates a write another process just had acknowledged. So the end is only trusted
+    from a response to a request *sent* after the call began: the first response
+    processed after the start may answer an older request, the one after it cannot
+    (aiokafka sends a partition's next fetch only once the previous one is processed).
     """
     if start == "beginning":
         await consumer.seek_to_beginning(tp)
     elif isinstance(start, int):
         consumer.seek(tp, start)
+    t0 = int(time.time() * 1000)
+    first_after: int | None = None
     deadline = time.monotonic() + 30.0
     while True:
         batch = await consumer.getmany(tp, timeout_ms=idle_ms)
         for rec in batch.get(tp, ()):
             yield rec
-        hw = consumer.highwater(tp)
-        if hw is not None and await consumer.position(tp) >= hw:
-            return
+        ts = consumer.last_poll_timestamp(tp)
+        if ts is not None and ts >= t0:
+            if first_after is None:
+                first_after = ts
+            elif ts > first_after:
+                hw = consumer.highwater(tp)
+                if hw is not None and await consumer.position(tp) >= hw:
+                    return
         if time.monotonic() > deadline:
             raise AuditError(f"could not read {tp.topic}[{tp.partition}] to its end within 30 s")
 
