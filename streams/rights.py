@@ -381,6 +381,16 @@ class SubjectGate:
         return proc, ctrl
 
 
+def gate_from_snapshot(subjects: Mapping[bytes, bytes], keyring, *, keyer: SubjectKeyer | None = None,
+                       clock: Callable[[], int] | None = None) -> SubjectGate:
+    """The gate a pipeline factory builds from `ControlSnapshot.subjects` and its Keyring.
+    Pass the previous gate's `keyer` when rebuilding, to keep its cache of subject keys."""
+    gate = SubjectGate(SubjectState.from_table(subjects), keyer or keyer_for(keyring))
+    if clock is not None:
+        gate.clock = clock
+    return gate
+
+
 # =========================================================================== Kafka side
 # The operations behind `fleetcloak subject ...` and `fleetcloak tenant offboard`. Each
 # publishes to the compacted topics, appends one audit event, and returns a

@@ -112,3 +112,17 @@ def test_tombstone_and_offboard_marker_apply_live():
     state.apply(None, b"acme/tenant/*", b'{"offboarded": true}')
     p, c = state.masks("acme", "device", [skey, None])
     assert not p.any() and not c.any()
+
+
+def test_gate_from_a_control_snapshot_reuses_the_keyer_cache():
+    from fleetcloak.streams.rights import gate_from_snapshot
+
+    keyer, keyring = make_keyer()
+    skey = keyer.key("acme", "device", IMEI)
+    e = apply_request(None, "object", tenant="acme", kind="device", subject=skey, now_ms=T0)
+    snapshot = {table_key("acme", "device", skey): json.dumps(e).encode()}
+    gate = gate_from_snapshot(snapshot, keyring)
+    p, c = gate.masks("acme", [IMEI, OTHER])
+    assert p.tolist() == [True, True] and c.tolist() == [False, True]
+    again = gate_from_snapshot({}, keyring, keyer=gate.keyer)
+    assert again.keyer is gate.keyer and again.masks("acme", [IMEI])[1].all()
