@@ -11,8 +11,8 @@ wrapped key copied to another name (tenant, epoch, subject) fails to unwrap.
 Names used by keys.Keyring (all ASCII, no secrets in names):
   root/<scope>/<epoch>        wrapped 32-byte root secret; scope = tenant id or "service"
   shredded/<scope>/<epoch>    marker: that epoch was destroyed (crypto-shredding)
-  subject/<index>             wrapped per-subject controller-route salt
-  erased/<index>              marker: that subject was erased
+  subject/<tenant>/<subj_..>  wrapped per-subject controller-route salt
+  erased/<tenant>/<subj_..>   marker: that subject was erased
 """
 from __future__ import annotations
 
@@ -231,6 +231,10 @@ class MasterKey:
     def new_base64() -> str:
         """A fresh master key as the base64 text FLEETCLOAK_MASTER_KEY expects."""
         return base64.b64encode(secrets.token_bytes(32)).decode()
+
+    def reveal(self) -> bytes:
+        """The key bytes, for key derivation at the point of use only (never to log)."""
+        return self._secret.reveal()
 
     # wrapping ------------------------------------------------------------------
     def wrap(self, name: str, secret: Secret) -> bytes:
