@@ -41,7 +41,6 @@ import json
 import time
 import uuid
 from dataclasses import dataclass, field
-from functools import lru_cache
 from typing import Callable, Iterable, Mapping, Sequence
 
 import numpy as np
@@ -94,16 +93,18 @@ def subject_key(secret: bytes, kind: str, canonical: bytes) -> str:
 
 
 class SubjectKeyer:
-    """Subject keys for raw ids, cached per (tenant, kind, id).
+    """Subject keys for raw ids, cached per (tenant, kind, raw value as given).
 
     `secret_for(tenant) -> bytes | Secret` supplies the tenant's non-rotating subjects
-    secret. The cache keeps a bounded number of keys (an LRU of `cache_size`).
+    secret. The cache is a dict per (tenant, kind), cleared when it holds `cache_size`
+    entries (a device fleet repeats the same ids batch after batch).
     """
 
     def __init__(self, secret_for: Callable[[str], object], cache_size: int = 200_000) -> None:
         self._secret_for = secret_for
         self._secrets: dict[str, bytes] = {}
-        self._key = lru_cache(maxsize=cache_size)(self._compute)
+        self._cache: dict[tuple[str, str], dict] = {}
+        self.cache_size = cache_size
 
     def _secret(self, tenant: str) -> bytes:
         s = self._secrets.get(tenant)
@@ -113,19 +114,26 @@ class SubjectKeyer:
             self._secrets[tenant] = s
         return s
 
-    def _compute(self, tenant: str, kind: str, canonical: bytes) -> str:
-        return subject_key(self._secret(tenant), kind, canonical)
-
-    def key(self, tenant: str, kind: str, raw: str | bytes) -> str:
-        return self._key(tenant, kind, canonical_id(kind, raw))
+    def key(self, tenant: str, kind: str, raw: str | bytes | int) -> str:
+        cache = self._cache.get((tenant, kind))
+        if cache is None:
+            cache = self._cache[(tenant, kind)] = {}
+        k = cache.get(raw)
+        if k is None:
+            k = subject_key(self._secret(tenant), kind, canonical_id(kind, raw))
+            if len(cache) >= self.cache_size:
+                cache.clear()
+            cache[raw] = k
+        return k
 
     def keys(self, tenant: str, kind: str, raws: Sequence[str | bytes | None]) -> list[str | None]:
         return [None if r is None else self.key(tenant, kind, r) for r in raws]
 
     def forget(self, tenant: str) -> None:
-        """Drop a tenant's secret and every cached key (offboarding)."""
+        """Drop a tenant's secret and cached keys (offboarding)."""
         self._secrets.pop(tenant, None)
-        self._key.cache_clear()
+        for k in [k for k in self._cache if k[0] == tenant]:
+            del self._cache[k]
 
     def __repr__(self) -> str:
         return f"SubjectKeyer({len(self._secrets)} tenants, ******)"
@@ -370,15 +378,39 @@ class SubjectGate:
     def masks(self, tenant: str, imeis: Sequence[str | bytes], drivers: Sequence[str | bytes | None] | None = None
               ) -> tuple[np.ndarray, np.ndarray]:
         n = len(imeis)
+        proc, ctrl = np.ones(n, bool), np.ones(n, bool)
         if not self.state.has_entries(tenant):
-            return np.ones(n, bool), np.ones(n, bool)
+            return proc, ctrl
         now = self.clock()
-        proc, ctrl = self.state.masks(tenant, "device", self.keyer.keys(tenant, "device", imeis), now)
+        if self.state.is_offboarded(tenant, now):
+            return np.zeros(n, bool), np.zeros(n, bool)
+        self._apply(tenant, "device", imeis, now, proc, ctrl)
         if drivers is not None:
-            dp, dc = self.state.masks(tenant, "driver", self.keyer.keys(tenant, "driver", drivers), now)
-            proc &= dp
-            ctrl &= dc
+            self._apply(tenant, "driver", drivers, now, proc, ctrl)
         return proc, ctrl
+
+    def _apply(self, tenant: str, kind: str, raws: Sequence, now: int, proc: np.ndarray, ctrl: np.ndarray) -> None:
+        # Each distinct id is hashed and looked up once per batch (a batch of 10,000
+        # records holds a few thousand devices at most); the result is spread back.
+        index: dict = {}
+        inv = np.fromiter((index.setdefault(r, len(index)) for r in raws), dtype=np.intp, count=len(raws))
+        blocked_p, blocked_c = [], []
+        for raw, i in index.items():
+            if raw is None:
+                continue
+            r = self.state.status(tenant, kind, self.keyer.key(tenant, kind, raw), now)
+            if not r.processor:
+                blocked_p.append(i)
+            if not r.controller:
+                blocked_c.append(i)
+        if blocked_p:
+            up = np.ones(len(index), bool)
+            up[blocked_p] = False
+            proc &= up[inv]
+        if blocked_c:
+            uc = np.ones(len(index), bool)
+            uc[blocked_c] = False
+            ctrl &= uc[inv]
 
 
 def gate_from_snapshot(subjects: Mapping[bytes, bytes], keyring, *, keyer: SubjectKeyer | None = None,
