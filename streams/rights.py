@@ -604,7 +604,13 @@ async def subject_request(bootstrap: str, action: str, *, tenant: str, kind: str
         await keys.flush(bootstrap)  # the subjects secret must be visible before the entry
         details["created_subjects_secret"] = True
     # 1. the state: every worker stops (or resumes) within seconds of this record
-    await publish_to(bootstrap, SUBJECTS_TOPIC, [(tkey, None if new is None else json.dumps(new, sort_keys=True).encode())])
+    try:
+        await publish_to(bootstrap, SUBJECTS_TOPIC,
+                         [(tkey, None if new is None else json.dumps(new, sort_keys=True).encode())])
+    except Exception as exc:
+        await audit.append(f"subject.{action}", tenant=tenant, subject=skey, outcome="failed",
+                           details={**details, "error": f"publishing the state failed: {type(exc).__name__}"})
+        raise
     outcome = "ok"
     tombstoned: list[str] = []
     notes: list[str] = []
