@@ -93,7 +93,7 @@ def bench_worker(bootstrap: str, src: str, n: int) -> float:
     port = free_port()
     proc = subprocess.Popen(
         [sys.executable, "-m", "fleetcloak.cli", "worker", "--broker", bootstrap, "--input-topic", src,
-         "--group", unique_name("bench.grp"), "--passthrough-topic", unique_name("bench.out"),
+         "--group", unique_name("bench.grp"), "--pipeline", "passthrough", "--passthrough-topic", unique_name("bench.out"),
          "--metrics-port", str(port), "--metrics-host", "127.0.0.1", "-l", "warning"],
         stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
 

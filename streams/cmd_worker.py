@@ -8,10 +8,11 @@ import sys
 
 from fleetcloak.streams.topics import RAW
 
-# The pipeline the worker runs unless --pipeline says otherwise. `passthrough` copies raw
-# messages to fleetcloak.passthrough: a delivery test fixture, not the product. The lead
-# replaces this with the real factory (decode -> registry -> gates -> routes).
-DEFAULT_PIPELINE = os.environ.get("FLEETCLOAK_PIPELINE", "passthrough")
+# The pipeline the worker runs unless --pipeline says otherwise: `module:callable`, where
+# callable() returns a PipelineFactory (streams/seam.py) -- the real one is decode ->
+# registry -> gates -> routes. `passthrough` copies raw messages unchanged to one topic:
+# a fixture for delivery tests and benches, never a default (it forwards raw identifiers).
+DEFAULT_PIPELINE = os.environ.get("FLEETCLOAK_PIPELINE", "fleetcloak.streams.pipeline:worker_factory")
 
 
 def add_arguments(p) -> None:
@@ -41,7 +42,11 @@ def resolve_factory(spec: str, passthrough_topic: str):
     module_name, _, attr = spec.partition(":")
     if not attr:
         raise SystemExit(f"--pipeline must be `passthrough` or module:callable, got {spec!r}")
-    return getattr(importlib.import_module(module_name), attr)()
+    try:
+        maker = getattr(importlib.import_module(module_name), attr)
+    except (ImportError, AttributeError) as exc:
+        raise SystemExit(f"fleetcloak worker: pipeline {spec} is not available ({exc})") from exc
+    return maker()
 
 
 def run(args) -> int:
