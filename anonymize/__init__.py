@@ -35,6 +35,7 @@ _EXPORTS = {
     "Columns": "transform", "ProcessorTransform": "transform", "ControllerTransform": "transform",
     "ProcessorResult": "transform", "ControllerResult": "transform", "GroupGate": "transform",
     "OMIT": "transform", "KEEP": "transform",
+    "columns_from_batch": "batch_columns", "record_contents": "batch_columns",
 }
 
 __all__ = sorted(_EXPORTS)

@@ -1,0 +1,93 @@
+"""From the codecs' `AvlBatch` (docs/decode_batch.md) to `transform.Columns`.
+
+Duck-typed: it reads the batch's documented columns and accessors (timestamp_ms, lat,
+lon, altitude, angle, satellites, speed, priority, event_io_id, io_offsets, io_id,
+io_width, io_value, io_nx_len, nx_data, io_column, io_bytes) and imports nothing from
+codecs, so the anonymize tests and the worker can feed it any object of that shape.
+
+    rows = ...                                   # this tenant's rows of the batch
+    sub = batch.select(rows)
+    cols = columns_from_batch(sub, imeis[rows], family=families[rows],
+                              io_ids=transform.io_ids_needed(set(families[rows])))
+    result = transform.apply(cols)
+
+Fixed-size identifiers (raw8: iButton, RFID, ...) come as uint64 columns (0 = absent);
+everything else (NX values, multi-part ids) as per-record bytes or None, which the
+canonical forms treat alike (canonical.py).
+"""
+from __future__ import annotations
+
+from collections.abc import Iterable
+
+import numpy as np
+
+from ..codecs.iodict import identifier_groups
+from .private_mode import PRIVATE_MODE_IO
+from .record_id import pack_columns
+from .transform import Columns
+
+_ELEMENT = np.dtype([("id", ">u2"), ("width", "u1"), ("value", ">u8")])
+
+
+def _raw8_ids(families: Iterable[str]) -> set[int]:
+    return {g.ids[0] for f in families for g in identifier_groups(f) if g.canonical == "raw8"}
+
+
+def columns_from_batch(batch, imei, *, family="FMB", io_ids: Iterable[int] = (), content: bool = True) -> Columns:
+    """A `Columns` of every row of `batch`. `imei`: one per row (the Kafka key joined
+    through frame_index), `family`: one for all rows or one per row, `io_ids`: the IO
+    columns the transforms read (`ProcessorTransform.io_ids_needed`)."""
+    fams = {family} if isinstance(family, str) else set(np.asarray(family).tolist())
+    raw8 = _raw8_ids(fams)
+    io: dict[int, np.ndarray] = {}
+    for io_id in sorted(set(io_ids) | {PRIVATE_MODE_IO}):
+        if io_id in raw8 or io_id == PRIVATE_MODE_IO:
+            io[io_id] = batch.io_column(io_id, 0)
+        else:
+            col = np.empty(len(batch), dtype=object)
+            col[:] = batch.io_bytes(io_id)
+            io[io_id] = col
+    return Columns(
+        imei=np.asarray(imei),
+        timestamp_ms=np.asarray(batch.timestamp_ms).astype(np.int64, copy=False),
+        lat=batch.lat, lon=batch.lon, altitude=batch.altitude, angle=batch.angle,
+        speed=batch.speed, satellites=batch.satellites, priority=batch.priority,
+        event_io_id=batch.event_io_id, io=io, family=family,
+        content=record_contents(batch) if content else None,
+    )
+
+
+def record_contents(batch) -> list[bytes]:
+    """Per record, a byte string of everything it carries (GPS element, priority, event
+    id and every IO element with its width, NX bytes included) -- the `content` of its
+    record_id. A device's retransmission of a record gives the same bytes, whichever
+    packet and batch it arrives in (NX values are taken by content, not by their offset
+    in the batch's nx_data)."""
+    n = len(batch)
+    base = pack_columns(
+        batch.timestamp_ms, batch.lat, batch.lon, priority=batch.priority, altitude=batch.altitude,
+        angle=batch.angle, satellites=batch.satellites, speed=batch.speed, event_io_id=batch.event_io_id,
+    )
+    if n == 0:
+        return base
+    width = np.asarray(batch.io_width)
+    value = np.asarray(batch.io_value).copy()
+    nx = np.flatnonzero(width == 0)
+    nx_len = np.asarray(batch.io_nx_len)
+    value[nx] = nx_len[nx]  # NX: its length here, its bytes appended below
+    el = np.empty(len(width), dtype=_ELEMENT)
+    el["id"] = batch.io_id
+    el["width"] = width
+    el["value"] = value
+    buf = el.tobytes()
+    size = _ELEMENT.itemsize
+    off = (np.asarray(batch.io_offsets) * size).tolist()
+    out = [b + buf[off[i]:off[i + 1]] for i, b in enumerate(base)]
+    if nx.size:
+        rows = np.repeat(np.arange(n), np.diff(np.asarray(batch.io_offsets)))[nx].tolist()
+        data = batch.nx_data
+        starts = np.asarray(batch.io_value)[nx].tolist()
+        lens = nx_len[nx].tolist()
+        for r, s, ln in zip(rows, starts, lens):
+            out[r] += data[s:s + ln]
+    return out
