@@ -297,15 +297,13 @@ async def assert_retention_ok(admin, topics: Iterable[str], *, windows: Mapping[
 def windows_from_policies(policies: Mapping[bytes, bytes]) -> tuple[dict[str, int], int | None]:
     """(tenant -> retention_days, service retention_days) from the fleetcloak.policies
     table (values are policy JSON). Unparseable entries are skipped with a warning."""
-    import json
-
-    from fleetcloak.anonymize.policy import load_policy
+    from fleetcloak.streams.rights import parse_policy_value
 
     tenants: dict[str, int] = {}
     service = None
     for key, value in policies.items():
         try:
-            pol = load_policy(json.loads(value), key.decode(errors="replace"))
+            pol = parse_policy_value(key, value)
         except Exception as exc:
             log.warning("skipping policy %r: %s", key, exc)
             continue

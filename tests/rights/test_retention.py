@@ -134,3 +134,13 @@ def test_drop_auditor_aggregates_per_rule_and_tenant():
         (None, "too_old", 1), ("acme", "too_old", 5)]
     assert events[0][1]["details"]["from_ms"] == 1000 and events[0][1]["details"]["to_ms"] == 2000
     assert asyncio.run(d.flush(Audit())) == 0
+
+
+def test_windows_from_the_policies_table():
+    from fleetcloak.streams.retention import windows_from_policies
+
+    table = {b"acme": json.dumps({"tenant": "acme", "retention_days": 90}).encode(),
+             b"beta": b"tenant: beta\nretention_days: 30\n",
+             b"broken": b"{not json",
+             b"fleetcloak-analytics": json.dumps({"service": "fleetcloak-analytics", "retention_days": 200}).encode()}
+    assert windows_from_policies(table) == ({"acme": 90, "beta": 30}, 200)
