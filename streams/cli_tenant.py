@@ -39,7 +39,7 @@ async def _dry_run(args) -> dict:
         await admin.close()
     return {"action": "offboard (dry run)", "tenant": args.tenant, "topics": topics,
             "key_epochs": [e.epoch for e in keys.keyring.epochs(args.tenant) if e.state == "active"],
-            "subject_keys": len(keys.store.names(f"subject/{args.tenant}/")),
+            "subject_keys": len(keys.store.names(f"subject/{args.tenant}/")) + len(keys.store.names(f"erased/{args.tenant}/")),
             "policy": args.tenant.encode() in policies,
             "subject_entries": sum(1 for k in subjects if k.startswith(f"{args.tenant}/".encode()))}
 
@@ -68,7 +68,7 @@ async def _run(args) -> int:
         if report["topics_left"]:
             print(f"  topics NOT deleted: {', '.join(report['topics_left'])}")
         print(f"  key epochs destroyed: {', '.join(report['key_epochs_destroyed']) or 'none'}")
-        print(f"  per-subject keys deleted: {report['subject_keys_deleted']}")
+        print(f"  per-subject keys and erasure markers deleted: {report['subject_keys_deleted']}")
         print(f"  policy tombstoned: {'yes' if report['policy_tombstoned'] else 'no policy was published'}")
         print(f"  subject entries tombstoned: {report['subject_entries_tombstoned']}")
         for e in report["errors"]:
