@@ -97,7 +97,7 @@ class _Shape:
     alternates id, value, id, value: ids = t[head::2], values = t[head + 1::2].
     """
 
-    __slots__ = ("struct", "size", "n", "widths", "id_offsets", "iow")
+    __slots__ = ("struct", "size", "n", "widths", "id_offsets", "iow", "_frozen_for")
 
     def __init__(self, codec: int, counts: tuple[int, int, int, int]) -> None:
         head, id_fmt, cnt_fmt = _HEAD[codec]
@@ -122,22 +122,36 @@ class _Shape:
         self.widths = tuple(widths)
         self.id_offsets = tuple(id_offsets)
         self.iow: dict[tuple, IoWidths] = {}  # ids -> shared io_width (hot path reads it)
+        self._frozen_for = 0
 
     def io_widths(self, ids: tuple) -> IoWidths:
-        if len(self.iow) >= 256:  # bounded: one per IO configuration seen in this shape
-            self.iow.clear()
-        w = self.iow[ids] = IoWidths(zip(ids, self.widths))
+        """The miss path. Devices repeat a few IO configurations, so caching pays; when
+        ids vary per record it does not, so a full cache stops taking new entries for a
+        while (keeping the ones it has) before it is cleared and refilled."""
+        w = IoWidths(zip(ids, self.widths))
+        if self._frozen_for:
+            self._frozen_for -= 1
+            if not self._frozen_for:
+                self.iow.clear()
+        elif len(self.iow) >= 256:
+            self._frozen_for = 4096
+        else:
+            self.iow[ids] = w
         return w
 
 
-_SHAPES: dict[int, dict[tuple[int, int, int, int], _Shape]] = {c: {} for c in _HEAD}
+_SHAPES: dict[int, dict[int, _Shape]] = {c: {} for c in _HEAD}
 
 
 def _shape(codec: int, counts: tuple[int, int, int, int]) -> _Shape:
+    """Compile and cache the shape; the key packs the counts into one int (cheaper to
+    hash than a tuple): 8 bits each for Codec 8/16, 16 bits each for 8E."""
     cache = _SHAPES[codec]
     if len(cache) >= _CACHE_MAX:
         cache.clear()
-    s = cache[counts] = _Shape(codec, counts)
+    bits = 16 if codec == CODEC_8E else 8
+    n1, n2, n4, n8 = counts
+    s = cache[((n1 << bits | n2) << bits | n4) << bits | n8] = _Shape(codec, counts)
     return s
 
 
@@ -147,13 +161,54 @@ def _truncated(pos: int, need: int, end: int) -> DecodeError:
                        f"need {need} bytes at offset {pos}, the records end at offset {end}")
 
 
-def _duplicate(rec: int, ids: tuple, shape: _Shape) -> DecodeError:
-    seen: set[int] = set()
-    for i, off in zip(ids, shape.id_offsets):
-        if i in seen:
-            return DecodeError("duplicate_io", rec + off, f"IO id {i} appears twice in one record")
-        seen.add(i)
-    return DecodeError("duplicate_io", rec, "IO id appears twice in one record")
+# Hot loops below peek the group counts without a bounds check per count: positions only
+# grow, so a count read at or past `end` always pushes the record end past `end`, and a
+# read past the buffer raises IndexError. Either way _walk() re-reads the record with
+# every check to say exactly what was truncated; the fast path does one comparison.
+_COUNT_AT = {CODEC_8: 26, CODEC_8E: 28, CODEC_16: 28}  # offset of the N1 count in a record
+
+
+def _walk(buf: bytes, p: int, end: int, codec: int) -> DecodeError:
+    """The precise truncation error of the record at p (slow path)."""
+    isz, csz = _ID_SIZE[codec], _COUNT_SIZE[codec]
+    q = p + _COUNT_AT[codec]
+    groups = (1, 2, 4, 8, 0) if codec == CODEC_8E else (1, 2, 4, 8)
+    for w in groups:
+        if q + csz > end:
+            return _truncated(q, csz, end)
+        k = int.from_bytes(buf[q:q + csz], "big")
+        q += csz
+        if w and q + k * (isz + w) > end:
+            return _truncated(q, k * (isz + w), end)
+        q += k * (isz + w)
+    return _truncated(q, 1, end)  # not reached for a truncated record
+
+
+def _record_error(p: int, t: tuple, ids: tuple, io: dict, shape: _Shape, codec: int,
+                  lenient: bool, nx: int = 0) -> DecodeError | None:
+    """Why the record at p is invalid (slow path), or None if it is fine after all."""
+    if len(io) != shape.n:
+        seen: set[int] = set()
+        for i, off in zip(ids, shape.id_offsets):
+            if i in seen:
+                return DecodeError("duplicate_io", p + off, f"IO id {i} appears twice in one record")
+            seen.add(i)
+    if t[1] > 3:
+        return DecodeError("bad_priority", p + 8, f"priority {t[1]} > 3")
+    if codec == CODEC_16:
+        if t[9] > 7:
+            return DecodeError("bad_generation_type", p + 26, f"generation type {t[9]} > 7")
+        ntot, at = t[10], p + 27
+    else:
+        ntot, at = t[9], p + 25 if codec == CODEC_8 else p + 26
+    if ntot != shape.n + nx and not lenient:
+        return DecodeError("count_mismatch", at, f"N total {ntot} but the groups hold {shape.n + nx}")
+    return None
+
+
+def _bad_length(p: int, end: int, count: int) -> DecodeError:
+    return DecodeError("bad_length", p, f"{count} records end at offset {p}, but the data "
+                       f"field has {end - p} more bytes before Number of Data 2")
 
 
 def decode_records(buf: bytes, pos: int, end: int, codec: int, count: int,
@@ -185,42 +240,33 @@ def _decode_8(buf: bytes, p: int, end: int, count: int, lenient: bool) -> tuple[
     out = []
     append = out.append
     for _ in range(count):
-        q = p + 26                        # N1 count
-        if q >= end:
-            raise _truncated(q, 1, end)
-        n1 = buf[q]
-        q += 1 + 2 * n1                   # N2 count
-        if q >= end:
-            raise _truncated(q, 1, end)
-        n2 = buf[q]
-        q += 1 + 3 * n2                   # N4 count
-        if q >= end:
-            raise _truncated(q, 1, end)
-        n4 = buf[q]
-        q += 1 + 5 * n4                   # N8 count
-        if q >= end:
-            raise _truncated(q, 1, end)
-        n8 = buf[q]
-        q += 1 + 9 * n8                   # end of record
+        try:
+            n1 = buf[p + 26]
+            q = p + 27 + 2 * n1               # N2 count
+            n2 = buf[q]
+            q += 1 + 3 * n2                   # N4 count
+            n4 = buf[q]
+            q += 1 + 5 * n4                   # N8 count
+            n8 = buf[q]
+            q += 1 + 9 * n8                   # end of the record
+        except IndexError:
+            q = end + 1
         if q > end:
-            raise _truncated(q - 9 * n8, 9 * n8, end)
-        key = (n1, n2, n4, n8)
-        shape = cache.get(key) or _shape(CODEC_8, key)
+            raise _walk(buf, p, end, CODEC_8)
+        shape = cache.get(n1 << 24 | n2 << 16 | n4 << 8 | n8) or _shape(CODEC_8, (n1, n2, n4, n8))
         t = shape.struct.unpack_from(buf, p)
         ids = t[10::2]
         io = dict(zip(ids, t[11::2]))
-        if len(io) != shape.n:
-            raise _duplicate(p, ids, shape)
-        if t[1] > 3:
-            raise DecodeError("bad_priority", p + 8, f"priority {t[1]} > 3")
-        if t[9] != shape.n and not lenient:
-            raise DecodeError("count_mismatch", p + 25, f"N total {t[9]} but the groups hold {shape.n}")
+        n = shape.n
+        if len(io) != n or t[1] > 3 or t[9] != n:
+            e = _record_error(p, t, ids, io, shape, CODEC_8, lenient)
+            if e:
+                raise e
         append(AvlRecord(t[0], t[1], t[2] / 1e7, t[3] / 1e7, t[4], t[5], t[6], t[7], t[8],
                          io, shape.iow.get(ids) or shape.io_widths(ids), None))
         p = q
     if p != end:
-        raise DecodeError("bad_length", p, f"{count} records end at offset {p}, "
-                          f"but the data field has {end - p} more bytes before Number of Data 2")
+        raise _bad_length(p, end, count)
     return tuple(out)
 
 
@@ -229,101 +275,86 @@ def _decode_16(buf: bytes, p: int, end: int, count: int, lenient: bool) -> tuple
     out = []
     append = out.append
     for _ in range(count):
-        q = p + 28                        # N1 count
-        if q >= end:
-            raise _truncated(q, 1, end)
-        n1 = buf[q]
-        q += 1 + 3 * n1
-        if q >= end:
-            raise _truncated(q, 1, end)
-        n2 = buf[q]
-        q += 1 + 4 * n2
-        if q >= end:
-            raise _truncated(q, 1, end)
-        n4 = buf[q]
-        q += 1 + 6 * n4
-        if q >= end:
-            raise _truncated(q, 1, end)
-        n8 = buf[q]
-        q += 1 + 10 * n8
+        try:
+            n1 = buf[p + 28]
+            q = p + 29 + 3 * n1
+            n2 = buf[q]
+            q += 1 + 4 * n2
+            n4 = buf[q]
+            q += 1 + 6 * n4
+            n8 = buf[q]
+            q += 1 + 10 * n8
+        except IndexError:
+            q = end + 1
         if q > end:
-            raise _truncated(q - 10 * n8, 10 * n8, end)
-        key = (n1, n2, n4, n8)
-        shape = cache.get(key) or _shape(CODEC_16, key)
+            raise _walk(buf, p, end, CODEC_16)
+        shape = cache.get(n1 << 24 | n2 << 16 | n4 << 8 | n8) or _shape(CODEC_16, (n1, n2, n4, n8))
         t = shape.struct.unpack_from(buf, p)
         ids = t[11::2]
         io = dict(zip(ids, t[12::2]))
-        if len(io) != shape.n:
-            raise _duplicate(p, ids, shape)
-        if t[1] > 3:
-            raise DecodeError("bad_priority", p + 8, f"priority {t[1]} > 3")
-        if t[9] > 7:
-            raise DecodeError("bad_generation_type", p + 26, f"generation type {t[9]} > 7")
-        if t[10] != shape.n and not lenient:
-            raise DecodeError("count_mismatch", p + 27, f"N total {t[10]} but the groups hold {shape.n}")
+        n = shape.n
+        if len(io) != n or t[1] > 3 or t[9] > 7 or t[10] != n:
+            e = _record_error(p, t, ids, io, shape, CODEC_16, lenient)
+            if e:
+                raise e
         append(AvlRecord(t[0], t[1], t[2] / 1e7, t[3] / 1e7, t[4], t[5], t[6], t[7], t[8],
                          io, shape.iow.get(ids) or shape.io_widths(ids), t[9]))
         p = q
     if p != end:
-        raise DecodeError("bad_length", p, f"{count} records end at offset {p}, "
-                          f"but the data field has {end - p} more bytes before Number of Data 2")
+        raise _bad_length(p, end, count)
     return tuple(out)
 
 
 def _decode_8e(buf: bytes, p: int, end: int, count: int, lenient: bool) -> tuple[AvlRecord, ...]:
     cache = _SHAPES[CODEC_8E]
+    nx_head = _NX_HEAD.unpack_from
     out = []
     append = out.append
     for _ in range(count):
-        q = p + 28                        # N1 count (u16)
-        if q + 2 > end:
-            raise _truncated(q, 2, end)
-        n1 = buf[q] << 8 | buf[q + 1]
-        q += 2 + 3 * n1
-        if q + 2 > end:
-            raise _truncated(q, 2, end)
-        n2 = buf[q] << 8 | buf[q + 1]
-        q += 2 + 4 * n2
-        if q + 2 > end:
-            raise _truncated(q, 2, end)
-        n4 = buf[q] << 8 | buf[q + 1]
-        q += 2 + 6 * n4
-        if q + 2 > end:
-            raise _truncated(q, 2, end)
-        n8 = buf[q] << 8 | buf[q + 1]
-        q += 2 + 10 * n8                  # NX count (u16)
-        if q + 2 > end:
-            raise _truncated(q, 2, end)
-        key = (n1, n2, n4, n8)
-        shape = cache.get(key) or _shape(CODEC_8E, key)
-        nx = buf[q] << 8 | buf[q + 1]
-        q += 2
+        try:
+            q = p + 28                        # N1 count (u16)
+            n1 = buf[q] << 8 | buf[q + 1]
+            q += 2 + 3 * n1
+            n2 = buf[q] << 8 | buf[q + 1]
+            q += 2 + 4 * n2
+            n4 = buf[q] << 8 | buf[q + 1]
+            q += 2 + 6 * n4
+            n8 = buf[q] << 8 | buf[q + 1]
+            q += 2 + 10 * n8                  # NX count (u16)
+            nx = buf[q] << 8 | buf[q + 1]
+            q += 2
+        except IndexError:
+            q = end + 1
+        if q > end:
+            raise _walk(buf, p, end, CODEC_8E)
+        shape = cache.get(n1 << 48 | n2 << 32 | n4 << 16 | n8) or _shape(CODEC_8E, (n1, n2, n4, n8))
         t = shape.struct.unpack_from(buf, p)
         ids = t[10::2]
         io = dict(zip(ids, t[11::2]))
-        if len(io) != shape.n:
-            raise _duplicate(p, ids, shape)
-        for _ in range(nx):
-            if q + 4 > end:
-                raise _truncated(q, 4, end)
-            i, ln = _NX_HEAD.unpack_from(buf, q)
-            if q + 4 + ln > end:
-                raise _truncated(q + 4, ln, end)
-            if i in io:
-                raise DecodeError("duplicate_io", q, f"IO id {i} appears twice in one record")
-            io[i] = buf[q + 4:q + 4 + ln]
-            q += 4 + ln
-        if t[1] > 3:
-            raise DecodeError("bad_priority", p + 8, f"priority {t[1]} > 3")
-        if t[9] != shape.n + nx and not lenient:
-            raise DecodeError("count_mismatch", p + 26,
-                              f"N total {t[9]} but the groups hold {shape.n + nx}")
+        n = shape.n
+        if len(io) != n or t[1] > 3:
+            e = _record_error(p, t, ids, io, shape, CODEC_8E, True)
+            if e:
+                raise e
+        if nx:
+            for _ in range(nx):
+                if q + 4 > end:
+                    raise _truncated(q, 4, end)
+                i, ln = nx_head(buf, q)
+                q += 4
+                if q + ln > end:
+                    raise _truncated(q, ln, end)
+                if i in io:
+                    raise DecodeError("duplicate_io", q - 4, f"IO id {i} appears twice in one record")
+                io[i] = buf[q:q + ln]
+                q += ln
+        if t[9] != n + nx and not lenient:
+            raise DecodeError("count_mismatch", p + 26, f"N total {t[9]} but the groups hold {n + nx}")
         append(AvlRecord(t[0], t[1], t[2] / 1e7, t[3] / 1e7, t[4], t[5], t[6], t[7], t[8],
                          io, shape.iow.get(ids) or shape.io_widths(ids), None))
         p = q
     if p != end:
-        raise DecodeError("bad_length", p, f"{count} records end at offset {p}, "
-                          f"but the data field has {end - p} more bytes before Number of Data 2")
+        raise _bad_length(p, end, count)
     return tuple(out)
 
 
