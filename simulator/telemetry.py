@@ -44,11 +44,14 @@ class RecordFactory:
         }
         # io_width dicts are shared by every record of a layout (AvlRecord never mutates
         # them); they must list exactly the fixed-size ids present, as decode returns.
+        # Key order = the column order in build().
         n1 = [239, 240, 21] + ([] if self.fam64 else [69]) + ([391] if self.has_private else [])
         n2 = [24, 66, 67, 205, 206]
         w = {i: 1 for i in n1} | {i: 2 for i in n2} | {16: 4, self.driver_io: 8}
         self.width_plain = w
         self.width_card = w | {self.card_ios[0]: 8, self.card_ios[1]: 8}
+        self._loop = _record_loop(tuple(self.width_plain), tuple(self.width_card),
+                                  self.width_plain, self.width_card)
         phase = self.tenant.road_theta * 1000.0
         self._terrain = (float(40 + 300 * (self.tenant.index % 3)), phase)
 
@@ -95,36 +98,49 @@ class RecordFactory:
             event = np.where(event == EV_DRIVER, self.driver_io, event)
         ms = tr.t * 1000
 
+        # IO values as columns, in the order of the record's IO keys (the card halves
+        # last); the generated loop turns each row into the record's IO dict.
+        drv = tr.drv.tolist()
         keys, cards = self.keys, self.cards
-        out: list[AvlRecord] = []
-        append = out.append
-        codec16 = self.codec == CODEC_16
-        wp, wc = self.width_plain, self.width_card
-        drv_io, (c1, c2) = self.driver_io, self.card_ios
-        fam64, has_private = self.fam64, self.has_private
-        for (t, p, lo, la, al, an, sa, sp, ev, ig, mv, gs, sp24, ex, ba, ce, la_c, od, dr, pv, fx) in zip(
-                ms.tolist(), prio.tolist(), lon_i.tolist(), lat_i.tolist(), alt.tolist(),
-                angle.tolist(), sats.tolist(), speed.tolist(), event.tolist(),
-                tr.ign.tolist(), tr.mov.tolist(), gsm.tolist(), speed.tolist(), ext.tolist(),
-                batt.tolist(), cell.tolist(), lac.tolist(), odo.tolist(), tr.drv.tolist(),
-                tr.priv.tolist(), fix.tolist()):
-            if fam64:
-                io = {239: ig, 240: mv, 21: gs}
-            elif has_private:
-                io = {239: ig, 240: mv, 21: gs, 69: 1 if fx else 2, 391: pv}
-            else:
-                io = {239: ig, 240: mv, 21: gs, 69: 1 if fx else 2}
-            io[24] = sp24
-            io[66] = ex
-            io[67] = ba
-            io[205] = ce
-            io[206] = la_c
-            io[16] = od
-            io[drv_io] = keys[dr] if dr >= 0 else 0
-            card = cards.get(dr) if dr >= 0 else None
-            if card is not None:
-                io[c1], io[c2] = card
-            append(AvlRecord(t, p, lo / 1e7, la / 1e7, al, an, sa, sp, ev, io,
-                             wc if card is not None else wp,
-                             (5 if ev else 7) if codec16 else None))
-        return out
+        dkey = [keys[d] if d >= 0 else 0 for d in drv]
+        card = [cards.get(d) if d >= 0 else None for d in drv]
+        has = [c is not None for c in card]
+        c1 = [c[0] if c else 0 for c in card]
+        c2 = [c[1] if c else 0 for c in card]
+        spd = speed.tolist()
+        cols = [tr.ign.tolist(), tr.mov.tolist(), gsm.tolist()]
+        if not self.fam64:
+            cols.append(np.where(fix, 1, 2).tolist())
+        if self.has_private:
+            cols.append(tr.priv.tolist())
+        cols += [spd, ext.tolist(), batt.tolist(), cell.tolist(), lac.tolist(), odo.tolist(), dkey, c1, c2]
+        gen = np.where(event != 0, 5, 7).tolist() if self.codec == CODEC_16 else [None] * n
+        return self._loop(ms.tolist(), prio.tolist(), (lon_i / 1e7).tolist(), (lat_i / 1e7).tolist(),
+                          alt.tolist(), angle.tolist(), sats.tolist(), spd, event.tolist(), gen, has,
+                          *cols)
+
+
+def _record_loop(kp: tuple[int, ...], kc: tuple[int, ...], wp: dict, wc: dict):
+    """A record-building loop specialised for one IO layout.
+
+    Generated once per device (like namedtuple does), so each record's IO dict is a
+    literal: about twice as fast as dict(zip(keys, row)) on this hot path.
+    """
+    names = [f"c{i}" for i in range(len(kc))]
+    plain = ", ".join(f"{k}: {v}" for k, v in zip(kp, names))
+    card = ", ".join(f"{k}: {v}" for k, v in zip(kc, names))
+    src = (
+        f"def loop(ms, prio, lon, lat, alt, ang, sats, spd, ev, gen, has, {', '.join(names)}):\n"
+        f"    out = []\n"
+        f"    append = out.append\n"
+        f"    for t, p, lo, la, al, an, sa, sp, e, g, hc, {', '.join(names)} in zip(\n"
+        f"            ms, prio, lon, lat, alt, ang, sats, spd, ev, gen, has, {', '.join(names)}):\n"
+        f"        if hc:\n"
+        f"            append(R(t, p, lo, la, al, an, sa, sp, e, {{{card}}}, WC, g))\n"
+        f"        else:\n"
+        f"            append(R(t, p, lo, la, al, an, sa, sp, e, {{{plain}}}, WP, g))\n"
+        f"    return out\n"
+    )
+    ns = {"R": AvlRecord, "WP": wp, "WC": wc}
+    exec(compile(src, f"<record loop {kc}>", "exec"), ns)
+    return ns["loop"]

@@ -3,7 +3,7 @@
 A drive from A to B (local metres) is built in three vectorised steps:
   1. path   a street-grid route (legs along the tenant's grid orientation, random
             splits, a little jitter), corners rounded by Chaikin cutting, resampled
-            every 20 m;
+            every 40 m;
   2. speed  a limit per node: road class by distance from the ends (urban 50 km/h up
             to ~100 km/h on long trips), corner speed from the curvature (lateral
             acceleration <= 2 m/s^2), red lights (v = 0 plus a dwell), and
@@ -29,7 +29,7 @@ import numpy as np
 from .fleet import Fleet, Vehicle
 
 DAY_S = 86_400
-STEP_M = 20.0
+STEP_M = 40.0
 A_ACC, A_DEC, A_LAT = 1.4, 2.2, 2.0   # m/s^2
 V_MAX = 36.0                            # m/s (~130 km/h)
 
@@ -103,236 +103,341 @@ class Track:
 
 
 # ----------------------------------------------------------------------------- paths
-def road_path(rng: np.random.Generator, a: np.ndarray, b: np.ndarray, theta: float) -> np.ndarray:
-    """A street-grid-like polyline from a to b (N x 2 metres), corners rounded."""
+def _seg_starts(counts: np.ndarray) -> np.ndarray:
+    return np.concatenate([[0], np.cumsum(counts)[:-1]]).astype(np.int64)
+
+
+def _within(counts: np.ndarray) -> np.ndarray:
+    """0, 1, ..., n_k - 1 for every group k, concatenated."""
+    total = int(counts.sum())
+    return np.arange(total) - np.repeat(_seg_starts(counts), counts)
+
+
+def road_paths(rng: np.random.Generator, a: np.ndarray, b: np.ndarray, theta: float):
+    """Street-grid-like polylines for L drives at once: (points (N,2), drive id per point).
+
+    Each drive alternates m steps along the grid's two axes (random splits of the
+    displacement), interior corners jittered ~25 m, then 3 rounds of Chaikin corner
+    cutting with the endpoints kept.
+    """
+    L = len(a)
     d = b - a
     u = np.array([math.cos(theta), math.sin(theta)])
     v = np.array([-math.sin(theta), math.cos(theta)])
-    pu, pv = float(d @ u), float(d @ v)
-    m = max(1, min(8, int(np.hypot(*d) / 1800)))
-    wu = rng.dirichlet(np.ones(m)) * pu
-    wv = rng.dirichlet(np.ones(m)) * pv
-    steps = np.empty((2 * m, 2))
-    steps[0::2] = wu[:, None] * u
-    steps[1::2] = wv[:, None] * v
-    pts = np.vstack([a, a + np.cumsum(steps, axis=0)])
-    pts[1:-1] += rng.normal(0.0, 25.0, size=(len(pts) - 2, 2))
-    pts[-1] = b
-    seg = np.hypot(*np.diff(pts, axis=0).T)
-    pts = np.vstack([pts[0], pts[1:][seg > 1.0]])
-    if len(pts) < 2:
-        pts = np.vstack([a, b])
-    for _ in range(3):  # Chaikin corner cutting, endpoints kept
-        p0, p1 = pts[:-1], pts[1:]
+    pu, pv = d @ u, d @ v
+    m = np.clip((np.hypot(d[:, 0], d[:, 1]) / 1800).astype(np.int64), 1, 8)
+    leg_of_w = np.repeat(np.arange(L), m)
+    wu = rng.random(len(leg_of_w)) + 0.05
+    wv = rng.random(len(leg_of_w)) + 0.05
+    wu = wu / np.bincount(leg_of_w, wu)[leg_of_w] * pu[leg_of_w]
+    wv = wv / np.bincount(leg_of_w, wv)[leg_of_w] * pv[leg_of_w]
+    # Points per drive: a, then 2m corners; the last one is b.
+    n = 2 * m + 1
+    leg = np.repeat(np.arange(L), n)
+    k = _within(n)
+    steps = np.zeros((len(leg), 2))
+    inner = k > 0
+    j = k[inner] - 1                                    # step index within the drive
+    w_idx = np.repeat(_seg_starts(m), 2 * m) + j // 2   # which split
+    along_u = (j % 2) == 0
+    steps[inner] = np.where(along_u[:, None], wu[w_idx][:, None] * u, wv[w_idx][:, None] * v)
+    steps[k == 0] = a
+    pts = np.cumsum(steps, axis=0)
+    # cumsum runs over all drives: remove what earlier drives added.
+    ends = np.cumsum(n) - 1
+    carry = np.concatenate([[np.zeros(2)], pts[ends[:-1]]])
+    pts -= np.repeat(carry, n, axis=0)
+    last = k == (n - 1)[leg]
+    pts[last] = b
+    mid = inner & ~last
+    pts[mid] += rng.normal(0.0, 25.0, size=(int(mid.sum()), 2))
+    for _ in range(3):  # Chaikin, per drive; the first Q and last R are the endpoints
+        same = leg[1:] == leg[:-1]
+        p0, p1, lg = pts[:-1][same], pts[1:][same], leg[:-1][same]
         q = np.empty((2 * len(p0), 2))
         q[0::2] = 0.75 * p0 + 0.25 * p1
         q[1::2] = 0.25 * p0 + 0.75 * p1
-        pts = np.vstack([pts[0], q[1:-1], pts[-1]]) if len(q) > 2 else np.vstack([pts[0], pts[-1]])
-    return pts
-
-
-def _resample(pts: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    seg = np.hypot(*np.diff(pts, axis=0).T)
-    s = np.concatenate([[0.0], np.cumsum(seg)])
-    total = s[-1]
-    n = max(2, int(math.ceil(total / STEP_M)) + 1)
-    sn = np.linspace(0.0, total, n)
-    return sn, np.interp(sn, s, pts[:, 0]), np.interp(sn, s, pts[:, 1])
+        first_pair = np.concatenate([[True], lg[1:] != lg[:-1]])
+        last_pair = np.concatenate([lg[1:] != lg[:-1], [True]])
+        q[0::2][first_pair] = p0[first_pair]
+        q[1::2][last_pair] = p1[last_pair]
+        pts, leg = q, np.repeat(lg, 2)
+    return pts, leg
 
 
 @dataclass
-class Drive:
-    t_end: float              # arrival, epoch seconds (float)
-    t: np.ndarray             # sample times (int seconds) strictly inside (t0, t_end)
+class Drives:
+    """L drives' nodes (every ~20 m), concatenated; node arrays are indexed by `start`."""
+
+    start: np.ndarray       # first node of each drive
+    count: np.ndarray       # nodes per drive
+    s: np.ndarray           # metres from the drive's start
     x: np.ndarray
     y: np.ndarray
-    speed: np.ndarray         # km/h
-    angle: np.ndarray         # degrees 0..359
-    s: np.ndarray             # metres driven at each sample
-    length: float             # metres
-    end_heading: int
+    v: np.ndarray           # m/s at the node (0 at red lights and the ends)
+    head: np.ndarray        # heading leaving the node, degrees 0..359
+    arrive: np.ndarray      # seconds from the drive's start
+    dwell: np.ndarray       # seconds stopped at the node
+    length: np.ndarray      # metres per drive
+    duration: np.ndarray    # seconds per drive (arrival at the last node)
 
 
-def drive(rng: np.random.Generator, a, b, t0: float, theta: float, period: int, phase: int) -> Drive:
-    """Drive from a to b starting at t0; samples every `period` s on the device's grid."""
-    a = np.asarray(a, dtype=float)
-    b = np.asarray(b, dtype=float)
-    sn, xn, yn = _resample(road_path(rng, a, b, theta))
-    total = float(sn[-1])
-    ds = np.diff(sn)
-    dx, dy = np.diff(xn), np.diff(yn)
-    head = np.arctan2(dx, dy)                      # from north, clockwise
-    n = len(sn)
-    # Road class: urban near the ends, faster in the middle of long trips.
-    d_end = np.minimum(sn, total - sn)
+def plan_drives(rng: np.random.Generator, a: np.ndarray, b: np.ndarray, theta: float) -> Drives:
+    """Geometry, speed profile and timing of L drives in one vectorised pass."""
+    L = len(a)
+    pts, leg = road_paths(rng, a, b, theta)
+    # Arc length per drive, then resample every ~STEP_M on a coordinate that increases
+    # across drives (drive k's arc length + offset_k), so one np.interp serves them all.
+    seg = np.hypot(*np.diff(pts, axis=0).T)
+    seg[leg[1:] != leg[:-1]] = 0.0
+    cum = np.concatenate([[0.0], np.cumsum(seg)])
+    first = np.flatnonzero(np.concatenate([[True], leg[1:] != leg[:-1]]))
+    s_pts = cum - np.repeat(cum[first], np.diff(np.append(first, len(leg))))
+    total = np.bincount(leg, minlength=L).astype(np.int64)
+    length = s_pts[first + total - 1]
+    offset = np.concatenate([[0.0], np.cumsum(length + 1.0)[:-1]])
+    g_pts = s_pts + offset[leg]
+    count = np.maximum(2, np.ceil(length / STEP_M).astype(np.int64) + 1)
+    start = _seg_starts(count)
+    node_leg = np.repeat(np.arange(L), count)
+    kk = _within(count)
+    s = kk / (count - 1)[node_leg] * length[node_leg]
+    x = np.interp(s + offset[node_leg], g_pts, pts[:, 0])
+    y = np.interp(s + offset[node_leg], g_pts, pts[:, 1])
+    N = len(s)
+    is_last = kk == (count - 1)[node_leg]
+    is_first = kk == 0
+    # Heading leaving each node (the last node keeps the previous segment's).
+    dx, dy = np.diff(x), np.diff(y)
+    h = np.arctan2(dx, dy)
+    head_rad = np.empty(N)
+    head_rad[:-1] = h
+    head_rad[is_last] = head_rad[np.flatnonzero(is_last) - 1]
+    ds = np.zeros(N)
+    ds[1:] = np.diff(s)
+    ds[is_first] = 0.0
+    # Speed limits: road class by distance from the ends, a slow wobble, corners.
+    d_end = np.minimum(s, length[node_leg] - s)
     fast = 13.9 + (27.0 - 13.9) * np.clip((d_end - 1500.0) / 3000.0, 0.0, 1.0)
-    vc = fast * rng.uniform(0.85, 1.1)
-    wob = np.cumsum(rng.normal(0.0, 1.0, n))
-    wob = (wob - np.linspace(wob[0], wob[-1], n)) / max(1.0, math.sqrt(n))
-    vc = np.clip(vc * (1.0 + 0.08 * np.tanh(wob)), 3.0, V_MAX)
-    # Corners: curvature at interior nodes.
-    dh = np.abs((np.diff(head) + np.pi) % (2 * np.pi) - np.pi)
-    kappa = np.zeros(n)
-    kappa[1:-1] = dh / np.maximum(0.5 * (ds[:-1] + ds[1:]), 1.0)
-    vcorner = np.sqrt(A_LAT / np.maximum(kappa, 1e-6))
-    vlim = np.minimum(vc, np.maximum(vcorner, 3.0))
+    factor = rng.uniform(0.85, 1.1, L)[node_leg]
+    ph = rng.uniform(0, 2 * math.pi, (2, L))
+    wob = np.sin(s / 700.0 + ph[0][node_leg]) * np.sin(s / 2300.0 + ph[1][node_leg])
+    vc = np.clip(fast * factor * (1.0 + 0.08 * wob), 3.0, V_MAX)
+    turn = np.zeros(N)
+    turn[1:] = np.abs((head_rad[1:] - head_rad[:-1] + np.pi) % (2 * np.pi) - np.pi)
+    turn[is_first | is_last] = 0.0
+    kappa = turn / STEP_M
+    vlim = np.minimum(vc, np.maximum(np.sqrt(A_LAT / np.maximum(kappa, 1e-6)), 3.0))
     # Red lights / give-ways: about one per 1.5 km, never in the first or last 100 m.
-    dwell = np.zeros(n)
-    if n > 12:
-        k = rng.poisson(total / 1500.0)
-        if k:
-            idx = np.unique(rng.integers(5, n - 5, size=k))
-            vlim[idx] = 0.0
-            dwell[idx] = rng.uniform(5.0, 45.0, size=len(idx))
-    vlim[0] = vlim[-1] = 0.0
+    dwell = np.zeros(N)
+    lights = rng.poisson(length / 1500.0) * (count > 12)
+    if lights.sum():
+        lleg = np.repeat(np.arange(L), lights)
+        idx = start[lleg] + 5 + (rng.random(len(lleg)) * (count[lleg] - 10)).astype(np.int64)
+        vlim[idx] = 0.0
+        dwell[idx] = rng.uniform(5.0, 45.0, len(idx))
+    vlim[is_first | is_last] = 0.0
+    # Acceleration and braking limits, reset per drive: v_i^2 <= min_j<=i (v_j^2 + 2a(s_i - s_j)).
+    big = 1e7 * node_leg
     v2 = vlim ** 2
-    v2 = np.minimum(v2, np.minimum.accumulate(v2 - 2 * A_ACC * sn) + 2 * A_ACC * sn)
-    v2 = np.minimum(v2, (np.minimum.accumulate((v2 + 2 * A_DEC * sn)[::-1]))[::-1] - 2 * A_DEC * sn)
+    v2 = np.minimum(v2, np.minimum.accumulate(v2 - 2 * A_ACC * s - big) + 2 * A_ACC * s + big)
+    back = (v2 + 2 * A_DEC * s + big)[::-1]
+    v2 = np.minimum(v2, np.minimum.accumulate(back)[::-1] - 2 * A_DEC * s - big)
     v = np.sqrt(np.maximum(v2, 0.0))
-    vm = np.maximum(0.5 * (v[:-1] + v[1:]), 0.3)
-    arrive = t0 + np.concatenate([[0.0], np.cumsum(ds / vm)])
-    arrive[1:] += np.cumsum(dwell)[:-1]
-    depart = arrive + dwell
-    tt = np.empty(2 * n)
-    tt[0::2], tt[1::2] = arrive, depart
-    ss = np.repeat(sn, 2)
-    vv = np.repeat(v, 2)
-    t_end = float(depart[-1])
-    first = phase + period * math.floor((t0 - phase) / period + 1)
-    ts = np.arange(first, t_end, period, dtype=np.int64)
-    ts = ts[(ts > t0) & (ts < t_end)]
-    s_at = np.interp(ts, tt, ss)
-    seg = np.clip(np.searchsorted(sn, s_at, side="right") - 1, 0, n - 2)
-    ang = (np.rint(np.degrees(head[seg])).astype(np.int64)) % 360
-    spd = np.interp(ts, tt, vv) * 3.6
-    end_heading = int(round(math.degrees(head[-1]))) % 360
-    return Drive(t_end, ts, np.interp(s_at, sn, xn), np.interp(s_at, sn, yn), spd, ang, s_at,
-                 total, end_heading)
+    vm = np.empty(N)
+    vm[1:] = np.maximum(0.5 * (v[1:] + v[:-1]), 0.3)
+    vm[0] = 1.0
+    dt = ds / vm
+    # Arrival time at each node: the drive's travel time plus the dwells before it.
+    step = dt.copy()
+    step[1:] += dwell[:-1]
+    step[is_first] = 0.0
+    c = np.cumsum(step)
+    arrive = c - np.repeat(c[start], count)
+    duration = arrive[start + count - 1]
+    head = np.rint(np.degrees(head_rad)).astype(np.int64) % 360
+    return Drives(start, count, s, x, y, v, head, arrive, dwell, length, duration)
 
 
 # -------------------------------------------------------------------------- day plan
 class DayPlanner:
-    """Builds one device-day Track. Stateless apart from the DeviceState it is given."""
+    """Builds one device-day Track. Stateless apart from the DeviceState it is given.
+
+    Three passes: the itinerary (where the vehicle goes, who drives; scalar draws), every
+    drive of the day at once (plan_drives), then the timeline: events and parking in
+    order, and the drive samples interpolated for all drives together.
+    """
 
     def __init__(self, fleet: Fleet, veh: Vehicle):
         self.fleet = fleet
         self.veh = veh
         self.tenant = fleet.tenant(veh.tenant)
-        self.home = np.array(fleet.drivers[veh.primary].home_xy)
-        self.depot = np.zeros(2)
+        self.home = (float(fleet.drivers[veh.primary].home_xy[0]), float(fleet.drivers[veh.primary].home_xy[1]))
+        self.depot = (0.0, 0.0)
 
-    def plan(self, rng: np.random.Generator, day_t0: int, state: DeviceState) -> Track:
-        cols = _Cols(state.t_last)
-        self._cols, self._rng, self._st = cols, rng, state
-        self._t = float(max(day_t0, state.t_last))   # time up to which records exist
-        self._drv = -1
-        self._priv = 0
+    # -- pass 1: itinerary ---------------------------------------------------------
+    def _itinerary(self, rng: np.random.Generator, day_t0: int, state: DeviceState) -> list[tuple]:
         veh = self.veh
         off = self.tenant.utc_offset_h
         local = lambda h: day_t0 + (h - off) * 3600.0
         weekday = (day_t0 // DAY_S + 3) % 7           # 0 = Monday (1970-01-01 was a Thursday)
         primary = self.fleet.drivers[veh.primary]
+        garage = primary.garage
         workday = weekday < 5 or (weekday == 5 and rng.random() < 0.2)
         if workday and rng.random() < 0.04:
             workday = False                              # sick day / vehicle in the workshop
+        steps: list[tuple] = []
+        here = (state.x, state.y)
+
+        def leg(dest, drv):
+            nonlocal here
+            steps.append(("leg", here, tuple(dest), drv))
+            here = tuple(dest)
+
+        def private_trip(drv):
+            r, a = rng.uniform(1500, 9000), rng.uniform(0, 2 * math.pi)
+            base = here
+            steps.append(("private", 1))
+            leg((base[0] + r * math.cos(a), base[1] + r * math.sin(a)), drv)
+            steps.append(("park_for", rng.uniform(1200, 5400), False))
+            leg(base, drv)
+            steps.append(("private", 0))
+
         if workday:
-            self._park_until(local(rng.uniform(6.5, 8.5)), garage=primary.garage)
-            self._leg(self.depot, veh.primary)
-            self._park_until(self._t + rng.uniform(600, 1800))
-            shared = veh.secondary is not None
-            shift = veh.primary                      # who drives now
-            for _ in range(int(rng.integers(2, 7))):
-                if self._t > local(16.5):
-                    break
-                if shared and shift == veh.primary and self._t > local(12.0):
-                    self._leg(self.depot, shift)     # hand over at the depot
-                    self._park_until(self._t + rng.uniform(900, 1800))
+            steps.append(("park_until", local(rng.uniform(6.5, 8.5)), garage))
+            leg(self.depot, veh.primary)
+            steps.append(("park_for", rng.uniform(600, 1800), False))
+            n_jobs = int(rng.integers(2, 6))
+            shift = veh.primary
+            switch_at = n_jobs // 2 if veh.secondary is not None else -1
+            for j in range(n_jobs):
+                if j == switch_at:
+                    leg(self.depot, shift)                # hand over at the depot
+                    steps.append(("park_for", rng.uniform(900, 1800), False))
                     shift = veh.secondary
-                self._leg(self._job(), shift)
-                self._park_until(self._t + rng.uniform(600, 3000))
-            self._leg(self.depot, shift)
-            self._park_until(self._t + rng.uniform(600, 1200))
-            self._leg(self.home, veh.primary)
-            if primary.private_mode and rng.random() < 0.4 and self._t < local(19.0):
-                self._park_until(local(rng.uniform(19.0, 20.5)), garage=primary.garage)
-                self._private_trip(veh.primary)
+                r, a = rng.uniform(2000, 22000), rng.uniform(0, 2 * math.pi)
+                leg((r * math.cos(a), r * math.sin(a)), shift)
+                steps.append(("park_for", rng.uniform(600, 3000), False))
+            leg(self.depot, shift)
+            steps.append(("park_for", rng.uniform(600, 1200), False))
+            leg(self.home, veh.primary)
+            if primary.private_mode and rng.random() < 0.4:
+                steps.append(("park_until", local(rng.uniform(19.0, 20.5)), garage))
+                private_trip(veh.primary)
         elif primary.private_mode and rng.random() < 0.35:
-            self._park_until(local(rng.uniform(10.0, 15.0)), garage=primary.garage)
-            self._private_trip(veh.primary)
-        self._park_until(day_t0 + DAY_S, garage=primary.garage)
+            steps.append(("park_until", local(rng.uniform(10.0, 15.0)), garage))
+            private_trip(veh.primary)
+        steps.append(("park_until", day_t0 + DAY_S, garage))
+        return steps
+
+    # -- pass 3: timeline ----------------------------------------------------------
+    def plan(self, rng: np.random.Generator, day_t0: int, state: DeviceState) -> Track:
+        veh = self.veh
+        self._cols, self._st = _Cols(state.t_last), state
+        self._t = float(max(day_t0, state.t_last))   # time up to which records exist
+        self._drv, self._priv = -1, 0
+        steps = self._itinerary(rng, day_t0, state)
+        legs = [s for s in steps if s[0] == "leg"]
+        dr = None
+        if legs:
+            dr = plan_drives(rng, np.array([s[1] for s in legs], dtype=float),
+                             np.array([s[2] for s in legs], dtype=float), self.tenant.road_theta)
+        go, drvs, privs, odo0, nofix = [], [], [], [], []
+        li = 0
+        P, phase = veh.move_period_s, veh.phase_s
+        for st in steps:
+            kind = st[0]
+            if kind == "park_until":
+                self._park_until(st[1], garage=st[2])
+            elif kind == "park_for":
+                self._park_until(self._t + st[1], garage=st[2])
+            elif kind == "private":
+                self._event(self._t + 1, EV_PRIVATE, priv=st[1])
+            else:  # leg: ignition on, driver key, warm-up, drive, stop, ignition off
+                _, _, dest, drv = st
+                self._drv = -1
+                self._event(self._t, EV_IGNITION, ign=1)
+                self._drv = drv
+                self._event(self._t + rng.uniform(2, 8), EV_DRIVER, ign=1)
+                self._event(self._t + rng.uniform(20, 90), EV_MOVEMENT, ign=1, mov=1)
+                t_go, dur = self._t, float(dr.duration[li])
+                first = phase + P * math.floor((t_go - phase) / P + 1)
+                n = max(0, math.ceil((t_go + dur - first) / P))
+                if n > 6 and rng.random() < 0.12:      # tunnel / urban canyon: no fix
+                    i0 = int(rng.integers(1, n - 3))
+                    nofix.append((li, i0, int(rng.integers(2, max(3, min(n - i0, 20))))))
+                go.append(t_go)
+                drvs.append(drv)
+                privs.append(self._priv)
+                odo0.append(state.odo_m)
+                state.x, state.y = dest
+                state.odo_m += float(dr.length[li])
+                last_node = dr.start[li] + dr.count[li] - 1
+                state.heading = int(dr.head[last_node])
+                self._t = t_go + dur
+                self._event(self._t, EV_MOVEMENT, ign=1, mov=0)
+                self._event(self._t + rng.uniform(5, 60), EV_IGNITION, ign=0)
+                self._drv = -1
+                li += 1
+        if legs:
+            self._samples(dr, np.array(go), drvs, privs, np.array(odo0), nofix)
         return self._finish()
 
+    def _samples(self, dr: Drives, go: np.ndarray, drvs, privs, odo0: np.ndarray, nofix) -> None:
+        """Periodic records of every drive of the day, interpolated in one go."""
+        P, phase = self.veh.move_period_s, self.veh.phase_s
+        end = go + dr.duration
+        first = phase + P * np.floor((go - phase) / P + 1)
+        n = np.maximum(0, np.ceil((end - first) / P)).astype(np.int64)
+        if not n.sum():
+            return
+        ts = (np.repeat(first, n) + _within(n) * P).astype(np.int64)
+        # Absolute node times, doubled for dwells: arrive, depart, arrive, depart, ...
+        t_arr = dr.arrive + np.repeat(go, dr.count)
+        tt = np.empty(2 * len(t_arr))
+        tt[0::2], tt[1::2] = t_arr, t_arr + dr.dwell
+        rep2 = lambda a: np.repeat(a, 2)
+        x = np.interp(ts, tt, rep2(dr.x))
+        y = np.interp(ts, tt, rep2(dr.y))
+        speed = np.interp(ts, tt, rep2(dr.v)) * 3.6
+        odo = np.interp(ts, tt, rep2(dr.s + np.repeat(odo0, dr.count)))
+        node = (np.searchsorted(tt, ts, side="right") - 1) // 2
+        angle = dr.head[node]
+        fix = np.ones(len(ts), dtype=bool)
+        starts = _seg_starts(n)
+        for li, i0, k in nofix:
+            fix[starts[li] + i0:starts[li] + min(i0 + k, n[li])] = False
+        self._cols.add(ts, x, y, speed, angle, 1, 1, fix, EV_NONE,
+                       np.repeat(np.asarray(drvs, dtype=np.int32), n),
+                       np.repeat(np.asarray(privs, dtype=np.int8), n), odo)
+
     # -- pieces --------------------------------------------------------------------
-    def _job(self) -> np.ndarray:
-        r = self._rng.uniform(2000, 22000)
-        a = self._rng.uniform(0, 2 * math.pi)
-        return np.array([r * math.cos(a), r * math.sin(a)])
-
-    def _private_trip(self, drv: int) -> None:
-        rng = self._rng
-        here = np.array([self._st.x, self._st.y])
-        r, a = rng.uniform(1500, 9000), rng.uniform(0, 2 * math.pi)
-        self._event(self._t + 1, EV_PRIVATE, priv=1)
-        self._leg(here + [r * math.cos(a), r * math.sin(a)], drv)
-        self._park_until(self._t + rng.uniform(1200, 5400))
-        self._leg(here, drv)
-        self._event(self._t + 1, EV_PRIVATE, priv=0)
-
-    def _event(self, t: float, ev: int, *, ign: int = 0, mov: int = 0, priv: int | None = None,
-               speed: float = 0.0, fix: bool = True) -> None:
+    def _event(self, t: float, ev: int, *, ign: int = 0, mov: int = 0, priv: int | None = None) -> None:
         st = self._st
         if priv is not None:
             self._priv = priv
         ti = int(math.ceil(t))
-        if ti <= self._t_last():
-            ti = self._t_last() + 1
-        self._cols.add((ti,), st.x, st.y, speed, st.heading if mov else 0, ign, mov, fix, ev,
+        if ti <= self._cols.last_t:
+            ti = self._cols.last_t + 1
+        self._cols.add((ti,), st.x, st.y, 0.0, st.heading if mov else 0, ign, mov, True, ev,
                        self._drv if ign else -1, self._priv, st.odo_m)
         self._t = float(ti)
-
-    def _t_last(self) -> int:
-        return self._cols.last_t
 
     def _park_until(self, t_end: float, *, garage: bool = False) -> None:
         """Parked, ignition off, records every stop period up to t_end."""
         veh, st = self.veh, self._st
-        t0 = max(self._t, float(self._t_last()))
+        t0 = max(self._t, float(self._cols.last_t))
         p = veh.stop_period_s
         first = veh.phase_s + p * math.floor((t0 - veh.phase_s) / p + 1)
-        ts = np.arange(first, t_end, p, dtype=np.int64)
-        ts = ts[ts > self._t_last()]
-        self._cols.add(ts, st.x, st.y, 0.0, 0, 0, 0, not garage, EV_NONE, -1, self._priv, st.odo_m)
+        if first < t_end:
+            ts = np.arange(first, t_end, p, dtype=np.int64)
+            self._cols.add(ts, st.x, st.y, 0.0, 0, 0, 0, not garage, EV_NONE, -1, self._priv, st.odo_m)
         self._t = max(self._t, t_end)
 
-    def _leg(self, dest: np.ndarray, drv: int) -> None:
-        """Ignition on (driver key), warm-up, drive, stop, ignition off."""
-        rng, st, veh = self._rng, self._st, self.veh
-        self._drv = -1
-        self._event(self._t, EV_IGNITION, ign=1)
-        self._drv = drv
-        self._event(self._t + rng.uniform(2, 8), EV_DRIVER, ign=1)
-        t_go = self._t + rng.uniform(20, 90)
-        self._event(t_go, EV_MOVEMENT, ign=1, mov=1)
-        d = drive(rng, (st.x, st.y), dest, self._t, self.tenant.road_theta, veh.move_period_s,
-                  veh.phase_s)
-        fix = np.ones(len(d.t), dtype=bool)
-        if len(d.t) > 6 and rng.random() < 0.12:      # tunnel / urban canyon: no fix
-            i0 = int(rng.integers(1, len(d.t) - 3))
-            k = int(rng.integers(2, max(3, min(len(d.t) - i0, 20))))
-            fix[i0:i0 + k] = False
-        self._cols.add(d.t, d.x, d.y, d.speed, d.angle, 1, 1, fix, EV_NONE, drv, self._priv,
-                       st.odo_m + d.s)
-        st.x, st.y = float(dest[0]), float(dest[1])
-        st.odo_m += d.length
-        st.heading = d.end_heading
-        self._t = max(d.t_end, float(self._t_last()))
-        self._event(self._t, EV_MOVEMENT, ign=1, mov=0)
-        self._event(self._t + rng.uniform(5, 60), EV_IGNITION, ign=0)
-        self._drv = -1
-
     def _finish(self) -> Track:
-        tr = Track(**self._cols.arrays())
-        # Segments are appended in time order with strictly increasing seconds.
+        cols = self._cols.arrays()
+        order = np.argsort(cols["t"], kind="stable")
+        tr = Track(**{k: v[order] for k, v in cols.items()})
         assert len(tr.t) < 2 or bool(np.all(np.diff(tr.t) > 0)), "track times must increase"
         if len(tr.t):
             self._st.t_last = int(tr.t[-1])
