@@ -22,7 +22,7 @@ import numpy as np
 from ..codecs.packets import AvlPacket
 from . import faults as F
 from .fleet import Fleet, build_fleet
-from .packetiser import (DeviceLink, Emission, chunk, encode_checked, latency_ms, make_packet,
+from .packetiser import (DeviceLink, Emission, chunk, encode_checked, latency_array, make_packet,
                          send_groups)
 from .telemetry import RecordFactory
 from .trips import DAY_S, DayPlanner, DeviceState
@@ -100,6 +100,9 @@ class Simulation:
         self.factories = [RecordFactory(self.fleet, v) for v in self.fleet.vehicles]
         self.links = [DeviceLink() for _ in self.fleet.vehicles]
         self.model_records = 0        # records the model made (before faults)
+        self._lo, self._hi = cfg.too_old_before_ms, cfg.future_after_ms
+        self._rec_faults = any(cfg.faults.get(k) > 0 for k in F.RECORD_FAULTS)
+        self._pkt_faults = any(cfg.faults.get(k) > 0 for k in F.PACKET_FAULTS)
         self.day = 0
 
     def _rng(self, stream: int, veh: int, day: int) -> np.random.Generator:
@@ -118,28 +121,49 @@ class Simulation:
         self.model_records += len(records)
         rates = cfg.faults
         span = cfg.end_ms - cfg.start_ms
+        groups = send_groups(veh, records)
+        # Draws in bulk (one array per device-day): uniforms for the fault decisions,
+        # latencies and in-send spacing from the network stream.
+        n_max = len(records) + 2 * len(groups) + 8
+        u_rec = frng.random(len(groups)) if self._rec_faults else None
+        u_pkt = frng.random(n_max) if self._pkt_faults else None
+        lat = latency_array(nrng, len(groups))
+        gaps = nrng.integers(3, 43, n_max).tolist()
         out: list[Emission] = []
         ooo: list[int] = []
-        for tick, recs in send_groups(veh, records):
-            rfault = rates.draw(frng, F.RECORD_FAULTS) if rates.rates else None
+        k = 0
+        for gi, (tick, recs) in enumerate(groups):
+            rfault = rates.pick(u_rec[gi], F.RECORD_FAULTS) if u_rec is not None else None
             if rfault == "backlog":
                 recs = F.backlog_records(frng, recs, span) + recs
             elif rfault == "future":
                 recs = recs + F.future_records(frng, recs, span)
-            t_ms = tick * 1000 + latency_ms(nrng)
+            t_ms = tick * 1000 + lat[gi]
             for ch in chunk(veh, recs, link.sizes):
                 for pkt, frame in encode_checked(veh, link, make_packet(veh, link, ch)):
                     tags = (rfault,) if rfault and self._has_shifted(pkt) else ()
                     em = Emission(t_ms, (vi, link.seq), veh.imei, veh.transport, frame, pkt,
-                                  timestamp_fates(pkt, cfg), None, "original", vi)
+                                  self._fates(pkt), None, "original", vi)
                     link.seq += 1
-                    t_ms += 3 + int(nrng.integers(0, 40))
-                    pfault = rates.draw(frng, F.PACKET_FAULTS) if rates.rates else None
-                    out += self._packet_fault(pfault, em, tags, frng, link, ooo, len(out))
+                    t_ms += gaps[k % n_max]
+                    pfault = rates.pick(u_pkt[k % n_max], F.PACKET_FAULTS) if u_pkt is not None else None
+                    k += 1
+                    if pfault is None and not tags:
+                        out.append(em)
+                    else:
+                        out += self._packet_fault(pfault, em, tags, frng, link, ooo, len(out))
         for i in ooo:  # deliver after the device's next original packet
             nxt = next((e.received_at for e in out[i + 1:] if e.copy == "original"), None)
             out[i].received_at = (nxt if nxt is not None else out[i].received_at + 60_000) + int(frng.integers(1, 500))
         return out
+
+    def _fates(self, pkt: AvlPacket) -> dict[str, int]:
+        recs = pkt.records
+        # Records of a packet are in time order (backlog in front, future behind), so
+        # the common case, all valid, is two comparisons.
+        if recs[0].timestamp_ms >= self._lo and recs[-1].timestamp_ms <= self._hi:
+            return {"valid": len(recs)}
+        return timestamp_fates(pkt, self.cfg)
 
     def _has_shifted(self, pkt: AvlPacket) -> bool:
         cfg = self.cfg

@@ -78,7 +78,10 @@ class FaultRates:
 
     def draw(self, rng: np.random.Generator, kinds: tuple[str, ...]) -> str | None:
         """One of `kinds` with its rate, or None (one uniform draw either way)."""
-        u = rng.random()
+        return self.pick(rng.random(), kinds)
+
+    def pick(self, u: float, kinds: tuple[str, ...]) -> str | None:
+        """The fault a uniform draw `u` selects among `kinds`, or None."""
         for k, upper in _cumulative(self.rates, kinds):
             if u < upper:
                 return k

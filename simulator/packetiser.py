@@ -109,9 +109,11 @@ def chunk(veh: Vehicle, records: list[AvlRecord], cache: dict[int, int]) -> list
     """Split a send's records into packets within the byte limit (and <= 255 records)."""
     limit = veh.max_packet - (UDP_OVERHEAD if veh.transport == "udp" else TCP_OVERHEAD)
     codec = veh.codec
+    sizes = [cache.get(id(r.io_width)) or record_size(codec, r, cache) for r in records]
+    if len(records) <= 255 and sum(sizes) <= limit:
+        return [records]
     out, cur, size = [], [], 0
-    for r in records:
-        s = record_size(codec, r, cache)
+    for r, s in zip(records, sizes):
         if cur and (size + s > limit or len(cur) == 255):
             out.append(cur)
             cur, size = [], 0
@@ -141,6 +143,6 @@ def encode_checked(veh: Vehicle, link: DeviceLink, packet: AvlPacket) -> list[tu
     return out
 
 
-def latency_ms(rng: np.random.Generator) -> int:
+def latency_array(rng: np.random.Generator, n: int) -> list[int]:
     """Mobile network + gateway latency: mostly 100-600 ms, a long tail to a few seconds."""
-    return int(80 + min(5000.0, rng.lognormal(math.log(250), 0.6)))
+    return (80 + np.minimum(5000.0, rng.lognormal(math.log(250), 0.6, n))).astype(np.int64).tolist()
