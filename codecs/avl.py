@@ -178,9 +178,10 @@ def _walk(buf: bytes, p: int, end: int, codec: int) -> DecodeError:
             return _truncated(q, csz, end)
         k = int.from_bytes(buf[q:q + csz], "big")
         q += csz
-        if w and q + k * (isz + w) > end:
-            return _truncated(q, k * (isz + w), end)
-        q += k * (isz + w)
+        if w:  # the NX elements themselves are checked by the caller
+            if q + k * (isz + w) > end:
+                return _truncated(q, k * (isz + w), end)
+            q += k * (isz + w)
     return _truncated(q, 1, end)  # not reached for a truncated record
 
 
@@ -437,68 +438,111 @@ def _width_for(io_id: int, value: int, io_width: dict) -> int:
     return w
 
 
+_PACKERS: dict[int, dict[tuple, struct.Struct]] = {c: {} for c in _HEAD}
+_BYTES = (bytes, bytearray, memoryview)
+_EMPTY: dict = {}
+
+
+def _packer(codec: int, counts: tuple[int, int, int, int]) -> struct.Struct:
+    """GPS part, head (with the counts as values) and every fixed pair, for one shape."""
+    cache = _PACKERS[codec]
+    s = cache.get(counts)
+    if s is None:
+        head, id_fmt, cnt_fmt = _HEAD[codec]
+        fmt = [">", _GPS_FMT, head]
+        for gi, (w, k) in enumerate(zip(_WIDTHS, counts)):
+            if gi:
+                fmt.append(cnt_fmt)
+            fmt.append((id_fmt + _VAL_FMT[w]) * k)
+        if len(cache) >= _CACHE_MAX:
+            cache.clear()
+        s = cache[counts] = struct.Struct("".join(fmt))
+    return s
+
+
+def _header(codec: int, r: AvlRecord, id_max: int) -> list:
+    """The checked GPS part and event id (+ generation type): EncodeError names the field."""
+    h = [_check("timestamp_ms", r.timestamp_ms, 0, (1 << 64) - 1),
+         _check("priority", r.priority, 0, 3), _coord("lon", r.lon), _coord("lat", r.lat),
+         _check("altitude", r.altitude, -32768, 32767), _check("angle", r.angle, 0, 0xFFFF),
+         _check("satellites", r.satellites, 0, 0xFF), _check("speed", r.speed, 0, 0xFFFF),
+         _check("event_io_id", r.event_io_id, 0, id_max)]
+    if codec == CODEC_16:
+        if r.generation_type is None:
+            raise EncodeError("Codec 16 records need a generation_type (0..7)")
+        h.append(_check("generation_type", r.generation_type, 0, 7))
+    elif r.generation_type is not None:
+        raise EncodeError(f"generation_type is Codec 16 only (codec {codec})")
+    return h
+
+
 def encode_record(codec: int, r: AvlRecord, n16: bool = False) -> bytes:
     """One record's bytes. `n16`: write the non-standard Codec 8 N16 group."""
     id_max = 0xFF if codec == CODEC_8 else 0xFFFF
     cnt_max = 0xFFFF if codec == CODEC_8E else 0xFF
-    groups: dict[int, list] = {1: [], 2: [], 4: [], 8: []}
+    g1: list = []
+    g2: list = []
+    g4: list = []
+    g8: list = []
+    groups = {1: g1, 2: g2, 4: g4, 8: g8}  # flat id, value, id, value, ...
     nx: list = []
     n16s: list = []
-    io_width = r.io_width or {}
-    for io_id, value in r.io.items():
-        io_id = _check("IO id", io_id, 0, id_max)
-        if isinstance(value, (bytes, bytearray, memoryview)):
-            value = bytes(value)
-            if codec == CODEC_8E:
-                if len(value) > 0xFFFF:
-                    raise EncodeError(f"NX IO {io_id}: {len(value)} bytes > 65535")
-                nx.append((io_id, value))
-            elif codec == CODEC_8 and len(value) == 16:
-                n16s.append((io_id, value))
-            else:
-                raise EncodeError(f"IO {io_id}: bytes values are NX (Codec 8E only; "
-                                  f"16 bytes for the Codec 8 N16 variant)")
-        else:
+    io_width = r.io_width or _EMPTY
+    for io_id, value in (r.io or _EMPTY).items():
+        if type(io_id) is not int or not 0 <= io_id <= id_max:
+            io_id = _check("IO id", io_id, 0, id_max)
+        if type(value) is not int:
+            if isinstance(value, _BYTES):
+                value = bytes(value)
+                if codec == CODEC_8E:
+                    if len(value) > 0xFFFF:
+                        raise EncodeError(f"NX IO {io_id}: {len(value)} bytes > 65535")
+                    nx.append((io_id, value))
+                elif codec == CODEC_8 and len(value) == 16:
+                    n16s.append((io_id, value))
+                else:
+                    raise EncodeError(f"IO {io_id}: bytes values are NX (Codec 8E only; "
+                                      f"16 bytes for the Codec 8 N16 variant)")
+                continue
             value = _check(f"IO {io_id} value", value, 0, (1 << 64) - 1)
-            groups[_width_for(io_id, value, io_width)].append((io_id, value))
+        w = io_width.get(io_id) or _FMB_SIZES.get(io_id)
+        if w is None or w not in _LIMIT or not 0 <= value < _LIMIT[w]:
+            w = _width_for(io_id, value, io_width)  # the smallest width, or the exact error
+        g = groups[w]
+        g.append(io_id)
+        g.append(value)
     if n16s and not n16:
         raise EncodeError("16-byte IO values need the N16 Codec 8 variant")
-    for lst in (*groups.values(), nx):
-        if len(lst) > cnt_max:
-            raise EncodeError(f"{len(lst)} IO elements in one group > {cnt_max}")
-    total = sum(len(g) for g in groups.values()) + len(nx) + len(n16s)
-    if total > cnt_max:
-        raise EncodeError(f"N total {total} > {cnt_max}")
-    ts = _check("timestamp_ms", r.timestamp_ms, 0, (1 << 64) - 1)
-    prio = _check("priority", r.priority, 0, 3)
-    lon = _coord("lon", r.lon)
-    lat = _coord("lat", r.lat)
-    alt = _check("altitude", r.altitude, -32768, 32767)
-    angle = _check("angle", r.angle, 0, 0xFFFF)
-    sats = _check("satellites", r.satellites, 0, 0xFF)
-    speed = _check("speed", r.speed, 0, 0xFFFF)
-    event = _check("event_io_id", r.event_io_id, 0, id_max)
-    head, id_fmt, cnt_fmt = _HEAD[codec]
-    fmt = [">", _GPS_FMT]
-    args: list = [ts, prio, lon, lat, alt, angle, sats, speed, event]
-    if codec == CODEC_16:
-        if r.generation_type is None:
-            raise EncodeError("Codec 16 records need a generation_type (0..7)")
-        args.append(_check("generation_type", r.generation_type, 0, 7))
-        fmt.append(id_fmt + "B")
-    else:
-        if r.generation_type is not None:
-            raise EncodeError(f"generation_type is Codec 16 only (codec {codec})")
-        fmt.append(id_fmt)
-    fmt.append(cnt_fmt)
-    args.append(total)
-    for w in _WIDTHS:
-        g = groups[w]
-        fmt.append(cnt_fmt + (id_fmt + _VAL_FMT[w]) * len(g))
-        args.append(len(g))
-        for pair in g:
-            args.extend(pair)
-    out = struct.pack("".join(fmt), *args)
+    counts = (len(g1) >> 1, len(g2) >> 1, len(g4) >> 1, len(g8) >> 1)
+    total = sum(counts) + len(nx) + len(n16s)
+    if total > cnt_max or max(counts) > cnt_max or len(nx) > cnt_max:
+        raise EncodeError(f"{total} IO elements: a count or N total exceeds {cnt_max}")
+    try:
+        ts, prio, lon, lat = r.timestamp_ms, r.priority, round(r.lon * 1e7), round(r.lat * 1e7)
+        alt, angle, sats, speed, event = r.altitude, r.angle, r.satellites, r.speed, r.event_io_id
+        gen = r.generation_type
+        if not (type(ts) is int and 0 <= ts < 1 << 64 and type(prio) is int and 0 <= prio <= 3
+                and -(1 << 31) <= lon < 1 << 31 and -(1 << 31) <= lat < 1 << 31
+                and type(alt) is int and -32768 <= alt <= 32767
+                and type(angle) is int and 0 <= angle <= 0xFFFF
+                and type(sats) is int and 0 <= sats <= 0xFF
+                and type(speed) is int and 0 <= speed <= 0xFFFF
+                and type(event) is int and 0 <= event <= id_max
+                and ((type(gen) is int and 0 <= gen <= 7) if codec == CODEC_16 else gen is None)):
+            raise ValueError
+        args = [ts, prio, lon, lat, alt, angle, sats, speed, event, total, counts[0]]
+        if codec == CODEC_16:
+            args.insert(9, gen)
+    except (TypeError, ValueError, OverflowError):
+        args = _header(codec, r, id_max) + [total, counts[0]]  # raises the precise EncodeError
+    args += g1
+    args.append(counts[1])
+    args += g2
+    args.append(counts[2])
+    args += g4
+    args.append(counts[3])
+    args += g8
+    out = _packer(codec, counts).pack(*args)
     if codec == CODEC_8E:
         parts = [out, _U16.pack(len(nx))]
         for io_id, value in nx:
@@ -522,6 +566,6 @@ def encode_records(codec: int, records) -> bytes:
     if n > 255:
         raise EncodeError(f"{n} records > 255 per packet")
     n16 = codec == CODEC_8 and any(
-        isinstance(v, (bytes, bytearray, memoryview)) for r in records for v in r.io.values())
+        isinstance(v, (bytes, bytearray, memoryview)) for r in records for v in (r.io or {}).values())
     body = b"".join(encode_record(codec, r, n16) for r in records)
     return bytes((codec, n)) + body + bytes((n,))
