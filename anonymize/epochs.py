@@ -31,6 +31,16 @@ _PATTERNS = (
 )
 
 
+def _day(days_since_1970: int) -> date:
+    try:
+        return _EPOCH_1970 + timedelta(days=days_since_1970)
+    except OverflowError:
+        raise ValueError(
+            f"timestamp out of range ({days_since_1970} days from 1970): no key epoch; "
+            "the retention gate drops such records before anonymisation"
+        ) from None
+
+
 def _label_for_day(day: date, rotation: str) -> str:
     if rotation == "monthly":
         return f"{day.year:04d}m{day.month:02d}"
@@ -48,7 +58,7 @@ def _label_for_day(day: date, rotation: str) -> str:
 
 def epoch_id(timestamp_ms: int, rotation: str = "monthly") -> str:
     """The epoch id of one UTC timestamp (milliseconds)."""
-    return _label_for_day(_EPOCH_1970 + timedelta(days=int(timestamp_ms) // DAY_MS), rotation)
+    return _label_for_day(_day(int(timestamp_ms) // DAY_MS), rotation)
 
 
 def epoch_of_datetime(when: datetime, rotation: str = "monthly") -> str:
@@ -68,9 +78,9 @@ def epoch_ids(timestamps_ms: np.ndarray, rotation: str = "monthly") -> tuple[lis
     days = ts // DAY_MS
     lo, hi = days.min(), days.max()
     if lo == hi:  # the usual batch: one day
-        return [_label_for_day(_EPOCH_1970 + timedelta(days=int(lo)), rotation)], np.zeros(ts.size, np.intp)
+        return [_label_for_day(_day(int(lo)), rotation)], np.zeros(ts.size, np.intp)
     udays, inv = np.unique(days, return_inverse=True)
-    labels = [_label_for_day(_EPOCH_1970 + timedelta(days=int(d)), rotation) for d in udays]
+    labels = [_label_for_day(_day(int(d)), rotation) for d in udays]
     ulabels, linv = np.unique(np.array(labels, dtype=object), return_inverse=True)
     return list(ulabels), linv[inv]
 

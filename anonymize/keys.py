@@ -266,6 +266,19 @@ class Keyring:
 
     rotate = ensure_epochs
 
+    def prepare(self, policies, now_ms: int | None = None) -> dict[str, list[str]]:
+        """Create every key a worker will need for a PolicySet now: each tenant's current
+        and next epoch and its static root (its subjects secret), and the service's
+        current and next epochs. Call it from one place (`policy apply`), so that workers
+        sharing a keys topic never race to create the same root."""
+        done = {}
+        for tenant, pol in policies.tenants.items():
+            done[tenant] = self.ensure_epochs(tenant, pol.pseudonym_rotation, now_ms)
+            done[tenant] += [e for e in self.ensure_epochs(tenant, "never", now_ms) if e not in done[tenant]]
+        svc_rotation = policies.service.pseudonym_rotation if policies.service is not None else "monthly"
+        done[SERVICE] = self.ensure_epochs(SERVICE, svc_rotation, now_ms)
+        return done
+
     def epochs(self, scope: str | None = None) -> list[EpochInfo]:
         """Every epoch the store knows of (active or destroyed), sorted by scope, start."""
         out = []
@@ -353,6 +366,51 @@ class Keyring:
             salt = self.master.unwrap(name, wrapped, "subject salt")
             self._salts[(tenant, skey)] = salt
             return salt
+
+    def subject_salts(self, tenant: str, kind: str, canonicals: list[bytes]) -> list[Secret | None]:
+        """`subject_salt` for many subjects at once (None for an erased one): the cached
+        ones from memory, the rest with one store read and, for new subjects, one
+        store write (`get_many` / `put_many_if_absent` when the store offers them)."""
+        out: list[Secret | None] = [None] * len(canonicals)
+        todo: dict[str, list[int]] = {}
+        for i, canon in enumerate(canonicals):
+            skey = self.subject_key(tenant, kind, canon)
+            cached = self._salts.get((tenant, skey))
+            if cached is not None:
+                out[i] = cached
+            else:
+                todo.setdefault(skey, []).append(i)
+        if not todo:
+            return out
+        get_many = getattr(self.store, "get_many", None)
+        put_many = getattr(self.store, "put_many_if_absent", None)
+        if get_many is None or put_many is None:
+            for skey, idx in todo.items():
+                try:
+                    salt = self.subject_salt_by_key(tenant, skey)
+                except SubjectErased:
+                    salt = None
+                for i in idx:
+                    out[i] = salt
+            return out
+        with self._lock:
+            names = {skey: f"subject/{tenant}/{skey}" for skey in todo}
+            found = get_many(list(names.values()) + [f"erased/{tenant}/{k}" for k in todo])
+            new = {}
+            for skey, name in names.items():
+                if name not in found and f"erased/{tenant}/{skey}" not in found:
+                    new[name] = self.master.wrap(name, Secret(secrets.token_bytes(32), "subject salt"))
+            if new:
+                found.update(put_many(new))
+            for skey, idx in todo.items():
+                wrapped = found.get(names[skey])
+                if wrapped is None:
+                    continue  # erased: stays None
+                salt = self.master.unwrap(names[skey], wrapped, "subject salt")
+                self._salts[(tenant, skey)] = salt
+                for i in idx:
+                    out[i] = salt
+        return out
 
     def is_erased(self, tenant: str, skey: str) -> bool:
         return self.store.get(f"erased/{tenant}/{skey}") is not None

@@ -57,7 +57,12 @@ class KeyUnwrapError(KeyStoreError):
 @runtime_checkable
 class KeyStore(Protocol):
     """Opaque bytes under string names. Implementations must make `put` durable before
-    returning and `delete` final (a compacted topic: publish a tombstone)."""
+    returning and `delete` final (a compacted topic: publish a tombstone).
+
+    Optional, used when present: `put_if_absent(name, value) -> stored bytes`,
+    `get_many(names) -> {name: bytes}` and `put_many_if_absent({name: bytes}) ->
+    {name: stored bytes}` (the Keyring creates a batch's new subject salts with one
+    call instead of one write each)."""
 
     def get(self, name: str) -> bytes | None: ...
 
@@ -88,6 +93,18 @@ class MemoryKeyStore:
 
     def names(self, prefix: str = "") -> list[str]:
         return sorted(n for n in list(self._d) if n.startswith(prefix))
+
+    def put_if_absent(self, name: str, value: bytes) -> bytes:
+        with self._lock:
+            return self._d.setdefault(name, bytes(value))
+
+    def get_many(self, names: list[str]) -> dict[str, bytes]:
+        d = self._d
+        return {n: d[n] for n in names if n in d}
+
+    def put_many_if_absent(self, entries: dict[str, bytes]) -> dict[str, bytes]:
+        with self._lock:
+            return {n: self._d.setdefault(n, bytes(v)) for n, v in entries.items()}
 
     def __repr__(self) -> str:
         return f"MemoryKeyStore({len(self._d)} entries)"
@@ -171,6 +188,21 @@ class FileKeyStore:
             entries[name] = bytes(value)
             self._write(entries)
             return bytes(value)
+
+    def get_many(self, names: list[str]) -> dict[str, bytes]:
+        """Several entries with one read of the file."""
+        entries = self._read()
+        return {n: entries[n] for n in names if n in entries}
+
+    def put_many_if_absent(self, entries: dict[str, bytes]) -> dict[str, bytes]:
+        """Store every absent entry with one write; return what is stored for each name."""
+        with self._locked():
+            current = self._read()
+            added = {n: bytes(v) for n, v in entries.items() if n not in current}
+            if added:
+                current.update(added)
+                self._write(current)
+            return {n: current[n] for n in entries}
 
     def delete(self, name: str) -> None:
         with self._locked():

@@ -122,15 +122,13 @@ class Pseudonymizer:
         mac = self.keyring.mac(self.scope, self.route, kind, epoch)
         if self.route == "controller":
             msgs, done = [], []
-            for i in miss:
-                canon = uniq_canon[i]
-                try:
-                    salt = self.keyring.subject_salt(self.tenant, kind, canon).reveal()
-                except SubjectErased:
+            salts = self.keyring.subject_salts(self.tenant, kind, [uniq_canon[i] for i in miss])
+            for i, salt in zip(miss, salts):
+                if salt is None:
                     if on_erased == "raise":
-                        raise
+                        raise SubjectErased(self.keyring.subject_key(self.tenant, kind, uniq_canon[i]))
                     continue
-                msgs.append(salt + canon)
+                msgs.append(salt.reveal() + uniq_canon[i])
                 done.append(i)
         else:
             msgs, done = [uniq_canon[i] for i in miss], miss

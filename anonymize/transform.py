@@ -102,7 +102,8 @@ class Identifiers:
     erased: np.ndarray                       # bool: a subject of this record was erased
 
 
-def _identifiers(cols: Columns, pseudo: Pseudonymizer, pseudonymise: frozenset[str], on_erased: str, want_io: bool) -> Identifiers:
+def _identifiers(cols: Columns, pseudo: Pseudonymizer, pseudonymise: frozenset[str], on_erased: str, want_io: bool,
+                 only: frozenset[str] | None = None) -> Identifiers:
     n = len(cols)
     ts = np.asarray(cols.timestamp_ms)
     driver = np.full(n, None, dtype=object)
@@ -113,6 +114,8 @@ def _identifiers(cols: Columns, pseudo: Pseudonymizer, pseudonymise: frozenset[s
         m = sub_ts.shape[0]
         fam_driver = np.full(m, None, dtype=object)
         for group in identifier_groups(fam):
+            if only is not None and group.kind not in only:
+                continue
             colset = [cols.io.get(i) for i in group.ids]
             if all(c is None for c in colset):
                 continue
@@ -509,7 +512,7 @@ class ControllerTransform:
             drops["private_mode"] = int(private.sum())
         device = self.pseudo.imeis(cols.imei, ts, on_erased="none")
         want_driver = "driver" in self.allow
-        ident = _identifiers(cols, self.pseudo, frozenset({"driver"}), "none", want_io=False) if want_driver else None
+        ident = _identifiers(cols, self.pseudo, frozenset({"driver"}), "none", want_io=False, only=frozenset({"driver"})) if want_driver else None
         erased = np.equal(device, None)
         if ident is not None:
             erased |= ident.erased

@@ -169,3 +169,49 @@ def test_empty_batch(keyring, t0, policies, route):
     t = ProcessorTransform(pol, keyring) if route == "processor" else ControllerTransform(policies.service, keyring, pol)
     res = t.apply(cols)
     assert res.records() == []
+
+
+def test_controller_accounts_for_every_row(keyring, t0, policies):
+    pol = TenantPolicy.model_validate({"tenant": "acme", "processor": {"private_mode": {"honour_device_flag": True}}})
+    cols = _cols(t0, n=30)
+    cols.io[391] = np.array([1 if i % 5 == 0 else 0 for i in range(30)], dtype=np.uint64)
+    keyring.erase_subject("acme", "device", IMEIS[1].encode())
+    res = ControllerTransform(policies.service, keyring, pol).apply(cols)
+    assert int(res.keep.sum()) + sum(res.drops.values()) == 30
+    assert set(res.drops) == {"private_mode", "subject_erased"}
+
+
+def test_keys_prepared_once_for_a_policy_set(keyring, t0, policies):
+    done = keyring.prepare(policies, t0)
+    assert done["heavy-haul"][:2] == ["2026m11d18", "2026m11d19"] and "static" in done["heavy-haul"]
+    assert done["service"] == ["2026m11", "2026m12"]
+    names = set(keyring.store.names())
+    assert {"root/nordic-taxi/2026w47", "root/nordic-taxi/2026w48", "root/nordic-taxi/static"} <= names
+    # the worker then finds them (and mints nothing) on a read-only keyring
+    ro = Keyring(keyring.store, keyring.master, create=False)
+    ProcessorTransform(policies.tenants["acme-logistics"], ro).apply(_cols(t0))
+    assert set(keyring.store.names()) == names
+
+
+def test_controller_creates_new_subject_salts_in_one_store_write(tmp_path, master, t0, policies):
+    from fleetcloak.anonymize.keystore import FileKeyStore
+
+    store = FileKeyStore(tmp_path / "k.json")
+    writes = []
+    real = store._write
+    store._write = lambda entries: (writes.append(len(entries)), real(entries))[1]
+    kr = Keyring(store, master)
+    kr.prepare(policies, t0)
+    before = len(writes)
+    n = 500
+    imeis = np.array([f"35630704244{i:04d}" for i in range(n)])
+    cols = Columns(imei=imeis, timestamp_ms=np.full(n, t0), lat=np.full(n, 52.0), lon=np.full(n, 13.0))
+    ControllerTransform(policies.service, kr, policies.tenants["acme-logistics"]).apply(cols)
+    assert len(writes) - before == 1
+    assert len(store.names("subject/acme-logistics/")) == n
+
+
+def test_out_of_range_timestamp_is_a_clear_error(keyring, policies):
+    cols = Columns(imei=np.array([IMEIS[0]]), timestamp_ms=np.array([2**62], dtype=np.int64), lat=np.zeros(1), lon=np.zeros(1))
+    with pytest.raises(ValueError, match="timestamp out of range"):
+        ProcessorTransform(policies.tenants["acme-logistics"], keyring).apply(cols)
