@@ -234,14 +234,22 @@ def build_fleet(seed: int, n_tenants: int, n_vehicles: int, n_unknown: int | Non
         t.drivers.append(d.index)
         return d
 
+    # The first vehicles cover every model once (small test fleets see every codec),
+    # the rest follow the weights; every 4th non-FMB640 device (the 2nd, 6th, ...) is on
+    # UDP, the FMB640s always on TCP.
+    first = [models[int(i)] for i in rng.permutation(len(models))]
+    n_other = 0
     for v in range(n_vehicles):
         t = tenants[v % n_tenants]
-        model = models[int(rng.choice(len(models), p=weights / weights.sum()))]
+        model = first[v] if v < len(first) else models[int(rng.choice(len(models), p=weights / weights.sum()))]
         codec = MODELS[model]["codec"]
         # Private mode (IO 391) only fits Codec 8E records (Codec 8 ids are one byte, and
         # 391 is an FMB-family id, so not on the FMB640).
         primary = new_driver(t, private_ok=codec == 0x8E)
-        transport = "udp" if (model != "FMB640" and rng.random() < 0.25) else "tcp"
+        transport = "tcp"
+        if model != "FMB640":
+            transport = "udp" if n_other % 4 == 1 else "tcp"
+            n_other += 1
         vehicles.append(Vehicle(
             index=v, imei=_imei(rng, MODELS[model]["tac"], used_imei), model=model,
             tenant=t.id, primary=primary.index, secondary=None, transport=transport,

@@ -162,3 +162,11 @@ def test_identifiers_look_real(faulty_run):
         assert len(i) == 16 and int(i, 16) != 0 and i == i.lower()
     assert any(d["tacho_card"] for d in truth["drivers"])
     assert {d["model"] for t in truth["tenants"] for d in t["devices"]} <= set(MODELS)
+
+
+def test_the_shared_runs_cover_every_codec_and_both_transports(faulty_run, clean_run):
+    for run in (faulty_run, clean_run):
+        devs = [d for t in run["truth"]["tenants"] for d in t["devices"]]
+        assert {d["codec"] for d in devs} == {0x08, 0x8E, 0x10}
+        assert {d["transport"] for d in devs} == {"tcp", "udp"}
+        assert {m["transport"] for m in run["lines"]} == {"tcp", "udp"}
