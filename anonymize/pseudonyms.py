@@ -48,6 +48,7 @@ class Pseudonymizer:
         self._cache: dict[str, dict[tuple[str, bytes], str]] = {}
         self._gen = keyring.generation
         self._imei_canon: dict = {}  # raw IMEI value -> canonical bytes
+        self._fast: dict[str, dict[str, dict[int, str]]] = {}  # epoch -> kind -> int id -> pseudonym
         self.computed = 0  # HMACs computed (cache misses), for tests and the bench
 
     def __repr__(self) -> str:
@@ -57,15 +58,38 @@ class Pseudonymizer:
     def _epoch_cache(self, epoch: str) -> dict[tuple[str, bytes], str]:
         if self._gen != self.keyring.generation:
             self._cache.clear()
+            self._fast.clear()
             self._gen = self.keyring.generation
         c = self._cache.get(epoch)
         if c is None:
             while len(self._cache) >= self.max_epochs:
-                del self._cache[min(self._cache)]  # epoch ids of one schedule sort by time
+                old = min(self._cache)  # epoch ids of one schedule sort by time
+                del self._cache[old]
+                self._fast.pop(old, None)
             c = self._cache[epoch] = {}
         elif len(c) >= self.max_entries:
             c.clear()
+            self._fast.pop(epoch, None)
         return c
+
+    def _int_lookup(self, kind: str, keys: list[int], epoch: str, to_canon, on_erased: str) -> list:
+        """Pseudonyms of distinct integer-coded ids (IMEIs, 8-byte ids), through a
+        per-epoch int-keyed dict in front of the canonical cache (no bytes built for
+        a hit). to_canon(k) -> canonical bytes or None (absent)."""
+        self._epoch_cache(epoch)
+        fast = self._fast.setdefault(epoch, {}).setdefault(kind, {})
+        get = fast.get
+        res = [get(k) for k in keys]
+        miss = [i for i, r in enumerate(res) if r is None]
+        if miss:
+            canon = [to_canon(keys[i]) for i in miss]
+            got = self._lookup_unique(kind, canon, epoch, on_erased)
+            for i, c, g in zip(miss, canon, got):
+                if c is None:
+                    res[i] = None
+                elif g is not None:
+                    res[i] = fast[keys[i]] = g
+        return res
 
     def _compute(self, kind: str, canonical: bytes, epoch: str) -> str:
         if self.route == "controller":
@@ -150,10 +174,10 @@ class Pseudonymizer:
         for epoch, idx in self._by_epoch(ts, vals.shape[0]):
             sub = vals if idx is None else vals[idx]
             uniq, inv = np.unique(sub, return_inverse=True)
-            canon = [int(u).to_bytes(8, "big") if u else None for u in uniq.tolist()]
-            res = self._lookup_unique(kind, canon, epoch, on_erased)
+            keys = uniq.tolist()
+            res = self._int_lookup(kind, keys, epoch, _raw8_bytes, on_erased)
             res_arr = np.empty(len(res), dtype=object)
-            res_arr[:] = [0 if c is None else r for c, r in zip(canon, res)]
+            res_arr[:] = [0 if k == 0 else r for k, r in zip(keys, res)]
             if idx is None:
                 out[:] = res_arr[inv]
             else:
@@ -162,7 +186,7 @@ class Pseudonymizer:
 
     def imeis(self, imeis: np.ndarray | Sequence, timestamps_ms: np.ndarray, *, on_erased: str = "raise") -> np.ndarray:
         """Device pseudonyms for a column of IMEIs (15-digit str, or integers)."""
-        arr = np.asarray(imeis)
+        arr = _imeis_as_ints(np.asarray(imeis))
         ts = np.asarray(timestamps_ms)
         out = np.empty(arr.shape[0], dtype=object)
         for epoch, idx in self._by_epoch(ts, arr.shape[0]):
@@ -171,7 +195,13 @@ class Pseudonymizer:
                 uniq, inv = np.unique(sub, return_inverse=True)
                 if uniq.size and (uniq.min() < 0 or uniq.max() >= 10**15):
                     raise ValueError("an IMEI is 15 ASCII digits")
-                canon = np.char.zfill(uniq.astype("S15"), 15).tolist()
+                res_arr = np.empty(uniq.size, dtype=object)
+                res_arr[:] = self._int_lookup("device", uniq.tolist(), epoch, _imei_bytes, on_erased)
+                if idx is None:
+                    out[:] = res_arr[inv]
+                else:
+                    out[idx] = res_arr[inv]
+                continue
             else:
                 uniq, inv = _unique_objects(sub)
                 known = self._imei_canon
@@ -216,3 +246,30 @@ def _unique_objects(arr: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     uniq = np.empty(len(index), dtype=object)
     uniq[:] = list(index)
     return uniq, inv
+
+
+_POW10 = 10 ** np.arange(14, -1, -1, dtype=np.int64)
+
+
+def _imeis_as_ints(arr: np.ndarray) -> np.ndarray:
+    """A column of 15-digit IMEI strings (numpy U15 or S15) as int64, vectorised, so a
+    batch dedupes with one integer np.unique; anything else comes back unchanged."""
+    if arr.ndim != 1 or arr.size == 0:
+        return arr
+    if arr.dtype.kind == "U" and arr.dtype.itemsize == 60:
+        digits = arr.view(np.uint32).reshape(-1, 15).astype(np.int64) - 48
+    elif arr.dtype.kind == "S" and arr.dtype.itemsize == 15:
+        digits = arr.view(np.uint8).reshape(-1, 15).astype(np.int64) - 48
+    else:
+        return arr
+    if digits.min() < 0 or digits.max() > 9:
+        return arr  # not all digits: the per-value path raises the clear error
+    return digits @ _POW10
+
+
+def _raw8_bytes(v: int) -> bytes | None:
+    return v.to_bytes(8, "big") if v else None
+
+
+def _imei_bytes(v: int) -> bytes:
+    return b"%015d" % v
