@@ -26,10 +26,12 @@ One record (protocol notes 4-5), big-endian, back to back N times in a packet:
               variant some devices send; lenient decode only.)
 
 Speed: the counts of one record (its "shape") are read with four byte peeks, then the
-whole fixed part of the record (header, every pair, the NX count) comes out of one
-struct.Struct compiled for that shape and cached per codec; ids and values are picked
-out of the flat tuple by precompiled itemgetters. Real devices repeat a handful of
-shapes, so the cache stays small (it is also bounded against hostile input).
+whole fixed part of the record (header and every pair) comes out of one struct.Struct
+compiled for that shape and cached per codec, with the counts skipped as pad bytes, so
+ids and values are two slices of the flat tuple. Records of one shape and the same ids
+share one read-only io_width. Real devices repeat a handful of shapes and IO
+configurations, so the caches stay small; they are bounded against hostile input
+(shapes per codec, shape size, shared io_width dicts in total).
 """
 from __future__ import annotations
 
@@ -59,7 +61,7 @@ _HEAD = {
     CODEC_8E: ("HHH", "H", "H"),   # event u16, N total u16, N1 u16
     CODEC_16: ("HBBB", "H", "B"),  # event u16, generation u8, N total u8, N1 u8
 }
-_HEAD_SIZE = {c: 24 + struct.calcsize(">" + h[0]) for c, h in _HEAD.items()}  # 27/30/28
+_HEAD_SIZE = {c: 24 + struct.calcsize(">" + h[0]) for c, h in _HEAD.items()}  # 27/30/29
 _ID_SIZE = {CODEC_8: 1, CODEC_8E: 2, CODEC_16: 2}
 _COUNT_SIZE = {CODEC_8: 1, CODEC_8E: 2, CODEC_16: 1}
 # Smallest record (no IO at all): protocol notes 5.1.
@@ -70,7 +72,12 @@ _NX_HEAD = struct.Struct(">HH")  # NX element: id u16, length u16
 _U8 = struct.Struct(">B")
 _U16 = struct.Struct(">H")
 
-_CACHE_MAX = 4096  # shapes kept per codec; hostile input cannot grow it further
+# Cache bounds, so hostile input cannot grow memory (worst case a few tens of MB):
+_CACHE_MAX = 512         # compiled shapes per codec (real devices use a handful)
+_CACHE_MAX_PAIRS = 255   # larger shapes are compiled per use, not kept
+_IOW_PER_SHAPE = 256     # shared io_width dicts per shape
+_IOW_TOTAL = 16384       # ... and over all shapes, only for shapes of <= 64 elements
+_IOW_MAX_N = 64
 
 
 class IoWidths(dict):
@@ -128,30 +135,45 @@ class _Shape:
         """The miss path. Devices repeat a few IO configurations, so caching pays; when
         ids vary per record it does not, so a full cache stops taking new entries for a
         while (keeping the ones it has) before it is cleared and refilled."""
+        iow = self.iow
+        w = iow.get(ids)
+        if w is not None:  # an empty IoWidths is falsy: the hot path's `or` lands here
+            return w
         w = IoWidths(zip(ids, self.widths))
         if self._frozen_for:
             self._frozen_for -= 1
             if not self._frozen_for:
-                self.iow.clear()
-        elif len(self.iow) >= 256:
+                self.drop_io_widths()
+        elif len(iow) >= _IOW_PER_SHAPE or _IOW_COUNT[0] >= _IOW_TOTAL or self.n > _IOW_MAX_N:
             self._frozen_for = 4096
         else:
-            self.iow[ids] = w
+            iow[ids] = w
+            _IOW_COUNT[0] += 1
         return w
+
+    def drop_io_widths(self) -> None:
+        _IOW_COUNT[0] -= len(self.iow)
+        self.iow.clear()
 
 
 _SHAPES: dict[int, dict[int, _Shape]] = {c: {} for c in _HEAD}
+_IOW_COUNT = [0]  # shared io_width dicts cached over all shapes
 
 
 def _shape(codec: int, counts: tuple[int, int, int, int]) -> _Shape:
     """Compile and cache the shape; the key packs the counts into one int (cheaper to
     hash than a tuple): 8 bits each for Codec 8/16, 16 bits each for 8E."""
+    s = _Shape(codec, counts)
+    if s.n > _CACHE_MAX_PAIRS:
+        return s
     cache = _SHAPES[codec]
     if len(cache) >= _CACHE_MAX:
+        for old in cache.values():
+            old.drop_io_widths()
         cache.clear()
     bits = 16 if codec == CODEC_8E else 8
     n1, n2, n4, n8 = counts
-    s = cache[((n1 << bits | n2) << bits | n4) << bits | n8] = _Shape(codec, counts)
+    cache[((n1 << bits | n2) << bits | n4) << bits | n8] = s
     return s
 
 

@@ -209,3 +209,22 @@ def test_random_bytes_only_decode_error(data, transport, lenient, prefix):
         data = b"\x00\x00\x00\x00" + struct.pack(">I", max(len(data) - 4, 0)) + data
     check_one(transport, data, lenient, True)
     check_one(transport, data, lenient, False)
+
+
+def test_caches_stay_bounded_under_many_shapes_and_ids():
+    from fleetcloak.codecs import avl
+
+    rng = random.Random(7)
+    for k in range(1500):
+        counts = (k % 40, k // 40 % 40, 1, 0)
+        ids = rng.sample(range(1, 60000), sum(counts))
+        io = {}
+        widths = {}
+        for i, w in zip(ids, [1] * counts[0] + [2] * counts[1] + [4] * counts[2]):
+            io[i], widths[i] = 0, w
+        rec = AvlRecord(0, 0, 0.0, 0.0, 0, 0, 0, 0, 0, io, widths)
+        frame = encode(AvlPacket(0x8E, (rec,)))
+        assert decode(frame).records[0] == rec
+    assert len(avl._SHAPES[0x8E]) <= avl._CACHE_MAX
+    assert sum(len(s.iow) for c in avl._SHAPES.values() for s in c.values()) == avl._IOW_COUNT[0]
+    assert avl._IOW_COUNT[0] <= avl._IOW_TOTAL
