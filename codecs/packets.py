@@ -4,9 +4,8 @@ Plain dataclasses: comparable (property tests check decode(encode(p)) == p), che
 build. All are frozen except AvlRecord and AvlPacket: a frozen dataclass's __init__
 goes through object.__setattr__ per field and costs ~1.9 us against ~0.3 us for a plain
 slotted one (a third of the per-record decode budget; ~0.9 us per frame for the
-packet). Treat them as read-only all the same; a decoded record's io_width is shared
-between records and really is read-only (avl.IoWidths). Field names are the `fleetcloak decode` JSON
-contract (shared/DESIGN.md).
+packet). Treat them as read-only all the same. Field names are the `fleetcloak decode`
+JSON contract (shared/DESIGN.md).
 """
 from __future__ import annotations
 
@@ -40,7 +39,9 @@ class AvlRecord:
     the non-standard Codec 8 N16 group) values as bytes. `io_width` gives the wire width
     of each fixed-size value (1, 2, 4 or 8; 16 for N16 bytes) so encode can invert
     decode byte for byte; ids missing from it are encoded at the IO dictionary's size,
-    or the smallest width that holds the value.
+    or the smallest width that holds the value. A decoded record's io_width is shared
+    with the other records of the same shape and ids and is read-only (avl.IoWidths,
+    a dict subclass): copy it with dict(...) to change it.
     """
 
     timestamp_ms: int
