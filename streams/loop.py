@@ -226,6 +226,10 @@ class BatchLoop:
                 continue
             if self._stopping:  # fetched but not started: leave it uncommitted
                 break
+            if self._rebuild:
+                # getmany() waits through a rebalance without a timeout (seconds on Tansu):
+                # a change that arrived meanwhile (an erasure) applies before this batch.
+                await self._build_pipeline()
             async with self._batch_lock:
                 await self._handle(batch)
 
