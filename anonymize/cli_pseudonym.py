@@ -88,6 +88,10 @@ def run(args: argparse.Namespace) -> int:
         if rotation is None:
             found = [r for r in ROTATIONS if keyring.has_epoch(args.tenant, epoch_of_datetime(when, r))
                      or any(e.epoch == epoch_of_datetime(when, r) for e in keyring.epochs(args.tenant))]
+            # every tenant has a "static" root (its subjects secret): a periodic
+            # epoch that exists for the date wins; "never" only when it is all there is
+            periodic = [r for r in found if r != "never"]
+            found = periodic or found
             if len(found) != 1:
                 print(f"fleetcloak pseudonym: cannot tell tenant {args.tenant!r}'s rotation from the keystore "
                       f"({'no' if not found else 'several'} matching epochs); pass --policy or --rotation", file=sys.stderr)

@@ -64,6 +64,9 @@ def test_pseudonym_cli_matches_the_library(tmp_path, t0):
     r = _run("pseudonym", "--tenant", "acme", "--imei", "356307042441013", "--at", "2026-11-18", "--keystore", store, env=env)
     assert r.returncode == 0, r.stderr
     assert r.stdout.strip() == dev
+    kr.subjects_secret("acme")  # the tenant's static root exists too: still unambiguous
+    r = _run("pseudonym", "--tenant", "acme", "--imei", "356307042441013", "--at", "2026-11-18", "--keystore", store, env=env)
+    assert r.stdout.strip() == dev, r.stderr
     r = _run("pseudonym", "--tenant", "acme", "--driver", "01000012345678AB", "--at", "2026-11-30T23:00:00+00:00",
              "--keystore", store, "--rotation", "monthly", env=env)
     assert r.stdout.strip() == drv, r.stderr
