@@ -15,6 +15,7 @@ a shared machine does not distort them; wall-clock rates are printed beside.
 from __future__ import annotations
 
 import argparse
+import gc
 import os
 import statistics
 import tempfile
@@ -47,6 +48,7 @@ def one_run(args, path: str):
     enc = time.process_time() - c0
     # Model only: the same device-days, trips and telemetry, no packetising.
     sim2 = Simulation(cfg)
+    gc.disable()  # as Simulation.emissions() does
     c0 = time.process_time()
     m = 0
     for day in range(cfg.days):
@@ -55,6 +57,7 @@ def one_run(args, path: str):
             tr = sim2.planners[vi].plan(rng, START_S + day * 86400, sim2.states[vi])
             m += len(sim2.factories[vi].build(rng, tr, sim2.states[vi]))
     model = time.process_time() - c0
+    gc.enable()
     return {"records": n, "cpu": cpu, "wall": wall, "encode": enc, "model": model, "model_records": m,
             "bytes": os.path.getsize(path), "messages": len(packets)}
 
