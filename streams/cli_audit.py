@@ -19,12 +19,14 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     v.add_argument("--broker", required=True, help="bootstrap HOST:PORT")
     v.add_argument("--expect-head", metavar="HASH", help="a head hash recorded earlier: it must still be in the chain")
     v.add_argument("--json", action="store_true", help="print the result as JSON")
+    v.add_argument("--topic", default="fleetcloak.audit", help=argparse.SUPPRESS)
     s = sub.add_parser("show", help="print the trail")
     s.add_argument("--broker", required=True, help="bootstrap HOST:PORT")
     s.add_argument("--since", help="only events at or after this time (ISO 8601, UTC if no zone) or epoch ms")
     s.add_argument("--action", help="only this action, or a prefix ending in '.' (e.g. subject.)")
     s.add_argument("--tenant", help="only events about this tenant")
     s.add_argument("--json", action="store_true", help="one JSON event per line")
+    s.add_argument("--topic", default="fleetcloak.audit", help=argparse.SUPPRESS)
 
 
 def parse_since(text: str | None) -> int | None:
@@ -45,7 +47,7 @@ def _iso(ms: int) -> str:
 def run(args: argparse.Namespace) -> int:
     from fleetcloak.streams.audit import read_audit, verify
 
-    records = asyncio.run(read_audit(args.broker))
+    records = asyncio.run(read_audit(args.broker, args.topic))
     if args.audit_command == "verify":
         events = [e for _, e in records]
         res = verify(events)

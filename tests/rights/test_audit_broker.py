@@ -63,3 +63,32 @@ def test_concurrent_writers_stay_verifiable_and_tampering_is_caught(broker):
     altered = [dict(e) for e in events]
     altered[3]["outcome"] = "failed"
     assert not verify(altered).ok
+
+
+def test_verify_cli_reports_the_first_broken_seq_and_a_truncated_head(broker, capsys):
+    """A trail with one event removed (as a broker-side rewrite would leave it): exit 2."""
+    from fleetcloak.streams.topicio import aproduce
+
+    good, bad = f"test.audit.{uuid.uuid4().hex[:8]}", f"test.audit.{uuid.uuid4().hex[:8]}"
+
+    async def go():
+        async with AuditLog(broker, topic=good, operator="ops") as log:
+            for i in range(5):
+                await log.append("policy.apply", tenant="acme", details={"i": i})
+        events = [e for _, e in await read_audit(broker, good)]
+        tampered = events[:2] + events[3:]  # seq 2 removed
+        await aproduce(broker, bad, [(None, json.dumps(e).encode()) for e in tampered], partition=0)
+        return events
+
+    events = asyncio.run(go())
+    capsys.readouterr()
+    assert cli(["audit", "verify", "--broker", broker, "--topic", good]) == 0
+    assert events[-1]["hash"] in capsys.readouterr().out
+    assert cli(["audit", "verify", "--broker", broker, "--topic", bad, "--json"]) == 2
+    res = json.loads(capsys.readouterr().out)
+    assert res["broken_seq"] == 3 and res["broken_offset"] == 2 and "removed" in res["reason"]
+    # truncation of the newest event is only visible against a recorded head
+    assert cli(["audit", "verify", "--broker", broker, "--topic", good, "--expect-head", "f" * 64]) == 2
+    assert "truncated" in capsys.readouterr().err
+    assert cli(["audit", "show", "--broker", broker, "--topic", good, "--since", "2000-01-01T00:00:00Z"]) == 0
+    assert len(capsys.readouterr().out.splitlines()) == 5
