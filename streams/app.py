@@ -49,6 +49,7 @@ class WorkerSettings:
     control_plane: bool = True     # read fleetcloak.policies/keys/subjects (off only for benches)
     create_core_topics: bool = True
     raw_partitions: int = 4
+    notice: str | None = None      # logged as a warning at start (e.g. "passthrough pipeline")
     datadir: str = field(default_factory=lambda: tempfile.mkdtemp(prefix="fleetcloak-worker-"))
 
 
@@ -69,6 +70,8 @@ class DeliveryService(Service):
 
     async def on_start(self) -> None:
         s = self.settings
+        if s.notice:
+            log.warning("%s", s.notice)
         if s.create_core_topics:
             from aiokafka.admin import AIOKafkaAdminClient
 

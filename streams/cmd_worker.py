@@ -2,7 +2,6 @@
 from __future__ import annotations
 
 import importlib
-import logging
 import os
 import sys
 
@@ -54,16 +53,16 @@ def run(args) -> int:
     from fleetcloak.streams.loop import LoopSettings
 
     factory = resolve_factory(args.pipeline, args.passthrough_topic)
+    notice = None
     if args.pipeline == "passthrough":
-        logging.getLogger("fleetcloak.worker").warning(
-            "running the PASSTHROUGH pipeline: raw messages are copied unchanged to %s (testing only)",
-            args.passthrough_topic)
-        print(f"fleetcloak worker: passthrough pipeline -> {args.passthrough_topic} (testing only)", file=sys.stderr)
+        notice = (f"running the PASSTHROUGH pipeline: raw messages are copied unchanged to {args.passthrough_topic} "
+                  "(delivery tests and benches only; it forwards raw identifiers)")
+        print(f"fleetcloak worker: {notice}", file=sys.stderr)
     settings = WorkerSettings(
         loop=LoopSettings(args.broker, input_topic=args.input_topic, group_id=args.group, max_records=args.max_records,
                           session_timeout_ms=args.session_timeout_ms,
                           heartbeat_interval_ms=max(args.session_timeout_ms // 5, 500)),
         web_port=args.metrics_port, web_host=args.metrics_host,
-        control_plane=not args.no_control_plane, raw_partitions=args.raw_partitions,
+        control_plane=not args.no_control_plane, raw_partitions=args.raw_partitions, notice=notice,
     )
     return run_worker(settings, factory, loglevel=args.loglevel)
