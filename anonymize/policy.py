@@ -87,7 +87,15 @@ def validate_imei(value: Any) -> str:
     """15 ASCII digits with a valid Luhn check digit; returns the IMEI as a string."""
     if isinstance(value, bool) or not isinstance(value, (str, int)):
         raise ValueError(f"an IMEI must be a string of 15 digits, got {type(value).__name__}")
-    s = str(value).strip()
+    try:
+        return _validate_imei_text(str(value).strip())
+    except ValueError as exc:
+        if isinstance(value, int):  # YAML turned an unquoted IMEI into a number
+            raise ValueError(f"{exc} (quote IMEIs in YAML: unquoted, a leading 0 makes it an octal number)") from None
+        raise
+
+
+def _validate_imei_text(s: str) -> str:
     if not s.isascii() or not s.isdigit():
         bad = next((c for c in s if not ("0" <= c <= "9")), "")
         raise ValueError(f"an IMEI has only digits 0-9 (found {bad!r})")
@@ -246,6 +254,17 @@ class PrivateHours(_Model):
     days: tuple[Literal["mon", "tue", "wed", "thu", "fri", "sat", "sun"], ...] = _DAYS
     start: time
     end: time
+
+    @field_validator("start", "end", mode="before")
+    @classmethod
+    def _quoted(cls, v: Any) -> Any:
+        if isinstance(v, int) and not isinstance(v, bool):
+            h, m = divmod(v, 60)
+            raise ValueError(
+                f'write times in quotes, e.g. "{h:02d}:{m:02d}": unquoted, YAML reads '
+                f"{h}:{m:02d} as the number {v}"
+            )
+        return v
 
     @field_validator("days")
     @classmethod

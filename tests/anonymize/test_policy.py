@@ -145,3 +145,13 @@ def test_models_are_frozen_and_round_trip(policies):
     assert load_policy(dump_policy(pol)) == pol
     svc = policies.service
     assert isinstance(load_policy(dump_policy(svc)), ServicePolicy)
+
+
+def test_yaml_number_traps(tmp_path):
+    f = tmp_path / "p.yaml"
+    f.write_text("tenant: a\ndevices: [0356307042441013]\nprocessor:\n  private_mode:\n    hours: [{start: 22:00, end: 06:00}]\n")
+    with pytest.raises(PolicyError) as ei:
+        load_policy_file(f)
+    text = "\n".join(ei.value.messages)
+    assert "devices[0].imei" in text and "quote IMEIs in YAML" in text
+    assert 'processor.private_mode.hours[0].start: write times in quotes, e.g. "22:00"' in text
