@@ -60,7 +60,9 @@ def _validate(args: argparse.Namespace) -> int:
             if isinstance(pol, ServicePolicy):
                 what = f"service policy {pol.service!r}"
             else:
-                what = f"tenant {pol.tenant!r}, {len(pol.devices)} devices, {len(pol.processor.privacy_zones)} privacy zones"
+                nd, nz = len(pol.devices), len(pol.processor.privacy_zones)
+                what = (f"tenant {pol.tenant!r}, {nd} device{'s' * (nd != 1)}, "
+                        f"{nz} privacy zone{'s' * (nz != 1)}")
             print(f"{path}: OK ({what})")
     for line in problems:
         print(line, file=sys.stderr)
