@@ -1,18 +1,19 @@
 """Where a vehicle is, second by second: road-like paths, speed profiles and day plans.
 
-A drive from A to B (local metres) is built in three vectorised steps:
+A drive from A to B (local metres) is built in three steps, vectorised over every drive
+of a device-day at once (plan_drives):
   1. path   a street-grid route (legs along the tenant's grid orientation, random
             splits, a little jitter), corners rounded by Chaikin cutting, resampled
-            every 40 m;
+            every 80 m (STEP_M);
   2. speed  a limit per node: road class by distance from the ends (urban 50 km/h up
             to ~100 km/h on long trips), corner speed from the curvature (lateral
             acceleration <= 2 m/s^2), red lights (v = 0 plus a dwell), and
             acceleration/braking limits applied with a min-accumulate (no Python loop:
             v_i^2 - 2as_i <= min over j <= i of (v_j^2 - 2as_j));
-  3. time   t(s) from the mean speed of each 20 m piece, dwells inserted; records are
+  3. time   t(s) from the mean speed of each piece, dwells inserted; records are
             sampled at the device's period with np.interp.
-So a vehicle never teleports, never exceeds ~130 km/h, and turns at most ~20 degrees
-per 20 m. A day plan strings drives together: home -> depot -> jobs -> depot -> home,
+So a vehicle never teleports, never exceeds ~130 km/h, and its heading changes by at
+most ~60 degrees between nodes 80 m apart (99 % under 35), at corner speed. A day plan strings drives together: home -> depot -> jobs -> depot -> home,
 an afternoon driver change on shared vehicles, evening private trips for drivers who
 use private mode, and parking (records at the stop period) in between.
 
@@ -29,7 +30,7 @@ import numpy as np
 from .fleet import Fleet, Vehicle
 
 DAY_S = 86_400
-STEP_M = 40.0
+STEP_M = 80.0
 A_ACC, A_DEC, A_LAT = 1.4, 2.2, 2.0   # m/s^2
 V_MAX = 36.0                            # m/s (~130 km/h)
 
@@ -167,7 +168,7 @@ def road_paths(rng: np.random.Generator, a: np.ndarray, b: np.ndarray, theta: fl
 
 @dataclass
 class Drives:
-    """L drives' nodes (every ~20 m), concatenated; node arrays are indexed by `start`."""
+    """L drives' nodes (every ~STEP_M), concatenated; node arrays are indexed by `start`."""
 
     start: np.ndarray       # first node of each drive
     count: np.ndarray       # nodes per drive
