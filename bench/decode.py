@@ -14,6 +14,8 @@ Three decoders, measured in the same run, each several times (medians printed):
   decode_batch   fleetcloak.codecs.decode_batch, CRC checked, every IO element decoded,
                  in chunks of --chunk frames (a Kafka poll's worth) and in one call.
   decode         fleetcloak.codecs.decode, frame by frame, building AvlPacket objects.
+  decode_avl_frame  the same C parser for one frame, building the same AvlPacket
+                 objects (a fast path decode() can use for strict TCP AVL frames).
   baseline       a plain struct-based decoder written below, with the pure-Python bitwise
                  CRC of the protocol notes (2.3): what a straightforward Python decoder
                  does. Also printed: the same decoder with a table-driven pure-Python CRC,
@@ -252,6 +254,9 @@ def main(argv: list[str] | None = None) -> None:
         report("decode (per frame)", measure(lambda: [decode(f) for f in frames], runs), n_rec)
     else:
         print("  decode (per frame)                 not importable")
+    from fleetcloak.codecs.batch import decode_avl_frame
+    report("decode_avl_frame (C, per frame)",
+           measure(lambda: [decode_avl_frame(f) for f in frames], runs), n_rec)
     # The baselines are slow: time them on a slice of the corpus (the rate is what counts).
     sub = frames[: max(1, n_frames // (10 if args.quick else 5))]
     sub_rec = sum(len(baseline_decode(f, crc16_table)) for f in sub)
