@@ -143,9 +143,13 @@ def run(args: argparse.Namespace) -> int:
                      if not k.startswith("_") and k not in ("func",)},
             "sink": sink_url.split("://")[0] if "://" in sink_url else "file"}
     meta["args"]["start"] = start.isoformat()
+    if getattr(sink, "stats", None):
+        meta["sink_stats"] = dict(sink.stats)
     if args.truth:
         truth.write(args.truth, meta)
     summary = summarise(truth, sim, elapsed)
+    if "sink_stats" in meta:
+        summary["sink_stats"] = meta["sink_stats"]
     if args.json:
         print(json.dumps(summary), file=sys.stderr if to_stdout else sys.stdout)
     elif not args.quiet:
@@ -182,4 +186,6 @@ def format_summary(s: dict) -> str:
         "  faults    " + ("  ".join(f"{k} {v:,}" for k, v in s["faults"].items()) or "none"),
         f"  time      {s['seconds']:.2f} s  ({s['records_per_s'] or 0:,} records/s)",
     ]
+    if s.get("sink_stats"):
+        lines.append("  devices   " + "  ".join(f"{k} {v:,}" for k, v in s["sink_stats"].items()))
     return "\n".join(lines)

@@ -225,6 +225,7 @@ class Simulation:
                 cut = bisect.bisect_left(pending, (horizon,), key=key)
                 ready, pending = pending[:cut], pending[cut:]
                 yield from ready
+                gc.collect(1)  # whatever cycles the sink made (asyncio futures) meanwhile
             yield from pending
         finally:
             if was_enabled:

@@ -143,6 +143,7 @@ def test_device_sink_with_a_lost_ack_retransmits(tmp_path, transport):
     assert all(d["transport"] == transport for t in truth["tenants"] for d in t["devices"])
     tot = truth["totals"]
     assert tot["unacked"] > 0 and tot["rejected"] == 0 and tot["valid"] > 100
+    assert truth["sink_stats"]["timeouts"] >= 2 and truth["sink_stats"]["attempts"] > truth["totals"]["messages"] / 2
     _check_stored(srv, truth)
     if transport == "tcp":
         assert srv.bad > 0 and sum(srv.logins.values()) > len(srv.logins)  # reconnects after faults
