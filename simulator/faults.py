@@ -33,6 +33,7 @@ Every corrupt copy fails fleetcloak.codecs.decode; the tests check it.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from functools import cached_property
 
 import numpy as np
 
@@ -82,26 +83,23 @@ class FaultRates:
 
     def pick(self, u: float, kinds: tuple[str, ...]) -> str | None:
         """The fault a uniform draw `u` selects among `kinds`, or None."""
-        for k, upper in _cumulative(self.rates, kinds):
+        for k, upper in self._cumulative[kinds]:
             if u < upper:
                 return k
         return None
 
-
-_CUM: dict = {}
-
-
-def _cumulative(rates: tuple, kinds: tuple[str, ...]) -> list[tuple[str, float]]:
-    key = (rates, kinds)
-    c = _CUM.get(key)
-    if c is None:
-        d, acc, c = dict(rates), 0.0, []
-        for k in kinds:
-            if d.get(k, 0.0) > 0:
-                acc += d[k]
-                c.append((k, acc))
-        _CUM[key] = c
-    return c
+    @cached_property
+    def _cumulative(self) -> dict[tuple[str, ...], list[tuple[str, float]]]:
+        d = dict(self.rates)
+        out = {}
+        for kinds in (RECORD_FAULTS, PACKET_FAULTS):
+            acc, c = 0.0, []
+            for k in kinds:
+                if d.get(k, 0.0) > 0:
+                    acc += d[k]
+                    c.append((k, acc))
+            out[kinds] = c
+        return out
 
 
 def shifted(records: list[AvlRecord], delta_ms: int) -> list[AvlRecord]:

@@ -120,7 +120,20 @@ class RecordFactory:
                           *cols)
 
 
+_LOOPS: dict[tuple, object] = {}
+
+
 def _record_loop(kp: tuple[int, ...], kc: tuple[int, ...], wp: dict, wc: dict):
+    """The loop for this layout, compiled once per process (io_width dicts differ per
+    device but are equal per layout, so the first device's ones are shared)."""
+    key = (kp, kc)
+    loop = _LOOPS.get(key)
+    if loop is None:
+        loop = _LOOPS[key] = _compile_loop(kp, kc, wp, wc)
+    return loop
+
+
+def _compile_loop(kp: tuple[int, ...], kc: tuple[int, ...], wp: dict, wc: dict):
     """A record-building loop specialised for one IO layout.
 
     Generated once per device (like namedtuple does), so each record's IO dict is a
