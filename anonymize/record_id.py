@@ -70,7 +70,11 @@ def _value_bytes(v) -> bytes:
 
 
 class RecordIds:
-    """record_id for one (tenant, route). Device keys are cached per (epoch, IMEI)."""
+    """record_id for one (tenant, route). Hash states are cached per (epoch, IMEI)
+    (keyed state objects; never logged or pickled)."""
+
+    def __repr__(self) -> str:
+        return f"RecordIds(tenant={self.tenant!r}, route={self.route!r})"
 
     def __init__(self, keyring: Keyring, *, tenant: str, route: str = "processor", rotation: str = "monthly"):
         self.keyring = keyring
@@ -78,7 +82,10 @@ class RecordIds:
         self.route = route
         self.scope = tenant if route == "processor" else SERVICE
         self.rotation = rotation
-        self._prefixes: dict = {}  # IMEI -> hashed prefix (no secret in it)
+        self._tenant = tenant.encode() + b"\0"
+        self._bases: dict = {}   # epoch -> keyed BLAKE2b state
+        self._states: dict = {}  # (epoch, IMEI) -> keyed state with the prefix absorbed
+        self._gen = keyring.generation
 
     def compute(self, imeis: Sequence | np.ndarray, timestamps_ms: np.ndarray, content: Sequence[bytes]) -> np.ndarray:
         ts = np.asarray(timestamps_ms, dtype=np.int64)
@@ -87,18 +94,32 @@ class RecordIds:
         if n == 0:
             return out
         labels, inv = epoch_ids(ts, self.rotation)
-        keys = [self.keyring.derive(self.scope, self.route, "record_id", lab).reveal() for lab in labels]
-        imei_list = np.asarray(imeis).tolist()
-        prefixes = self._prefixes
-        if len(prefixes) > 1_000_000:
-            prefixes.clear()
-        tenant = self.tenant.encode() + b"\0"
-        blake = hashlib.blake2b
+        # keyed BLAKE2b states per epoch, and per (epoch, device) with the prefix already
+        # absorbed: a record costs one state copy, one update, one digest
+        bases = [self._base(lab) for lab in labels]
+        states = self._states
+        if len(states) > 1_000_000:
+            states.clear()
         digests = []
-        for imei, e, body in zip(imei_list, inv.tolist(), content):
-            pre = prefixes.get(imei)
-            if pre is None:
-                pre = prefixes[imei] = tenant + canonical_imei(imei) + b"\0"
-            digests.append(blake(pre + body, key=keys[e], digest_size=16).digest())
+        for imei, e, body in zip(np.asarray(imeis).tolist(), inv.tolist(), content):
+            st = states.get((labels[e], imei))
+            if st is None:
+                st = bases[e].copy()
+                st.update(self._tenant + canonical_imei(imei) + b"\0")
+                states[(labels[e], imei)] = st
+            h = st.copy()
+            h.update(body)
+            digests.append(h.digest())
         out[:] = b32_many(digests)
         return out
+
+    def _base(self, epoch: str):
+        if self._gen != self.keyring.generation:  # a destroy: drop every derived state
+            self._bases.clear()
+            self._states.clear()
+            self._gen = self.keyring.generation
+        b = self._bases.get(epoch)
+        if b is None:
+            key = self.keyring.derive(self.scope, self.route, "record_id", epoch).reveal()
+            b = self._bases[epoch] = hashlib.blake2b(key=key, digest_size=16)
+        return b

@@ -393,27 +393,40 @@ class GroupGate:
         self._latest = None
 
     def admit(self, cells: np.ndarray, buckets: np.ndarray, devices: np.ndarray) -> np.ndarray:
+        """True for the rows whose (cell, bucket) group has >= k distinct devices."""
         n = len(cells)
-        if self.k <= 1:
+        if self.k <= 1 or n == 0:
             return np.ones(n, dtype=bool)
         cells = np.asarray(cells).astype(np.int64, copy=False)
         buckets = np.asarray(buckets, dtype=np.int64)
-        dev_codes = _unique_objects(np.asarray(devices, dtype=object))
-        dev_uniq, dev_inv = dev_codes
-        keys = np.stack([buckets, cells, dev_inv.astype(np.int64)], axis=1)
-        trip = np.unique(keys, axis=0)
-        for b, c, d in trip.tolist():
-            self._groups.setdefault((b, c), set()).add(dev_uniq[d])
-        gkeys, ginv = np.unique(keys[:, :2], axis=0, return_inverse=True)
-        sizes = np.array([len(self._groups[(b, c)]) for b, c in gkeys.tolist()], dtype=np.int64)
-        ok = sizes[ginv.reshape(-1)] >= self.k
-        newest = int(buckets.max()) if n else None
-        if newest is not None and (self._latest is None or newest > self._latest):
+        dev_uniq, dev_inv = _unique_objects(np.asarray(devices, dtype=object))
+        # group id per row: runs of equal (bucket, cell) after one lexsort
+        order = np.lexsort((cells, buckets))
+        cs, bs = cells[order], buckets[order]
+        head = np.ones(n, dtype=bool)
+        head[1:] = (cs[1:] != cs[:-1]) | (bs[1:] != bs[:-1])
+        gid = np.empty(n, dtype=np.int64)
+        gid[order] = np.cumsum(head) - 1
+        gkeys = list(zip(bs[head].tolist(), cs[head].tolist()))
+        # distinct (group, device) pairs, added to the groups' device sets
+        nd = len(dev_uniq)
+        pairs = np.unique(gid * nd + dev_inv)
+        groups, k = self._groups, self.k
+        dev_list = dev_uniq.tolist()
+        for g, d in zip((pairs // nd).tolist(), (pairs % nd).tolist()):
+            s = groups.get(gkeys[g])
+            if s is None:
+                s = groups[gkeys[g]] = set()
+            if len(s) < k:  # a full group needs no more members
+                s.add(dev_list[d])
+        sizes = np.fromiter((len(groups[key]) for key in gkeys), dtype=np.int64, count=len(gkeys))
+        ok = sizes[gid] >= k
+        newest = int(buckets.max())
+        if self._latest is None or newest > self._latest:
             self._latest = newest  # evict only when time moves on
             oldest = self._latest - self.horizon + 1
-            stale = [key for key in self._groups if key[0] < oldest]
-            for key in stale:
-                del self._groups[key]
+            for key in [key for key in groups if key[0] < oldest]:
+                del groups[key]
         return ok
 
 
