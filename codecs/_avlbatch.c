@@ -507,12 +507,12 @@ static PyObject *parse_frame(PyObject *self, PyObject *args, PyObject *kw) {
     PyObject *result = NULL, *recs = NULL;
     Cols c; memset(&c, 0, sizeof c);
     IdSet *seen = NULL; void *mem = NULL;
-    /* Bounds as in batch.py: a record written holds >= 27 bytes, an IO element >= 2; a frame
+    /* Bounds as in batch.py: a record written spans >= 30 bytes, an IO element >= 2; a frame
      * longer than the cap fails before anything is written (so a huge input costs nothing). */
     Py_ssize_t n = fb.len;
     if (cap < 0) cap = 0;
     Py_ssize_t room = n <= cap ? n : 0;
-    c.rec_cap = room / 24 + 1; c.io_cap = room / 2 + 1; c.nx_cap = room;
+    c.rec_cap = room / 30 + 1; c.io_cap = room / 2 + 1; c.nx_cap = room;
     size_t per_rec = 4 + 8 + 1 + 4 + 4 + 8 + 8 + 2 + 2 + 1 + 2 + 2 + 2 + 1 + 8;
     size_t per_io = 2 + 1 + 8 + 2;
     size_t total = per_rec * (size_t)(c.rec_cap + 1) + per_io * (size_t)c.io_cap + (size_t)c.nx_cap + 64;

@@ -234,12 +234,13 @@ def decode_batch(frames: Sequence[bytes], *, check_crc: bool = True,
         frames = list(frames)
     nf = len(frames)
     # Upper bounds (proof in docs/decode_batch.md): a record is written only once its
-    # shape check passed, so it holds >= 27 of its frame's bytes; an IO element holds >= 2;
+    # shape check passed, so it spans >= 30 of its frame's bytes (the smallest record,
+    # Codec 8 without IO; 8E 38, 16 32), and records never overlap; an IO element >= 2;
     # NX bytes are copied from the frame. A frame longer than `cap` fails before anything
     # is written, so no frame contributes more than `cap` bytes. The C code checks every
     # write against these lengths all the same.
     total = min(sum(map(len, frames)), nf * max(cap, 0))
-    rec_cap = total // 24 + 1
+    rec_cap = total // 30 + 1
     io_cap = total // 2 + 1
     # One allocation carved into the columns: when a batch is dropped the whole block
     # goes back to malloc at once and the next call of a similar size reuses it instead

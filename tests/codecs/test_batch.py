@@ -241,6 +241,24 @@ def test_duplicate_detection_resets_after_a_failed_record():
     assert b.frame_ok.tolist() == [False, True, True]
 
 
+def test_capacity_bounds_hold_for_the_densest_frames():
+    """The column sizes are upper bounds from byte counts (records <= bytes/30, IO
+    elements <= bytes/2): frames packed as densely as the wire allows must fit them
+    (the C code raises RuntimeError if they did not)."""
+    bare = {c: AvlRecord(1, 0, 0.0, 0.0, 0, 0, 0, 0, 0, {}, {}, 0 if c == 0x10 else None)
+            for c in AVL_CODECS}
+    dense8 = AvlRecord(1, 0, 0.0, 0.0, 0, 0, 0, 0, 0, {i: 0 for i in range(255)},
+                       {i: 1 for i in range(255)}, None)
+    nx8e = AvlRecord(1, 0, 0.0, 0.0, 0, 0, 0, 0, 0, {i: b"" for i in range(2000)}, {}, None)
+    frames = ([encode(AvlPacket(c, (bare[c],) * 255)) for c in AVL_CODECS]
+              + [encode(AvlPacket(0x08, (dense8,) * 30)), encode(AvlPacket(0x8E, (nx8e,) * 3))])
+    b = decode_batch(frames * 3, cap=1 << 20)
+    assert b.errors == [] and len(b) == 3 * (3 * 255 + 30 + 3)
+    assert len(b.io_id) == 3 * (30 * 255 + 3 * 2000)
+    assert len(decode_batch(frames[:1], cap=1 << 20)) == 255      # 7,665 bytes, 255 records
+    assert decode_avl_frame(frames[3]) == decode(frames[3])
+
+
 def test_check_crc_false_and_cap():
     bad_crc = C8[:-2] + b"\x12\x34"
     assert decode_batch([bad_crc]).errors[0][1].reason == "crc_mismatch"
