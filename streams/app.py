@@ -146,6 +146,7 @@ def make_app(settings: WorkerSettings, service_ref: dict) -> faust.App:
             "status": "ok" if svc.healthy else ("failed" if svc.failure else "starting"),
             "partitions": sorted(f"{tp.topic}[{tp.partition}]" for tp in (loop._owned if loop else ())),
             "consumed": loop.consumed if loop else 0,
+            "lag": sum(loop.lag.values()) if loop else None,
             "control_version": svc.control.version if svc.control else None,
         }
         return web.json(body, status=200 if svc.healthy else 503)

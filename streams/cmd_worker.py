@@ -28,6 +28,8 @@ def add_arguments(p) -> None:
     p.add_argument("--session-timeout-ms", type=int, default=10_000,
                    help="consumer group session timeout: how long a dead worker holds its partitions (default 10000)")
     p.add_argument("--raw-partitions", type=int, default=4, help="partitions of telematics.raw if the worker creates it")
+    p.add_argument("--until-drained", action="store_true",
+                   help="exit 0 once every assigned partition is processed up to its high-watermark (demo, batch runs)")
     p.add_argument("--no-control-plane", action="store_true", help="do not read the control topics (benches only)")
     p.add_argument("-l", "--loglevel", default="info", choices=["debug", "info", "warning", "error"],
                    help="log level (explicit: Faust's default is DEBUG behind a spinner)")
@@ -60,7 +62,7 @@ def run(args) -> int:
         print(f"fleetcloak worker: {notice}", file=sys.stderr)
     settings = WorkerSettings(
         loop=LoopSettings(args.broker, input_topic=args.input_topic, group_id=args.group, max_records=args.max_records,
-                          session_timeout_ms=args.session_timeout_ms,
+                          session_timeout_ms=args.session_timeout_ms, stop_when_drained=args.until_drained,
                           heartbeat_interval_ms=max(args.session_timeout_ms // 5, 500)),
         web_port=args.metrics_port, web_host=args.metrics_host,
         control_plane=not args.no_control_plane, raw_partitions=args.raw_partitions, notice=notice,

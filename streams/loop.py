@@ -63,6 +63,7 @@ class LoopSettings:
     linger_ms: int = 5
     producer_batch_bytes: int = 1 << 20  # per (topic, partition) batch; aiokafka's 16 KB is 16 msgs of 1 KB
     create_topics: bool = True          # create the pipeline's missing output topics with their settings
+    stop_when_drained: bool = False     # return once every owned partition is processed up to its high-watermark
     session_timeout_ms: int = 10_000
     heartbeat_interval_ms: int = 3_000
 
@@ -137,6 +138,7 @@ class BatchLoop:
         self._partition_cache: dict[tuple[str, bytes], int] = {}
         self._rr = 0
         self._lag_labels: set[tuple[str, str]] = set()
+        self.lag: dict[TopicPartition, int] = {}  # as of each partition's last batch
         self.consumed = 0
         self.produced = 0
         self.busy = 0.0  # seconds spent in batches (process + deliver + commit)
@@ -223,6 +225,9 @@ class BatchLoop:
             batch = await consumer.getmany(timeout_ms=self.settings.poll_timeout_ms,
                                            max_records=self.settings.max_records)
             if not batch:
+                if self.settings.stop_when_drained and await self.drained():
+                    log.info("input drained up to the high-watermark of %s: stopping", _fmt_tps(self._owned))
+                    break
                 continue
             if self._stopping:  # fetched but not started: leave it uncommitted
                 break
@@ -232,6 +237,17 @@ class BatchLoop:
                 await self._build_pipeline()
             async with self._batch_lock:
                 await self._handle(batch)
+
+    async def drained(self) -> bool:
+        """Every owned partition processed up to its high-watermark (not end_offsets(): wrong
+        on Tansu). False while unassigned or before the first fetch answered."""
+        if not self._owned:
+            return False
+        for tp in list(self._owned):
+            hw = self._consumer.highwater(tp)
+            if hw is None or await self._consumer.position(tp) < hw:
+                return False
+        return True
 
     async def _handle(self, batch: dict) -> None:
         t0 = time.perf_counter()
@@ -369,10 +385,12 @@ class BatchLoop:
     def _set_lag(self, tp: TopicPartition, value: int) -> None:
         labels = (tp.topic, str(tp.partition))
         self._lag_labels.add(labels)
+        self.lag[tp] = max(value, 0)
         self.metrics.lag.labels(*labels).set(max(value, 0))
 
     def _forget_lag(self, tp: TopicPartition) -> None:
         labels = (tp.topic, str(tp.partition))
+        self.lag.pop(tp, None)
         if labels in self._lag_labels:
             self._lag_labels.discard(labels)
             self.metrics.lag.remove(*labels)

@@ -210,3 +210,17 @@ def test_worker_cli_exits_nonzero_and_commits_nothing_when_process_raises(
     assert w.wait(60) == 1
     assert "WITHOUT committing" in w.log()
     assert topic_io.committed(group, src) == {}
+
+
+def test_worker_until_drained_exits_by_itself(broker, new_topic, topic_io, worker_process):
+    n = 3000
+    src = new_topic("raw", 2)
+    dst = unique_name("out")
+    group = unique_name("grp")
+    topic_io.produce(src, _inputs(n))
+    w = worker_process("--input-topic", src, "--group", group, "--pipeline", "passthrough", "--passthrough-topic", dst,
+                       "--until-drained")
+    assert w.wait(60) == 0, w.log()[-2000:]
+    assert topic_io.committed(group, src) == topic_io.true_end_offsets(src)
+    assert len(topic_io.read_all(dst)) == n
+    assert "input drained" in w.log()
