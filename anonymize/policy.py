@@ -550,5 +550,26 @@ class PolicySet:
         t = self._owner.get(imei)
         return self.tenants[t].device_family.get(imei, "FMB") if t else "FMB"
 
+    def registry(self, imeis):
+        """Vectorised device registry: (tenant per row or None, family per row) as object
+        arrays, one dict lookup per distinct IMEI."""
+        import numpy as np
+
+        arr = np.asarray(imeis)
+        keys = [str(v) if not isinstance(v, str) else v for v in arr.tolist()]
+        memo: dict[str, tuple[str | None, str]] = {}
+        tenants = np.empty(len(keys), dtype=object)
+        families = np.empty(len(keys), dtype=object)
+        tl, fl = [], []
+        for k in keys:
+            hit = memo.get(k)
+            if hit is None:
+                hit = memo[k] = (self._owner.get(k), self.family_of(k))
+            tl.append(hit[0])
+            fl.append(hit[1])
+        tenants[:] = tl
+        families[:] = fl
+        return tenants, families
+
 
 assert set(FAMILIES) == {"FMB", "64x", "AT"}

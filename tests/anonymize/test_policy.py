@@ -155,3 +155,9 @@ def test_yaml_number_traps(tmp_path):
     text = "\n".join(ei.value.messages)
     assert "devices[0].imei" in text and "quote IMEIs in YAML" in text
     assert 'processor.private_mode.hours[0].start: write times in quotes, e.g. "22:00"' in text
+
+
+def test_registry_is_vectorised(policies):
+    tenants, families = policies.registry(["352093085130101", "356307042441013", "111111111111116", "352093085130101"])
+    assert tenants.tolist() == ["heavy-haul", "acme-logistics", None, "heavy-haul"]
+    assert families.tolist() == ["64x", "FMB", "FMB", "64x"]
