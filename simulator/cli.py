@@ -91,7 +91,7 @@ def run(args: argparse.Namespace) -> int:
     transport = sink_url[:3] if sink_url.startswith(("tcp://", "udp://")) else (
         None if args.transport == "mixed" else args.transport)
     cfg = SimConfig(args.seed, args.tenants, args.vehicles, args.days, start_s, rates, transport)
-    sim = Simulation(cfg)
+    sim = Simulation(cfg, keep_packets=False)
     truth = Truth(sim.fleet, cfg)
     if args.write_policies:
         from .policies import write_policies

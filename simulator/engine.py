@@ -89,8 +89,9 @@ def timestamp_fates(packet: AvlPacket, cfg: SimConfig) -> dict[str, int]:
 
 
 class Simulation:
-    def __init__(self, cfg: SimConfig):
+    def __init__(self, cfg: SimConfig, keep_packets: bool = True):
         self.cfg = cfg
+        self.keep_packets = keep_packets
         self.fleet: Fleet = build_fleet(cfg.seed, cfg.tenants, cfg.vehicles)
         if cfg.transport:
             for v in self.fleet.vehicles:
@@ -155,6 +156,9 @@ class Simulation:
         for i in ooo:  # deliver after the device's next original packet
             nxt = next((e.received_at for e in out[i + 1:] if e.copy == "original"), None)
             out[i].received_at = (nxt if nxt is not None else out[i].received_at + 60_000) + int(frng.integers(1, 500))
+        if not self.keep_packets:
+            for e in out:
+                e.packet = None
         return out
 
     def _fates(self, pkt: AvlPacket) -> dict[str, int]:

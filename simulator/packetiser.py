@@ -34,7 +34,9 @@ class Emission:
 
     `fates` maps fate -> number of records, as the truth counts them when this copy is
     delivered as planned (truth.py defines the fates). `fault` is the fault label, kept
-    for the truth and the summary only: sinks never write it into the stream.
+    for the truth and the summary only: sinks never write it into the stream. `packet`
+    (the records the frame was encoded from) is kept only when the Simulation was made
+    with keep_packets=True (tests); the CLI drops it to keep a day in memory cheaply.
     """
 
     received_at: int                  # ms since the epoch
@@ -42,18 +44,18 @@ class Emission:
     imei: str
     transport: str
     frame: bytes
-    packet: AvlPacket                 # the packet the frame was encoded from (clean)
+    packet: AvlPacket | None          # the packet the frame was encoded from (clean)
     fates: dict[str, int]
     fault: str | None = None
     copy: str = "original"            # original | corrupt | resend | duplicate | phantom
     device: int = -1                  # vehicle index (-1 for unknown devices)
+    n_records: int = 0
+    avl_packet_id: int | None = None  # UDP: what the ACK must echo
 
-    def __lt__(self, other: "Emission") -> bool:
-        return (self.received_at, self.order) < (other.received_at, other.order)
-
-    @property
-    def n_records(self) -> int:
-        return len(self.packet.records)
+    def __post_init__(self) -> None:
+        if self.packet is not None:
+            self.n_records = len(self.packet.records)
+            self.avl_packet_id = self.packet.avl_packet_id
 
 
 @dataclass

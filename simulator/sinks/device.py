@@ -133,7 +133,7 @@ class DeviceSink:
         if em.copy == "corrupt":
             s.send(em.frame)
             return {"corrupt": n}
-        want = em.packet.avl_packet_id or 0
+        want = em.avl_packet_id or 0
         unacked = 0
         for _ in range(self.attempts):
             self.stats["attempts"] += 1
