@@ -83,6 +83,8 @@ class Truth:
         return out
 
     def to_dict(self, extra: dict | None = None) -> dict:
+        from .policies import PROFILES
+
         cfg, fl = self.cfg, self.fleet
         zones = self.zones()
         tenants = []
@@ -94,8 +96,13 @@ class Truth:
                 devs.append({"imei": v.imei, "model": v.model, "family": v.family, "codec": v.codec,
                              "transport": v.transport, "drivers": drivers,
                              "driver_io": 217 if v.family == "64x" else 78})
+            prof = PROFILES[t.index % len(PROFILES)]
+            policy = {"analytics": prof["analytics"], "retention_days": prof["retention_days"],
+                      "location": prof["processor"]["location"],
+                      "pseudonymise": prof["processor"].get("pseudonymise", "all")}
             tenants.append({"id": t.id, "city": t.city, "timezone": t.timezone,
-                            "depot": list(t.depot), "devices": devs, "zones": zones[t.id]})
+                            "depot": list(t.depot), "devices": devs, "zones": zones[t.id],
+                            "policy": policy})
         drivers = [{"id": d.id, "tenant": d.tenant, "home": list(d.home),
                     "tacho_card": d.tacho_card, "private_mode": d.private_mode,
                     "garage": d.garage} for d in fl.drivers]
