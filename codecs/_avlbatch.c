@@ -43,12 +43,16 @@
 
 /* ------------------------------------------------------------------ helpers ---- */
 
+/* Byte-order-independent loads; GCC and Clang compile these shift patterns to a single
+ * load (+ bswap), so they cost nothing over builtins and work on any host and compiler. */
 static inline uint16_t be16(const uint8_t *p) { return (uint16_t)((p[0] << 8) | p[1]); }
 static inline uint32_t be32(const uint8_t *p) {
-    uint32_t v; memcpy(&v, p, 4); return __builtin_bswap32(v);
+    return ((uint32_t)p[0] << 24) | ((uint32_t)p[1] << 16) | ((uint32_t)p[2] << 8) | p[3];
 }
-static inline uint64_t be64(const uint8_t *p) {
-    uint64_t v; memcpy(&v, p, 8); return __builtin_bswap64(v);
+static inline uint64_t be64(const uint8_t *p) { return ((uint64_t)be32(p) << 32) | be32(p + 4); }
+static inline uint64_t le64(const uint8_t *p) {
+    return (uint64_t)p[0] | ((uint64_t)p[1] << 8) | ((uint64_t)p[2] << 16) | ((uint64_t)p[3] << 24) |
+           ((uint64_t)p[4] << 32) | ((uint64_t)p[5] << 40) | ((uint64_t)p[6] << 48) | ((uint64_t)p[7] << 56);
 }
 
 /* CRC-16/ARC (a.k.a. CRC-16/IBM): reflected poly 0xA001, init 0, xorout 0.
@@ -69,11 +73,7 @@ static void crc_init(void) {
 static uint16_t crc16_arc(const uint8_t *p, size_t n) {
     uint32_t crc = 0;
     while (n >= 8) {
-        uint64_t w; memcpy(&w, p, 8);
-#if __BYTE_ORDER__ == __ORDER_BIG_ENDIAN__
-        w = __builtin_bswap64(w);
-#endif
-        w ^= crc;
+        uint64_t w = le64(p) ^ crc;       /* first byte in the low bits (reflected CRC) */
         crc = crc_tab[7][w & 0xFF] ^ crc_tab[6][(w >> 8) & 0xFF] ^
               crc_tab[5][(w >> 16) & 0xFF] ^ crc_tab[4][(w >> 24) & 0xFF] ^
               crc_tab[3][(w >> 32) & 0xFF] ^ crc_tab[2][(w >> 40) & 0xFF] ^
