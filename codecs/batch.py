@@ -5,9 +5,9 @@
 `frames` are whole TCP AVL data frames (preamble, length, codec 8 / 8E / 16, records,
 Number of Data 2, CRC), e.g. the values of the `telematics.raw` topic; the IMEI is not in
 them (it is the message key). The parsing is done by the C extension `_avlbatch` in one
-pass per frame with the GIL released; this module allocates the output columns (numpy,
-upper bounds from the byte counts, so the C code never allocates them), calls it and
-wraps the result.
+pass per frame with the GIL released; this module allocates the output columns (views
+into one numpy block sized from upper bounds on the byte counts, so the C code never
+allocates them), calls it and wraps the result.
 
 The checks are those of the strict per-frame decoder (`decode(frame)`), in the same
 order, with the same reason codes and offsets, plus a cap on the declared frame size.
@@ -62,7 +62,7 @@ class AvlBatch:
     `io_offsets` (length n+1): record i's IO elements are io_*[io_offsets[i]:io_offsets[i+1]],
     in wire order. Per IO element: io_id, io_width, io_value, io_nx_len; NX bytes live in
     `nx_data` (bytes). Per input frame (length `n_frames`): frame_ok (bool), frame_codec
-    (uint8, 0 when the frame failed before its codec was read), frame_records (int32;
+    (uint8, 0 when the frame failed before its codec was checked), frame_records (int32;
     0 for a failed frame). `errors` lists (frame_index, DecodeError) for the failed frames.
     """
 
@@ -103,7 +103,8 @@ class AvlBatch:
 
         Vectorised (one pass over the IO elements). dtype defaults to uint64 for a
         non-negative int default, else float64 (e.g. default=np.nan) or int64 (negative
-        int). NX elements with this id count as absent here: see io_bytes().
+        int; values above 2**53 lose precision in float64). NX elements with this id
+        count as absent here: see io_bytes().
         """
         if dtype is None:
             if isinstance(default, (int, np.integer)) and not isinstance(default, bool):
