@@ -215,3 +215,17 @@ def test_out_of_range_timestamp_is_a_clear_error(keyring, policies):
     cols = Columns(imei=np.array([IMEIS[0]]), timestamp_ms=np.array([2**62], dtype=np.int64), lat=np.zeros(1), lon=np.zeros(1))
     with pytest.raises(ValueError, match="timestamp out of range"):
         ProcessorTransform(policies.tenants["acme-logistics"], keyring).apply(cols)
+
+
+def test_io_from_decode_json_shapes(keyring, t0, policies):
+    """Values as the `fleetcloak decode` JSON gives them: ints in object arrays, NX as hex."""
+    pol = policies.tenants["acme-logistics"]
+    n = 3
+    cols = Columns(imei=np.array([IMEIS[0]] * n, dtype=object), timestamp_ms=np.full(n, t0), lat=np.zeros(n), lon=np.zeros(n),
+                   io={78: np.array([IBUTTON, 0, None], dtype=object),
+                       256: np.array([b"WVWZZZ1JZXW000001".hex(), None, b"WVWZZZ1JZXW000001".hex()], dtype=object)})
+    res = ProcessorTransform(pol, keyring).apply(cols)
+    fast = ProcessorTransform(pol, keyring).apply(_cols(t0, n=2))
+    assert res.driver[0] == fast.driver[1] and res.driver[1] is None and res.driver[2] is None
+    assert res.io_replace[78][1] == 0
+    assert res.io_replace[256][0] == res.io_replace[256][2] == fast.io_replace[256][0]
