@@ -130,12 +130,13 @@ class AvlBatch:
         such as iButton 78 can be hashed the same way whether it was sent fixed or NX.
         """
         out: list[bytes | None] = [None] * len(self)
+        sel = np.flatnonzero(self.io_id == io_id)
+        if not len(sel):
+            return out
         nx = self.nx_data
-        for j in np.flatnonzero(self.io_id == io_id).tolist():
-            w = int(self.io_width[j])
-            v = int(self.io_value[j])
-            out[int(self.io_record[j])] = (nx[v:v + int(self.io_nx_len[j])] if w == 0
-                                           else v.to_bytes(w, "big"))
+        for r, w, v, n in zip(self.io_record[sel].tolist(), self.io_width[sel].tolist(),
+                              self.io_value[sel].tolist(), self.io_nx_len[sel].tolist()):
+            out[r] = nx[v:v + n] if w == 0 else v.to_bytes(w, "big")
         return out
 
     # ------------------------------------------------------------------ rows
