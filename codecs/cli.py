@@ -13,6 +13,7 @@ keep the input order. Shapes (docs/codecs.md):
   login     {"kind": "login", "imei"}
   keep-alive {"kind": "keepalive"}
   error     {"error": "<reason>: <detail>", "offset": n}   -> exit status 2
+  (an unreadable FILE is not a packet error: a message on stderr, exit status 1)
 
 Imports stay light (no numpy, no Faust): this is a tool people pipe into.
 """
@@ -94,6 +95,12 @@ def _lines(args):
 
 
 def run(args) -> int:
+    if args.file and args.file != "-" and not args.hex:
+        try:
+            open(args.file, "rb").close()
+        except OSError as e:  # not a packet error: no JSON line, exit status 1
+            print(f"fleetcloak decode: cannot read {args.file}: {e.strerror}", file=sys.stderr)
+            return 1
     failed = False
     out = sys.stdout
     dumps = json.JSONEncoder(ensure_ascii=True, separators=(", ", ": ")).encode

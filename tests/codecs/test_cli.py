@@ -100,3 +100,9 @@ def test_decode_path_imports_no_numpy_or_faust(args):
     p = subprocess.run([sys.executable, "-c", code, *args], capture_output=True, text=True,
                        timeout=60)
     assert p.returncode == 0, p.stderr
+
+
+def test_unreadable_file_is_exit_1_without_json(tmp_path):
+    p = subprocess.run([str(BIN), "decode", str(tmp_path / "missing.hex")], capture_output=True,
+                       text=True, timeout=60)
+    assert p.returncode == 1 and p.stdout == "" and "cannot read" in p.stderr
