@@ -58,7 +58,8 @@ class Counts:
       forwarded    keyed by (route, tenant slug); route is "processor" or "controller"
       deadlettered keyed by reason (e.g. "bad_crc", "unknown_device")
       dropped      keyed by (rule, tenant slug) (e.g. ("too_old", "acme"))
-    Use tenant "" where no tenant is known.
+    Use tenant "" where no tenant is known. A raw message that cannot be decoded has no
+    known records: count it as one received and one dead-lettered.
 
     Note on the controller route: one record may be forwarded to both routes. Count its
     fate once, under the processor route, and count the analytics copy in `copies`

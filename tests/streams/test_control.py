@@ -97,4 +97,5 @@ def test_follows_live_changes(broker, new_topic):
 
     table, delays = asyncio.run(scenario())
     assert len(table) == 0
+    print(f"\nlive follow delays: {[round(d * 1000) for d in delays]} ms")
     assert max(delays) < 2.0, delays
