@@ -62,6 +62,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                       help="send F times faster than real time (e.g. 3600: an hour a second)")
     p.add_argument("--timeout", type=float, default=5.0, help="device sinks: ACK timeout in seconds (default 5)")
     p.add_argument("--attempts", type=int, default=3, help="device sinks: sends per packet before giving up (default 3)")
+    p.add_argument("--replay", default=None, metavar="PATH",
+                   help="send a file sink's JSON lines again to --sink, as written (load tests)")
     p.add_argument("--quiet", action="store_true", help="no progress bar, no summary")
     p.add_argument("--json", action="store_true", help="print the summary as JSON")
 
@@ -77,6 +79,8 @@ def run(args: argparse.Namespace) -> int:
     from .sinks import open_sink
     from .truth import Truth
 
+    if args.replay:
+        return _run_replay(args)
     if args.tenants < 1 or args.vehicles < args.tenants or args.days < 1:
         print("simulate: need --tenants >= 1, --vehicles >= --tenants and --days >= 1", file=sys.stderr)
         return 2
@@ -155,6 +159,71 @@ def run(args: argparse.Namespace) -> int:
     elif not args.quiet:
         print(format_summary(summary), file=sys.stderr if to_stdout else sys.stdout)
     return 130 if truth.interrupted and stop["signal"] == signal.SIGINT else 0
+
+
+class _Stop:
+    """SIGTERM/SIGINT set a flag; the send loop checks it between messages."""
+
+    def __init__(self):
+        self.signal = None
+
+    def __enter__(self):
+        self._old = {s: signal.signal(s, self._set) for s in (signal.SIGTERM, signal.SIGINT)}
+        return self
+
+    def _set(self, signum, _frame):
+        self.signal = signum
+
+    def __exit__(self, *exc):
+        for s, h in self._old.items():
+            signal.signal(s, h)
+
+
+def _run_replay(args) -> int:
+    from .replay import replay
+    from .sinks import open_sink
+
+    if args.truth or args.write_policies:
+        print("simulate: --replay writes no truth or policies (use those of the run that wrote "
+              "the file)", file=sys.stderr)
+        return 2
+    sink_url = f"kafka://{args.broker}" if args.broker else args.sink
+    sink = open_sink(sink_url, topic=args.topic, timeout=args.timeout, attempts=args.attempts)
+    speed = 1.0 if args.realtime else args.speed
+    n = {"messages": 0, "records": 0, "bytes": 0}
+    t0, first = time.perf_counter(), None
+    with _Stop() as stop:
+        try:
+            for em in replay(args.replay):
+                if stop.signal is not None:
+                    break
+                if speed:
+                    if first is None:
+                        first = (em.received_at, time.monotonic())
+                    due = first[1] + (em.received_at - first[0]) / 1000.0 / speed
+                    while stop.signal is None and (delay := due - time.monotonic()) > 0:
+                        time.sleep(min(delay, 0.2))
+                for e, _ in sink.send(em):
+                    n["messages"] += 1
+                    n["records"] += e.n_records
+                    n["bytes"] += len(e.frame)
+        finally:
+            for e, _ in sink.close():
+                n["messages"] += 1
+                n["records"] += e.n_records
+                n["bytes"] += len(e.frame)
+    elapsed = time.perf_counter() - t0
+    summary = {**n, "seconds": round(elapsed, 3), "interrupted": stop.signal is not None,
+               "records_per_s": round(n["records"] / elapsed) if elapsed > 0 else None}
+    out = sys.stderr if sink_url in ("file:-", "file:") else sys.stdout
+    if args.json:
+        print(json.dumps(summary), file=out)
+    elif not args.quiet:
+        print(f"fleetcloak simulate --replay {args.replay}: {n['messages']:,} messages, "
+              f"{n['records']:,} records, {n['bytes']:,} bytes in {elapsed:.2f} s "
+              f"({summary['records_per_s'] or 0:,} records/s)"
+              + ("  [INTERRUPTED]" if summary["interrupted"] else ""), file=out)
+    return 130 if stop.signal == signal.SIGINT else 0
 
 
 def summarise(truth, sim, elapsed: float) -> dict:

@@ -98,3 +98,12 @@ def test_sigterm_stops_cleanly_and_the_truth_matches_what_was_sent(tmp_path, h):
     assert 0 < len(lines) == t["totals"]["messages"]
     per_imei = Counter(json.loads(line)["imei"] for line in lines)
     assert per_imei == Counter({i: sum(c.values()) for i, c in t["messages"].items()})
+
+
+def test_replay_sends_the_same_stream_again(faulty_run, tmp_path, capsys):
+    again = tmp_path / "again.jsonl"
+    assert main(["simulate", "--replay", str(faulty_run["out"]), "--sink", f"file:{again}", "--json"]) == 0
+    s = json.loads(capsys.readouterr().out)
+    assert again.read_bytes() == Path(faulty_run["out"]).read_bytes()
+    assert s["messages"] == faulty_run["truth"]["totals"]["messages"]
+    assert main(["simulate", "--replay", str(again), "--truth", str(tmp_path / "t.json")]) == 2

@@ -207,3 +207,12 @@ def test_kafka_sink_round_trip(broker, tmp_path):
     # Per device (= per partition key) the order is the stream's order.
     by_imei = lambda ms: {i: [m["frame_hex"] for m in ms if m["imei"] == i] for i in {m["imei"] for m in ms}}
     assert by_imei(back) == by_imei(want)
+
+
+def test_replay_to_a_tcp_server(tmp_path):
+    out = tmp_path / "tcp.jsonl"
+    truth = _run(tmp_path, f"file:{out}", "--transport", "tcp", faults="0")
+    with _Server() as srv:
+        assert main(["simulate", "--replay", str(out), "--sink", f"tcp://127.0.0.1:{srv.tcp_port}",
+                     "--timeout", "0.3", "--quiet"]) == 0
+    assert sum(len(p.records) for _, p in srv.stored) == truth["totals"]["valid"]
