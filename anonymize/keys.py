@@ -178,6 +178,16 @@ class Keyring:
     def __repr__(self) -> str:
         return f"Keyring({self.store!r}, {self.master!r})"
 
+    @classmethod
+    def from_table(cls, table, master: MasterKey, publish=None) -> Keyring:
+        """A Keyring over the keys topic's table ({bytes name: wrapped bytes}) for the
+        worker's pipeline factory: roots are read only (a missing one raises
+        EpochMissing); new subject salts go to `publish(name, wrapped)` when given
+        (see SnapshotKeyStore), else raise KeyStoreError."""
+        from .keystore import SnapshotKeyStore
+
+        return cls(SnapshotKeyStore(table, publish), master, create=False)
+
     # --- roots ------------------------------------------------------------------
     @staticmethod
     def root_name(scope: str, epoch: str) -> str:

@@ -110,6 +110,72 @@ class MemoryKeyStore:
         return f"MemoryKeyStore({len(self._d)} entries)"
 
 
+class SnapshotKeyStore:
+    """A KeyStore over a snapshot of the compacted `fleetcloak.keys` topic
+    (`{message key bytes: value bytes}`, as the worker's control-plane table holds it).
+
+    Root secrets are only read here: they are created ahead by `Keyring.prepare` (from
+    `policy apply` and the retention job), never minted by a worker that another worker
+    would mint differently. New per-subject salts must be created on the hot path (a
+    driver is not known in advance): with a `publish(name, value)` callback, puts under
+    `writable` prefixes (default `subject/`) update the snapshot and are handed to
+    `publish`, which queues them for the keys topic; the worker must await their
+    delivery before committing the batch that used them. Any other put or delete raises
+    a KeyStoreError that says what to do.
+    """
+
+    def __init__(self, table: Mapping[bytes | str, bytes], publish=None, *, writable: tuple[str, ...] = ("subject/",)):
+        self._d = {(k.decode() if isinstance(k, (bytes, bytearray)) else k): bytes(v)
+                   for k, v in table.items() if v is not None}
+        self._publish = publish
+        self._writable = writable
+        self._lock = threading.Lock()
+
+    def get(self, name: str) -> bytes | None:
+        return self._d.get(name)
+
+    def get_many(self, names: list[str]) -> dict[str, bytes]:
+        return {n: self._d[n] for n in names if n in self._d}
+
+    def names(self, prefix: str = "") -> list[str]:
+        return sorted(n for n in list(self._d) if n.startswith(prefix))
+
+    def _check(self, name: str) -> None:
+        if self._publish is None or not name.startswith(self._writable):
+            raise KeyStoreError(
+                f"cannot write {name!r}: this keystore is a snapshot of the keys topic "
+                "(create key epochs ahead with Keyring.prepare, e.g. from `policy apply`)"
+            )
+
+    def put(self, name: str, value: bytes) -> None:
+        self._check(name)
+        with self._lock:
+            self._d[name] = bytes(value)
+        self._publish(name, bytes(value))
+
+    def put_if_absent(self, name: str, value: bytes) -> bytes:
+        with self._lock:
+            if name in self._d:
+                return self._d[name]
+        self.put(name, value)
+        return bytes(value)
+
+    def put_many_if_absent(self, entries: dict[str, bytes]) -> dict[str, bytes]:
+        out = {}
+        for name, value in entries.items():
+            out[name] = self.put_if_absent(name, value)
+        return out
+
+    def delete(self, name: str) -> None:
+        raise KeyStoreError(
+            f"cannot destroy {name!r} from a worker's snapshot of the keys topic: "
+            "destruction is a CLI/retention-job action (it publishes the tombstone)"
+        )
+
+    def __repr__(self) -> str:
+        return f"SnapshotKeyStore({len(self._d)} entries)"
+
+
 class FileKeyStore:
     """One JSON file `{"version": 1, "entries": {name: base64(value)}}`, mode 0600.
 

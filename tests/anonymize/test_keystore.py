@@ -201,3 +201,24 @@ def test_offboarding_destroys_every_epoch_of_a_tenant(keyring, t0):
     assert set(gone) == {"2026m10", "2026m11", "static"}
     with pytest.raises(EpochDestroyed):
         keyring.subjects_secret("acme")
+
+
+def test_worker_keyring_from_the_keys_table(master, t0, policies):
+    from fleetcloak.anonymize.keystore import KeyStoreError
+
+    source = MemoryKeyStore()
+    Keyring(source, master).prepare(policies, t0)
+    table = {n.encode(): source.get(n) for n in source.names()}
+    published = []
+    kr = Keyring.from_table(table, master, publish=lambda name, value: published.append(name))
+    p = Pseudonymizer(kr, tenant="acme-logistics").imei("356307042441013", t0)
+    assert p == Pseudonymizer(Keyring(source, master), tenant="acme-logistics").imei("356307042441013", t0)
+    c = Pseudonymizer(kr, tenant="acme-logistics", route="controller").imei("356307042441013", t0)
+    assert c.startswith("dev_2026m11_") and len(published) == 1 and published[0].startswith("subject/acme-logistics/subj_")
+    with pytest.raises(EpochMissing):  # roots are never minted by a worker
+        Pseudonymizer(kr, tenant="acme-logistics").imei("356307042441013", t0 + 90 * DAY)
+    with pytest.raises(KeyStoreError, match="snapshot"):
+        kr.destroy_epoch("acme-logistics", "2026m11")
+    ro = Keyring.from_table(table, master)
+    with pytest.raises(KeyStoreError, match="Keyring.prepare"):
+        Pseudonymizer(ro, tenant="acme-logistics", route="controller").imei("352093085130093", t0)
