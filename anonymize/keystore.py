@@ -166,6 +166,18 @@ class SnapshotKeyStore:
             out[name] = self.put_if_absent(name, value)
         return out
 
+    def apply(self, name: bytes | str, value: bytes | None) -> bool:
+        """Fold one record read from the keys topic into the snapshot (None = tombstone),
+        so a long-lived Keyring follows the topic without being rebuilt. Returns True
+        when something was removed: then call `Keyring.invalidate()` (cached secrets of
+        a destroyed epoch or erased subject must go)."""
+        name = name.decode() if isinstance(name, (bytes, bytearray)) else name
+        with self._lock:
+            if value is None:
+                return self._d.pop(name, None) is not None
+            self._d[name] = bytes(value)
+            return False
+
     def delete(self, name: str) -> None:
         raise KeyStoreError(
             f"cannot destroy {name!r} from a worker's snapshot of the keys topic: "

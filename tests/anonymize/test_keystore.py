@@ -222,3 +222,14 @@ def test_worker_keyring_from_the_keys_table(master, t0, policies):
     ro = Keyring.from_table(table, master)
     with pytest.raises(KeyStoreError, match="Keyring.prepare"):
         Pseudonymizer(ro, tenant="acme-logistics", route="controller").imei("352093085130093", t0)
+    # a long-lived keyring follows the topic: an erasure arrives as a tombstone + marker
+    kr2 = Keyring.from_table(table, master, publish=lambda name, value: None)
+    c2 = Pseudonymizer(kr2, tenant="acme-logistics", route="controller")
+    c2.imei("356307042441013", t0)
+    skey = kr2.subject_key("acme-logistics", "device", b"356307042441013")
+    store = kr2.store
+    assert store.apply(f"erased/acme-logistics/{skey}".encode(), b"{}") is False
+    assert store.apply(f"subject/acme-logistics/{skey}".encode(), None) is True
+    kr2.invalidate()
+    with pytest.raises(SubjectErased):
+        c2.imei("356307042441013", t0)
