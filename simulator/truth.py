@@ -60,6 +60,8 @@ class Truth:
                 self.totals[f] += n
         self.messages[em.imei][em.copy] += 1
         self.totals["messages"] += 1
+        if fates.get("corrupt"):
+            self.totals["corrupt_messages"] += 1
         self.totals["records"] += sum(fates.values())
         self.totals["bytes"] += len(em.frame)
         if em.fault:
@@ -132,7 +134,8 @@ class Truth:
             "counts": counts,
             "messages": {imei: dict(sorted(c.items())) for imei, c in sorted(self.messages.items())},
             "faults": {"rates": cfg.faults.as_dict(), "messages": dict(sorted(self.faults.items()))},
-            "totals": {k: self.totals.get(k, 0) for k in ("messages", "records", "bytes", *FATES, *DEVICE_FATES)},
+            "totals": {k: self.totals.get(k, 0) for k in ("messages", "corrupt_messages", "records", "bytes",
+                                                           *FATES, *DEVICE_FATES)},
             "first_received_at": self.first_ms,
             "last_received_at": self.last_ms,
             "interrupted": self.interrupted,

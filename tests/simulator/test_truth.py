@@ -74,6 +74,7 @@ def test_corrupt_messages_never_decode_and_are_counted(faulty_run):
     assert bad == Counter({i: c["corrupt"] for i, c in truth["messages"].items() if c.get("corrupt")})
     f = truth["faults"]["messages"]
     assert sum(bad.values()) == f.get("crc", 0) + f.get("truncation", 0) + f.get("garbage", 0)
+    assert sum(bad.values()) == truth["totals"]["corrupt_messages"]
 
 
 def test_reference_times_are_unambiguous(faulty_run, h):
