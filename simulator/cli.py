@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import signal
 import sys
 import time
@@ -43,9 +44,12 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--seed", type=int, default=1, help="random seed (default 1)")
     p.add_argument("--start", type=_start_date, default=None,
                    help="first simulated day, YYYY-MM-DD (default: today UTC minus DAYS)")
-    p.add_argument("--sink", default="file:-",
-                   help="file:PATH | kafka://HOST:PORT | tcp://HOST:PORT | udp://HOST:PORT (default file:- = stdout)")
-    p.add_argument("--broker", default=None, help="shorthand for --sink kafka://BROKER")
+    p.add_argument("--sink", default=None,
+                   help="file:PATH | kafka://HOST:PORT | tcp://HOST:PORT | udp://HOST:PORT "
+                        "(default: kafka://BROKER if a broker is given, else file:- = stdout)")
+    p.add_argument("--broker", default=os.environ.get("FLEETCLOAK_BROKER"),
+                   help="Kafka bootstrap HOST:PORT, used when --sink is not given "
+                        "(default $FLEETCLOAK_BROKER)")
     p.add_argument("--topic", default="telematics.raw", help="Kafka topic (default telematics.raw)")
     p.add_argument("--transport", choices=("mixed", "tcp", "udp"), default="mixed",
                    help="device transports (default mixed: about 1 in 4 on UDP; tcp:// and udp:// sinks force theirs)")
@@ -66,6 +70,12 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                    help="send a file sink's JSON lines again to --sink, as written (load tests)")
     p.add_argument("--quiet", action="store_true", help="no progress bar, no summary")
     p.add_argument("--json", action="store_true", help="print the summary as JSON")
+
+
+def _sink_url(args) -> str:
+    if args.sink:
+        return args.sink
+    return f"kafka://{args.broker}" if args.broker else "file:-"
 
 
 def default_start(days: int, today: date | None = None) -> date:
@@ -91,7 +101,7 @@ def run(args: argparse.Namespace) -> int:
         return 2
     start = args.start or default_start(args.days)
     start_s = int(datetime(start.year, start.month, start.day, tzinfo=timezone.utc).timestamp())
-    sink_url = f"kafka://{args.broker}" if args.broker else args.sink
+    sink_url = _sink_url(args)
     transport = sink_url[:3] if sink_url.startswith(("tcp://", "udp://")) else (
         None if args.transport == "mixed" else args.transport)
     cfg = SimConfig(args.seed, args.tenants, args.vehicles, args.days, start_s, rates, transport)
@@ -187,7 +197,7 @@ def _run_replay(args) -> int:
         print("simulate: --replay writes no truth or policies (use those of the run that wrote "
               "the file)", file=sys.stderr)
         return 2
-    sink_url = f"kafka://{args.broker}" if args.broker else args.sink
+    sink_url = _sink_url(args)
     sink = open_sink(sink_url, topic=args.topic, timeout=args.timeout, attempts=args.attempts)
     speed = 1.0 if args.realtime else args.speed
     n = {"messages": 0, "records": 0, "bytes": 0}
