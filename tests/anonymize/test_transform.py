@@ -229,3 +229,30 @@ def test_io_from_decode_json_shapes(keyring, t0, policies):
     assert res.driver[0] == fast.driver[1] and res.driver[1] is None and res.driver[2] is None
     assert res.io_replace[78][1] == 0
     assert res.io_replace[256][0] == res.io_replace[256][2] == fast.io_replace[256][0]
+
+
+from hypothesis import HealthCheck, given, settings  # noqa: E402
+from hypothesis import strategies as st  # noqa: E402
+
+
+@settings(max_examples=30, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(imeis=st.lists(st.integers(10**14, 10**15 - 1), min_size=1, max_size=8),
+       ibuttons=st.lists(st.integers(2**40, 2**64 - 1), min_size=1, max_size=8),
+       card=st.text(alphabet="ABCDEFGHJKLMNPRSTUVWXYZ", min_size=12, max_size=16))
+def test_no_raw_identifier_survives_either_route(keyring, t0, policies, imeis, ibuttons, card):
+    n = 16
+    imei = np.array([str(imeis[i % len(imeis)]) for i in range(n)])
+    ib = np.array([ibuttons[i % len(ibuttons)] for i in range(n)], dtype=np.uint64)
+    raw = card.encode().ljust(16, b"\0")
+    cols = Columns(imei=imei, timestamp_ms=np.full(n, t0), lat=np.full(n, 48.0), lon=np.full(n, 2.0),
+                   io={78: ib, 147: np.array([int.from_bytes(raw[:8], "big")] * n, dtype=np.uint64),
+                       148: np.array([int.from_bytes(raw[8:], "big")] * n, dtype=np.uint64)})
+    raw_io = [{78: int(ib[i]), 147: int(cols.io[147][i]), 148: int(cols.io[148][i])} for i in range(n)]
+    pol = policies.tenants["acme-logistics"]
+    out = json.dumps(ProcessorTransform(pol, keyring).apply(cols).records(raw_io))
+    out += json.dumps(ControllerTransform(policies.service, keyring, pol, gate=GroupGate(1)).apply(cols).records())
+    for v in imeis:
+        assert str(v) not in out
+    for v in ibuttons:
+        assert str(v) not in out and format(v, "016x") not in out and format(v, "016X") not in out
+    assert card not in out
