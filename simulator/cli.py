@@ -72,6 +72,19 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--json", action="store_true", help="print the summary as JSON")
 
 
+def _warn_about_the_clock(start_s: int, days: int) -> None:
+    """The truth's fates assume processing between the end and start + 365 days (see
+    docs/simulator.md); say so when processing *now* would already break that."""
+    now = time.time()
+    end_s = start_s + days * 86_400
+    if now - start_s >= 365 * 86_400:
+        print("simulate: warning: the first simulated days are more than 12 months before now; a "
+              "worker processing this stream now drops records the truth counts as valid", file=sys.stderr)
+    if end_s > now + 60:
+        print("simulate: warning: the simulated days end in the future; a worker processing this "
+              "stream now treats records the truth counts as valid as future ones", file=sys.stderr)
+
+
 def _sink_url(args) -> str:
     if args.sink:
         return args.sink
@@ -101,6 +114,7 @@ def run(args: argparse.Namespace) -> int:
         return 2
     start = args.start or default_start(args.days)
     start_s = int(datetime(start.year, start.month, start.day, tzinfo=timezone.utc).timestamp())
+    _warn_about_the_clock(start_s, args.days)
     sink_url = _sink_url(args)
     transport = sink_url[:3] if sink_url.startswith(("tcp://", "udp://")) else (
         None if args.transport == "mixed" else args.transport)
