@@ -100,6 +100,7 @@ class Identifiers:
     driver: np.ndarray                       # object: pseudonym / kept id / None
     replace: dict[int, np.ndarray]           # io id -> object column (value, or OMIT)
     erased: np.ndarray                       # bool: a subject of this record was erased
+    multipart: dict[int, tuple[int, ...]] = field(default_factory=dict)  # first id -> all ids
 
 
 def _identifiers(cols: Columns, pseudo: Pseudonymizer, pseudonymise: frozenset[str], on_erased: str, want_io: bool,
@@ -109,6 +110,7 @@ def _identifiers(cols: Columns, pseudo: Pseudonymizer, pseudonymise: frozenset[s
     driver = np.full(n, None, dtype=object)
     erased = np.zeros(n, dtype=bool)
     replace: dict[int, np.ndarray] = {}
+    multipart: dict[int, tuple[int, ...]] = {}
     for fam, rows in cols.family_rows():
         sub_ts = ts if rows is None else ts[rows]
         m = sub_ts.shape[0]
@@ -165,6 +167,8 @@ def _identifiers(cols: Columns, pseudo: Pseudonymizer, pseudonymise: frozenset[s
                 # keep a zero iButton as 0; absent multi-part values stay as they were
                 col0 = np.where(present, out, np.asarray(first, dtype=object) if first is not None else None)
                 _put(replace, group.ids[0], col0, rows, n)
+                if len(group.ids) > 1:
+                    multipart[group.ids[0]] = group.ids
                 for other in group.ids[1:]:
                     omit = np.empty(m, dtype=object)
                     omit[:] = [OMIT] * m
@@ -173,7 +177,7 @@ def _identifiers(cols: Columns, pseudo: Pseudonymizer, pseudonymise: frozenset[s
             driver = fam_driver
         else:
             driver[rows] = fam_driver
-    return Identifiers(driver, replace, erased)
+    return Identifiers(driver, replace, erased, multipart)
 
 
 def _put(replace: dict[int, np.ndarray], io_id: int, values: np.ndarray, rows: np.ndarray | None, n: int) -> None:
@@ -214,6 +218,7 @@ class ProcessorResult:
     io_replace: dict[int, np.ndarray]
     strip_io: np.ndarray
     io_filter: object
+    io_multipart: dict[int, tuple[int, ...]] = field(default_factory=dict)
 
     def __len__(self) -> int:
         return len(self.timestamp_ms)
@@ -239,6 +244,16 @@ class ProcessorResult:
             if isinstance(v, (bytes, bytearray)):
                 v = bytes(v).hex()
             out[str(io_id)] = v
+        # a multi-part identifier whose first part is missing from this record: its
+        # pseudonym still goes out under the first id (the other parts are left out)
+        for first, ids in self.io_multipart.items():
+            key = str(first)
+            if key in out or first in raw_io or not self.io_filter.passes(first):
+                continue
+            if any(m in raw_io or str(m) in raw_io for m in ids[1:]):
+                v = self.io_replace[first][i]
+                if isinstance(v, str):
+                    out[key] = v
         return out
 
     def records(self, raw_io: Sequence[Mapping[int, object]] | None = None) -> list[dict]:
@@ -368,6 +383,7 @@ class ProcessorTransform:
             io_replace=ident.replace,
             strip_io=strip_io,
             io_filter=self.proc.io,
+            io_multipart=ident.multipart,
             **fields,
         )
 

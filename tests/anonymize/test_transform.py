@@ -256,3 +256,12 @@ def test_no_raw_identifier_survives_either_route(keyring, t0, policies, imeis, i
     for v in ibuttons:
         assert str(v) not in out and format(v, "016x") not in out and format(v, "016X") not in out
     assert card not in out
+
+
+def test_multipart_identifier_with_a_missing_first_part(keyring, t0, policies):
+    pol = policies.tenants["acme-logistics"]
+    cols = Columns(imei=np.array([IMEIS[0]]), timestamp_ms=np.array([t0]), lat=np.zeros(1), lon=np.zeros(1),
+                   io={148: np.array([CARD_LO], dtype=np.uint64)})
+    res = ProcessorTransform(pol, keyring).apply(cols)
+    io = res.record_io(0, {148: CARD_LO, 239: 1})
+    assert set(io) == {"147", "239"} and io["147"] == res.driver[0] and io["147"].startswith("drv_")
