@@ -1,0 +1,519 @@
+"""The telemetry pipeline: what the worker does to each batch of `telematics.raw`.
+
+    raw ─▶ decode_batch ─ error ─▶ telematics.deadletter (original bytes + reason)
+          └▶ device registry (IMEI -> tenant; unknown -> deadletter)
+          ─▶ retention gate   (older than the tenant's window / in the future: dropped)
+          ─▶ duplicate gate   (a device's retransmission of a record already forwarded)
+          ─▶ subject gate     (erased / restricted subjects stop here; objection only
+                               removes them from the controller route)
+          ─▶ processor route  ─▶ tenant.<tenant>.telemetry
+          ─▶ controller route ─▶ analytics.telemetry
+
+Pure and synchronous (streams/seam.py): `process(batch)` returns the output messages
+and the batch's accounting; the loop (streams/loop.py) produces them, awaits their
+delivery and only then commits. Keys minted while processing (a subject's first
+controller salt) leave as outputs to `fleetcloak.keys` in the same batch.
+
+Accounting unit: a record; a raw message whose frame cannot be decoded counts as one
+(its records cannot be counted). `received == forwarded + deadlettered + dropped` holds
+for every batch. A record is counted once, by its processor-route fate; its analytics
+copy is counted in `copies`, and the analytics route's own exclusions in `skipped`.
+"""
+from __future__ import annotations
+
+import logging
+import os
+import time
+from collections import Counter
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field
+
+import numpy as np
+import orjson
+
+from fleetcloak.codecs import DecodeError, decode_batch
+from fleetcloak.codecs.crc import crc16
+from fleetcloak.codecs.iodict import CELL_IDS, identifier_groups
+from fleetcloak.streams.seam import ControlSnapshot, Counts, Pipeline, ProcessResult, RawMessage
+from fleetcloak.streams.topics import (
+    ANALYTICS, DEADLETTER, KEYS, MAX_TELEMETRY_RETENTION_DAYS, analytics_topic, deadletter_topic,
+    tenant_topic, tenant_topic_name,
+)
+
+log = logging.getLogger(__name__)
+
+DAY_MS = 86_400_000
+FUTURE_TOLERANCE_MS = 5 * 60_000      # device clocks run a little ahead; more is a wrong clock
+SERVICE_IO_IDS = (239, 240, 16, 48, 66)  # anonymize.service_policy.SERVICE_IO_FIELDS
+DRIVER_IO = 78                        # iButton: the driver id the subject gate checks
+_UDP_HEAD = 23                        # length, packet id, type, AVL packet id, IMEI len, IMEI
+
+
+# ----------------------------------------------------------------------------- dedup
+class DuplicateWindow:
+    """record_ids forwarded recently, to forward a device's retransmission only once.
+
+    Bounded by count (FIFO eviction; Python dicts keep insertion order), so what it keeps
+    is minutes to hours of traffic, far inside any retention window. It is a courtesy,
+    not the guarantee: after a restart or a rebalance the window is empty and consumers
+    drop the rest by `record_id` (at-least-once delivery).
+    """
+
+    def __init__(self, capacity: int = 500_000) -> None:
+        self.capacity = capacity
+        self._seen: dict[str, None] = {}
+
+    def __len__(self) -> int:
+        return len(self._seen)
+
+    def fresh(self, record_ids: Sequence[str]) -> np.ndarray:
+        """True for ids not seen before (nor earlier in this call); remembers them all."""
+        seen = self._seen
+        out = np.empty(len(record_ids), dtype=bool)
+        for i, rid in enumerate(record_ids):
+            if rid in seen:
+                out[i] = False
+            else:
+                seen[rid] = None
+                out[i] = True
+        over = len(seen) - self.capacity
+        if over > 0:
+            for rid in list(_take_first(seen, over)):
+                del seen[rid]
+        return out
+
+
+def _take_first(d: dict, n: int):
+    for i, k in enumerate(d):
+        if i >= n:
+            return
+        yield k
+
+
+# ----------------------------------------------------------------------------- helpers
+def udp_datagram_to_frame(dgram: bytes, imei: str) -> bytes:
+    """A UDP AVL datagram as the TCP frame decode_batch reads: same AVL data field, with
+    the CRC a TCP frame carries (UDP has none). Raises DecodeError for a bad header or an
+    IMEI that is not the message key's (offsets are the datagram's)."""
+    from fleetcloak.codecs.tcp import check_imei
+
+    n = len(dgram)
+    if n < _UDP_HEAD + 3:
+        raise DecodeError("truncated", n, f"a UDP AVL datagram has at least {_UDP_HEAD + 3} bytes, got {n}")
+    length = dgram[0] << 8 | dgram[1]
+    if length + 2 != n:
+        reason = "truncated" if n < length + 2 else "trailing_bytes"
+        raise DecodeError(reason, min(n, length + 2), f"UDP length says {length + 2} bytes, got {n}")
+    if dgram[6:8] != b"\x00\x0f":
+        raise DecodeError("bad_imei", 6, "IMEI length is not 15")
+    if check_imei(dgram[8:_UDP_HEAD], 8) != imei:
+        raise DecodeError("bad_imei", 8, "the datagram's IMEI is not the message key's")
+    data = dgram[_UDP_HEAD:]
+    return b"\x00\x00\x00\x00" + len(data).to_bytes(4, "big") + data + crc16(data).to_bytes(4, "big")
+
+
+def _header(headers, name: str) -> bytes | None:
+    for k, v in headers or ():
+        if k == name:
+            return v
+    return None
+
+
+def _deadletter(m: RawMessage, reason: str, detail: str, offset: int) -> tuple:
+    """The original message, untouched, plus why. The dead-letter topic lives in the same
+    trust zone as telematics.raw (operators only, 30 days): it keeps the key so the
+    message can be replayed after a fix."""
+    headers = [(k, v) for k, v in (m.headers or ())]
+    headers += [
+        ("deadletter.reason", reason.encode()),
+        ("deadletter.detail", detail.encode()[:512]),
+        ("deadletter.offset", str(offset).encode()),
+        ("source", f"{m.topic}/{m.partition}/{m.offset}".encode()),
+    ]
+    return (DEADLETTER, m.key, m.value if m.value is not None else b"", headers)
+
+
+_FIXED = np.dtype([("ts", ">u8"), ("pri", "u1"), ("lon", ">i4"), ("lat", ">i4"), ("alt", ">i2"),
+                   ("ang", ">u2"), ("sat", "u1"), ("spd", ">u2"), ("evt", ">u2"), ("gen", ">i2")])
+_ELEMENT = np.dtype([("id", ">u2"), ("w", "u1"), ("v", ">u8")])
+
+
+def record_content(batch) -> list[bytes]:
+    """One byte string per record that determines the record: its fixed fields and its IO
+    elements in wire order (NX bytes appended). A device's retransmission of a record
+    gives the same bytes; any changed field gives others. Vectorised except the final
+    per-record slice."""
+    n = len(batch)
+    fixed = np.empty(n, dtype=_FIXED)
+    for name, col in (("ts", "timestamp_ms"), ("pri", "priority"), ("lon", "lon_raw"), ("lat", "lat_raw"),
+                      ("alt", "altitude"), ("ang", "angle"), ("sat", "satellites"), ("spd", "speed"),
+                      ("evt", "event_io_id"), ("gen", "generation_type")):
+        fixed[name] = getattr(batch, col)
+    el = np.empty(len(batch.io_id), dtype=_ELEMENT)
+    el["id"], el["w"], el["v"] = batch.io_id, batch.io_width, batch.io_value
+    fb = fixed.tobytes()
+    eb = el.tobytes()
+    fs, es = _FIXED.itemsize, _ELEMENT.itemsize
+    offs = (batch.io_offsets * es).tolist()
+    out = [fb[i * fs:(i + 1) * fs] + eb[offs[i]:offs[i + 1]] for i in range(n)]
+    nx = np.flatnonzero(batch.io_width == 0)
+    if len(nx):  # NX: the offset in io_value says where, not what: add the bytes
+        rec = batch.io_record[nx].tolist()
+        for r, start, ln in zip(rec, batch.io_value[nx].tolist(), batch.io_nx_len[nx].tolist()):
+            out[r] += batch.nx_data[start:start + ln]
+    return out
+
+
+def output_io(batch, rows: np.ndarray, proc) -> list[dict[str, object]]:
+    """Per chosen row, the IO dict of its processor record: the tenant's IO filter,
+    cell ids stripped where private mode says, identifiers replaced by their pseudonyms
+    (anonymize's io_replace: OMIT drops, KEEP keeps), NX values as lowercase hex.
+    Decided per distinct id and per element with numpy; one dict per record at the end."""
+    from fleetcloak.anonymize import KEEP, OMIT
+
+    offs = batch.io_offsets
+    starts, ends = offs[rows], offs[rows + 1]
+    counts = ends - starts
+    el = np.repeat(starts - np.concatenate(([0], np.cumsum(counts)[:-1])), counts) + np.arange(int(counts.sum()))
+    owner = np.repeat(rows, counts)                  # record row of each element
+    local = np.repeat(np.arange(len(rows)), counts)  # its position among `rows`
+    ids = batch.io_id[el]
+    uniq = np.unique(ids)
+    passing = np.array([proc.io_keep(int(i)) for i in uniq.tolist()], dtype=bool)
+    keep = passing[np.searchsorted(uniq, ids)]
+    strip = proc.strip_io[owner]
+    if strip.any():
+        keep &= ~(strip & np.isin(ids, np.fromiter(CELL_IDS, dtype=np.int64)))
+    ids_l = ids.tolist()
+    vals = batch.io_value[el].tolist()
+    nx = np.flatnonzero(batch.io_width[el] == 0)
+    if len(nx):
+        lens = batch.io_nx_len[el[nx]].tolist()
+        for j, ln in zip(nx.tolist(), lens):
+            vals[j] = batch.nx_data[vals[j]:vals[j] + ln].hex()
+    keep_l = keep.tolist()
+    for io_id, col in proc.io_replace.items():
+        hit = np.flatnonzero((ids == io_id) & keep)
+        for j, r in zip(hit.tolist(), owner[hit].tolist()):
+            rep = col[r]
+            if rep is OMIT:
+                keep_l[j] = False
+            elif rep is not KEEP:
+                vals[j] = rep.hex() if isinstance(rep, (bytes, bytearray)) else rep
+    keys = [str(i) for i in ids_l]
+    out = []
+    pos = 0
+    for c in counts.tolist():
+        end = pos + c
+        out.append({keys[j]: vals[j] for j in range(pos, end) if keep_l[j]})
+        pos = end
+    return out
+
+
+def _dumps(obj) -> bytes:
+    return orjson.dumps(obj, option=orjson.OPT_SERIALIZE_NUMPY)
+
+
+# ----------------------------------------------------------------------------- the pipeline
+@dataclass
+class TenantRoute:
+    """What one tenant's records go through, built from its policy."""
+
+    tenant: str
+    topic: str
+    window_ms: int
+    per_packet: bool
+    processor: object                # anonymize.ProcessorTransform
+    controller: object               # anonymize.ControllerTransform
+    io_ids: tuple[int, ...]          # IO columns the transforms read
+
+
+@dataclass
+class TelemetryPipeline:
+    """decode -> registry -> gates -> routes, for one state of the control plane."""
+
+    policies: object                                  # anonymize.PolicySet
+    routes: dict[str, TenantRoute]
+    subjects: object                                  # streams.rights.SubjectGate
+    keystore: object                                  # TableKeyStore (drained into outputs)
+    duplicates: DuplicateWindow = field(default_factory=DuplicateWindow)
+    clock: Callable[[], float] = time.time
+    future_tolerance_ms: int = FUTURE_TOLERANCE_MS
+    skipped: Counter = field(default_factory=Counter)  # controller-route exclusions, cumulative
+
+    # --- the seam ---------------------------------------------------------------------
+    def process(self, batch: Sequence[RawMessage]) -> ProcessResult:
+        outputs: list[tuple] = []
+        counts = Counts()
+        frames: list[bytes] = []
+        sources: list[RawMessage] = []
+        imeis: list[str] = []
+        for m in batch:
+            imei = _imei_of(m.key)
+            if imei is None:
+                counts.received += 1
+                counts.deadlettered["bad_key"] += 1
+                outputs.append(_deadletter(m, "bad_key", "the message key is not a 15-digit IMEI", 0))
+                continue
+            value = m.value or b""
+            if _header(m.headers, "transport") == b"udp":
+                try:
+                    value = udp_datagram_to_frame(value, imei)
+                except DecodeError as e:
+                    counts.received += 1
+                    counts.deadlettered[e.reason] += 1
+                    outputs.append(_deadletter(m, e.reason, e.detail, e.offset))
+                    continue
+            frames.append(value)
+            sources.append(m)
+            imeis.append(imei)
+        if frames:
+            self._records(frames, sources, imeis, outputs, counts)
+        for name, value in self.keystore.drain():
+            outputs.append((KEYS, name, value, None))
+        return ProcessResult(outputs, counts)
+
+    def _records(self, frames, sources, imeis, outputs, counts) -> None:
+        batch = decode_batch(frames)
+        for k, err in batch.errors:
+            counts.received += 1
+            counts.deadlettered[err.reason] += 1
+            outputs.append(_deadletter(sources[k], err.reason, err.detail, err.offset))
+        if not len(batch):
+            return
+        counts.received += len(batch)
+        frame_imei = np.asarray(imeis, dtype=object)
+        rec_imei = frame_imei[batch.frame_index]
+        tenants, families = self.policies.registry(frame_imei)
+        rec_tenant = tenants[batch.frame_index]
+        # unknown devices: the whole message goes to the dead-letter topic
+        unknown = np.flatnonzero(np.equal(tenants, None) & batch.frame_ok)
+        for k in unknown.tolist():
+            counts.deadlettered["unknown_device"] += int(batch.frame_records[k])
+            outputs.append(_deadletter(sources[k], "unknown_device", "no tenant policy lists this device", 0))
+        now_ms = int(self.clock() * 1000)
+        ts = batch.timestamp_ms.astype(np.int64)
+        for tenant in sorted({t for t in tenants.tolist() if t is not None}):
+            rows = np.flatnonzero(rec_tenant == tenant)
+            route = self.routes[tenant]
+            self._tenant(route, batch, rows, rec_imei, families[batch.frame_index], ts, now_ms,
+                         sources, outputs, counts)
+
+    def _tenant(self, route: TenantRoute, batch, rows, rec_imei, rec_family, ts, now_ms,
+                sources, outputs, counts) -> None:
+        t = route.tenant
+        # retention gate
+        rts = ts[rows]
+        too_old = rts < now_ms - route.window_ms
+        future = rts > now_ms + self.future_tolerance_ms
+        if too_old.any():
+            counts.dropped[("too_old", t)] += int(too_old.sum())
+        if future.any():
+            counts.dropped[("future", t)] += int(future.sum())
+        rows = rows[~(too_old | future)]
+        if not len(rows):
+            return
+        # subject gate (only tenants with rights requests pay for it)
+        allow_ctrl = np.ones(len(rows), dtype=bool)
+        if self.subjects is not None and self.subjects.state.has_entries(t):
+            drv = batch.io_column(DRIVER_IO)[rows].tolist()
+            allow_proc, allow_ctrl = self.subjects.masks(
+                t, rec_imei[rows].tolist(), [d or None for d in drv])
+            blocked = ~allow_proc
+            if blocked.any():
+                counts.dropped[("subject_blocked", t)] += int(blocked.sum())
+                rows, allow_ctrl = rows[allow_proc], allow_ctrl[allow_proc]
+                if not len(rows):
+                    return
+        sub = batch.select(rows)
+        cols = self._columns(sub, rec_imei[rows], rec_family[rows], route.io_ids)
+        proc = route.processor.apply(cols)
+        # duplicate gate: the processor's record_id is deterministic per record
+        fresh = self.duplicates.fresh(proc.record_id.tolist())
+        n_dup = int((~fresh).sum())
+        if n_dup:
+            counts.dropped[("duplicate", t)] += n_dup
+        keep = np.flatnonzero(fresh)
+        if not len(keep):
+            return
+        records = _subset_records(proc, keep, output_io(sub, keep, proc))
+        counts.forwarded[("processor", t)] += len(records)
+        frame_of = sub.frame_index[keep].tolist()
+        if route.per_packet:
+            by_frame: dict[int, list] = {}
+            for f, rec in zip(frame_of, records):
+                by_frame.setdefault(f, []).append(rec)
+            for recs in by_frame.values():
+                outputs.append((route.topic, recs[0]["device"].encode(), _dumps({"records": recs}), None))
+        else:
+            topic = route.topic
+            outputs.extend((topic, rec["device"].encode(), _dumps(rec), None) for rec in records)
+        # controller route: fresh records the subjects allow
+        cmask = fresh & allow_ctrl
+        if not cmask.any():
+            self.skipped[("objected", t)] += int(fresh.sum())
+            return
+        ccols = cols if cmask.all() else _select_columns(cols, np.flatnonzero(cmask))
+        if not cmask.all():
+            self.skipped[("objected", t)] += int((fresh & ~allow_ctrl).sum())
+        ctrl = route.controller.apply(ccols)
+        for rule, n in ctrl.drops.items():
+            self.skipped[(rule, t)] += n
+        crecs = ctrl.records()
+        if crecs:
+            counts.copies[("controller", t)] += len(crecs)
+            outputs.extend((ANALYTICS, rec["device"].encode(), _dumps(rec), None) for rec in crecs)
+
+    @staticmethod
+    def _columns(sub, imeis, families, io_ids):
+        from fleetcloak.anonymize import Columns
+
+        io = {}
+        has_nx = sub.io_width == 0
+        nx_ids = set(sub.io_id[has_nx].tolist()) if has_nx.any() else set()
+        present = set(np.unique(sub.io_id).tolist())
+        for i in io_ids:
+            if i not in present:
+                continue
+            if i in nx_ids:
+                arr = np.empty(len(sub), dtype=object)
+                arr[:] = sub.io_bytes(i)
+                io[i] = arr
+            else:
+                io[i] = sub.io_column(i)
+        fam = families
+        uniq = set(fam.tolist())
+        return Columns(
+            imei=imeis, timestamp_ms=sub.timestamp_ms.astype(np.int64),
+            lat=sub.lat, lon=sub.lon, altitude=sub.altitude, angle=sub.angle,
+            speed=sub.speed, satellites=sub.satellites, priority=sub.priority,
+            event_io_id=sub.event_io_id, io=io,
+            family=uniq.pop() if len(uniq) == 1 else fam,
+            content=record_content(sub),
+        )
+
+
+def _imei_of(key: bytes | None) -> str | None:
+    if key is None or len(key) != 15 or not key.isdigit():
+        return None
+    return key.decode("ascii")
+
+
+def _select_columns(cols, idx: np.ndarray):
+    from fleetcloak.anonymize import Columns
+
+    def take(c):
+        return None if c is None else np.asarray(c)[idx]
+
+    fam = cols.family if isinstance(cols.family, str) else np.asarray(cols.family)[idx]
+    return Columns(
+        imei=np.asarray(cols.imei)[idx], timestamp_ms=take(cols.timestamp_ms), lat=take(cols.lat),
+        lon=take(cols.lon), altitude=take(cols.altitude), angle=take(cols.angle), speed=take(cols.speed),
+        satellites=take(cols.satellites), priority=take(cols.priority), event_io_id=take(cols.event_io_id),
+        io={k: np.asarray(v)[idx] for k, v in cols.io.items()}, family=fam,
+        content=[cols.content[i] for i in idx.tolist()] if cols.content is not None else None,
+    )
+
+
+def _subset_records(proc, keep: np.ndarray, ios: list[dict]) -> list[dict]:
+    """The processor's JSON records for the kept rows, with their IO."""
+    recs = proc.records()
+    if len(keep) != len(recs):
+        recs = [recs[i] for i in keep.tolist()]
+    for rec, io in zip(recs, ios):
+        rec["io"] = io
+    return recs
+
+
+# ----------------------------------------------------------------------------- building
+class PipelineBuilder:
+    """The worker's PipelineFactory: builds a TelemetryPipeline from a control snapshot.
+
+    Holds what must outlive a rebuild: the keyring (and its caches), the key table,
+    the duplicate window, the analytics group gate, the subject keyer. A snapshot in
+    which only the keys changed (our own minted salts coming back) costs a table sync,
+    not a rebuild.
+    """
+
+    def __init__(self, master=None, *, clock: Callable[[], float] = time.time) -> None:
+        from fleetcloak.anonymize import Keyring
+        from fleetcloak.anonymize.keystore import load_master_key
+        from fleetcloak.streams.keys_table import TableKeyStore
+
+        self.master = master if master is not None else load_master_key("production")
+        self.keystore = TableKeyStore()
+        self.keyring = Keyring(self.keystore, self.master, create=True)
+        self.duplicates = DuplicateWindow()
+        self.clock = clock
+        self._group_gate = None
+        self._keyer = None
+        self._policies_seen: dict | None = None
+        self._subjects_seen: dict | None = None
+        self._pipeline: Pipeline | None = None
+
+    def __call__(self, snap: ControlSnapshot) -> Pipeline:
+        if self.keystore.sync(snap.keys):
+            self.keyring.invalidate()
+        policies, subjects = dict(snap.policies), dict(snap.subjects)
+        if self._pipeline is not None and policies == self._policies_seen and subjects == self._subjects_seen:
+            return self._pipeline
+        if policies != self._policies_seen:
+            self._routes = self._build_routes(policies)
+        self._policies_seen, self._subjects_seen = policies, subjects
+        from fleetcloak.streams.rights import gate_from_snapshot
+
+        gate = gate_from_snapshot(subjects, self.keyring, keyer=self._keyer,
+                                  clock=lambda: int(self.clock() * 1000))
+        self._keyer = gate.keyer
+        pipe = TelemetryPipeline(self._policy_set, self._routes, gate, self.keystore,
+                                 duplicates=self.duplicates, clock=self.clock)
+        topics = [deadletter_topic(), analytics_topic(self._analytics_days)]
+        topics += [tenant_topic(r.tenant, r.window_ms // DAY_MS) for r in self._routes.values()]
+        self._pipeline = Pipeline(pipe.process, topics=tuple(topics),
+                                  description=f"telemetry pipeline: {len(self._routes)} tenant(s)")
+        self._pipeline_obj = pipe
+        return self._pipeline
+
+    def _build_routes(self, policies: Mapping[bytes, bytes]) -> dict[str, TenantRoute]:
+        from fleetcloak.anonymize import ControllerTransform, GroupGate, PolicySet, ProcessorTransform, ServicePolicy
+        from fleetcloak.streams.rights import parse_policy_value
+
+        parsed, sources = [], []
+        for key, value in sorted(policies.items()):
+            try:
+                parsed.append(parse_policy_value(key, value))
+                sources.append(key.decode(errors="replace"))
+            except Exception as exc:  # a bad policy on the topic: refuse it, keep the others
+                log.error("ignoring policy %r from fleetcloak.policies: %s", key.decode(errors="replace"), exc)
+        pset = PolicySet(parsed, sources)
+        service = pset.service
+        if service is None:
+            log.warning("no service policy on fleetcloak.policies: the analytics route uses the defaults "
+                        "(H3 resolution 8, 15-minute buckets, k=5)")
+            service = ServicePolicy(service="fleetcloak")
+        if self._group_gate is None or self._group_gate.k != service.min_group_size:
+            self._group_gate = GroupGate(service.min_group_size)
+        self._policy_set = pset
+        self._analytics_days = min(service.retention_days, MAX_TELEMETRY_RETENTION_DAYS)
+        routes = {}
+        for tenant, pol in pset.tenants.items():
+            proc = ProcessorTransform(pol, self.keyring)
+            ctrl = ControllerTransform(service, self.keyring, pol, gate=self._group_gate)
+            families = set(pol.device_family.values()) or {"FMB"}
+            io_ids = proc.io_ids_needed(families) | set(SERVICE_IO_IDS)
+            for fam in families:
+                io_ids |= {i for g in identifier_groups(fam) for i in g.ids}
+            routes[tenant] = TenantRoute(
+                tenant=tenant, topic=tenant_topic_name(tenant),
+                window_ms=min(pol.retention_days, MAX_TELEMETRY_RETENTION_DAYS) * DAY_MS,
+                per_packet=pol.processor.output == "per_packet",
+                processor=proc, controller=ctrl, io_ids=tuple(sorted(io_ids)),
+            )
+        log.info("pipeline built for %d tenant(s)%s", len(routes),
+                 "" if pset.service is not None else " (default service policy)")
+        return routes
+
+
+def worker_factory() -> PipelineBuilder:
+    """What `fleetcloak worker` runs (streams/cmd_worker.py DEFAULT_PIPELINE)."""
+    return PipelineBuilder()
