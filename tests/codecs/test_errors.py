@@ -146,3 +146,20 @@ def test_udp_gprs_is_not_supported():
 
 def test_bytes_like_inputs():
     assert decode(bytearray(C8)) == decode(memoryview(C8)) == decode(C8)
+
+
+@pytest.mark.parametrize("codec", [8, 0x8E, 16])
+def test_every_cut_inside_the_records_is_truncated_or_bad_length(codec):
+    gen = 3 if codec == 16 else None
+    recs = (AvlRecord(1, 0, -1.0, 1.0, -4, 1, 2, 3, 4, {1: 1, 2: 300, 3: 70000, 4: 1 << 40},
+                      {1: 1, 2: 2, 3: 4, 4: 8}, gen),
+            AvlRecord(2, 1, 2.0, -2.0, 5, 6, 7, 8, 9, {9: 9, **({300: b"nx!"} if codec == 0x8E else {})},
+                      {9: 1}, gen))
+    body = encode(AvlPacket(codec, recs))[10:-5]
+    for cut in range(len(body)):
+        frame = tcp_frame(bytes((codec, 2)) + body[:cut] + b"\x02")
+        e = fails(frame, "truncated" if cut < len(body) else None)
+        assert 10 <= e.offset <= len(frame) - 5, (cut, str(e))
+    for extra in (1, 5):
+        e = fails(tcp_frame(bytes((codec, 2)) + body + bytes(extra) + b"\x02"), "bad_length")
+        assert e.offset == 10 + len(body)
