@@ -23,7 +23,7 @@ from ..codecs.packets import AvlPacket
 from . import faults as F
 from .fleet import Fleet, build_fleet
 from .packetiser import (DeviceLink, Emission, chunk, encode_checked, latency_array, make_packet,
-                         send_groups)
+                         record_layout_size, send_groups)
 from .telemetry import RecordFactory
 from .trips import DAY_S, DayPlanner, DeviceState
 
@@ -100,6 +100,8 @@ class Simulation:
         self.planners = [DayPlanner(self.fleet, v) for v in self.fleet.vehicles]
         self.factories = [RecordFactory(self.fleet, v) for v in self.fleet.vehicles]
         self.links = [DeviceLink() for _ in self.fleet.vehicles]
+        self.max_record = [record_layout_size(v.codec, f.width_card) for v, f in
+                           zip(self.fleet.vehicles, self.factories)]
         self.model_records = 0        # records the model made (before faults)
         self._lo, self._hi = cfg.too_old_before_ms, cfg.future_after_ms
         self._rec_faults = any(cfg.faults.get(k) > 0 for k in F.RECORD_FAULTS)
@@ -133,6 +135,7 @@ class Simulation:
         out: list[Emission] = []
         ooo: list[int] = []
         k = 0
+        max_record = self.max_record[vi]
         for gi, (tick, recs) in enumerate(groups):
             rfault = rates.pick(u_rec[gi], F.RECORD_FAULTS) if u_rec is not None else None
             if rfault == "backlog":
@@ -140,11 +143,12 @@ class Simulation:
             elif rfault == "future":
                 recs = recs + F.future_records(frng, recs, span)
             t_ms = tick * 1000 + lat[gi]
-            for ch in chunk(veh, recs, link.sizes):
+            for ch in chunk(veh, recs, link.sizes, max_record):
                 for pkt, frame in encode_checked(veh, link, make_packet(veh, link, ch)):
                     tags = (rfault,) if rfault and self._has_shifted(pkt) else ()
                     em = Emission(t_ms, (vi, link.seq), veh.imei, veh.transport, frame, pkt,
-                                  self._fates(pkt), None, "original", vi)
+                                  self._fates(pkt), None, "original", vi, len(pkt.records),
+                                  pkt.avl_packet_id)
                     link.seq += 1
                     t_ms += gaps[k % n_max]
                     pfault = rates.pick(u_pkt[k % n_max], F.PACKET_FAULTS) if u_pkt is not None else None
@@ -182,14 +186,15 @@ class Simulation:
         if pfault in F.CORRUPTING:
             bad = Emission(em.received_at, em.order + ("c",), em.imei, em.transport,
                            F.corrupt(frng, pfault, em.frame, em.transport), em.packet,
-                           {"corrupt": n}, ",".join(tags + (pfault,)), "corrupt", em.device)
+                           {"corrupt": n}, ",".join(tags + (pfault,)), "corrupt", em.device, n,
+                           em.avl_packet_id)
             em.received_at += F.resend_delay_ms(frng)
             em.copy = "resend"
             return [bad, em]
         if pfault == "duplicate":
             dup = Emission(em.received_at + F.resend_delay_ms(frng), em.order + ("d",), em.imei,
                            em.transport, em.frame, em.packet, {"duplicate": n},
-                           ",".join(tags + ("duplicate",)), "duplicate", em.device)
+                           ",".join(tags + ("duplicate",)), "duplicate", em.device, n, em.avl_packet_id)
             return [em, dup]
         if pfault == "out_of_order":
             em.fault = ",".join(tags + ("out_of_order",))
@@ -201,7 +206,7 @@ class Simulation:
             pkt, frame = F.rekey(em.packet, imei)
             ph = Emission(em.received_at + int(frng.integers(1, 900)), em.order + ("u",), imei,
                           em.transport, frame, pkt, {"unknown_device": n},
-                          ",".join(tags + ("unknown_imei",)), "phantom", -1)
+                          ",".join(tags + ("unknown_imei",)), "phantom", -1, n, pkt.avl_packet_id)
             return [em, ph]
         raise ValueError(pfault)
 

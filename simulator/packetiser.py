@@ -52,11 +52,6 @@ class Emission:
     n_records: int = 0
     avl_packet_id: int | None = None  # UDP: what the ACK must echo
 
-    def __post_init__(self) -> None:
-        if self.packet is not None:
-            self.n_records = len(self.packet.records)
-            self.avl_packet_id = self.packet.avl_packet_id
-
 
 @dataclass
 class DeviceLink:
@@ -71,6 +66,11 @@ class DeviceLink:
         self.packet_id = (self.packet_id + 1) & 0xFFFF
         self.avl_packet_id = (self.avl_packet_id + 1) & 0xFF
         return self.packet_id, self.avl_packet_id
+
+
+def record_layout_size(codec: int, io_width: dict[int, int]) -> int:
+    """Encoded size of a record whose IO elements have these fixed widths."""
+    return _RECORD_BASE[codec] + sum(_ID_W[codec] + w for w in io_width.values())
 
 
 def record_size(codec: int, r: AvlRecord, cache: dict[int, int]) -> int:
@@ -107,9 +107,16 @@ def send_groups(veh: Vehicle, records: list[AvlRecord]) -> list[tuple[int, list[
     return out
 
 
-def chunk(veh: Vehicle, records: list[AvlRecord], cache: dict[int, int]) -> list[list[AvlRecord]]:
-    """Split a send's records into packets within the byte limit (and <= 255 records)."""
+def chunk(veh: Vehicle, records: list[AvlRecord], cache: dict[int, int],
+          max_record: int = 0) -> list[list[AvlRecord]]:
+    """Split a send's records into packets within the byte limit (and <= 255 records).
+
+    `max_record`, the device's largest record layout, lets the common case (everything
+    fits even at the largest size) skip the per-record sizes.
+    """
     limit = veh.max_packet - (UDP_OVERHEAD if veh.transport == "udp" else TCP_OVERHEAD)
+    if max_record and len(records) * max_record <= limit and len(records) <= 255:
+        return [records]
     codec = veh.codec
     sizes = [cache.get(id(r.io_width)) or record_size(codec, r, cache) for r in records]
     if len(records) <= 255 and sum(sizes) <= limit:
