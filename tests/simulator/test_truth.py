@@ -99,3 +99,20 @@ def test_stream_does_not_leak_fault_labels(faulty_run):
 def test_stream_is_ordered_by_received_at(faulty_run):
     ts = [m["received_at"] for m in faulty_run["lines"]]
     assert ts == sorted(ts)
+
+
+def test_the_worker_batch_decoder_sees_the_same_fates(faulty_run):
+    """decode_batch (the worker's hot path, TCP frames) fails exactly the corrupt frames."""
+    from fleetcloak.codecs import decode_batch
+
+    tcp = [m for m in faulty_run["lines"] if m["transport"] == "tcp"]
+    frames = [bytes.fromhex(m["frame_hex"]) for m in tcp]
+    batch = decode_batch(frames)
+    want_bad, want_records = set(), 0
+    for i, f in enumerate(frames):
+        try:
+            want_records += len(decode(f, "tcp").records)
+        except DecodeError:
+            want_bad.add(i)
+    assert {i for i, _ in batch.errors} == want_bad and want_bad
+    assert len(batch) == want_records
