@@ -368,7 +368,8 @@ async def housekeeping(bootstrap: str, keys, *, audit=None, now_ms: int | None =
 
       1. destroy key epochs older than each scope's window (windows from the policies
          topic, the cap for scopes without a policy), publishing the destruction;
-      2. tombstone subject entries whose suppression window is over.
+      2. delete any controller salt re-created beside an erasure marker by a race;
+      3. tombstone subject entries whose suppression window is over.
 
     `keys` is streams.rights.Keys (a Keyring and a way to publish its store's changes).
     Every destruction and expiry is audited.
@@ -385,8 +386,18 @@ async def housekeeping(bootstrap: str, keys, *, audit=None, now_ms: int | None =
                 await audit.append("key.destroy", tenant=None if d["scope"] == "service" else d["scope"],
                                    details={"scope": d["scope"], "epoch": d["epoch"], "reason": "retention",
                                             "retention_days": d["retention_days"]})
+    from fleetcloak.streams.rights import sweep_resurrected_salts
+
+    swept = sweep_resurrected_salts(keys)
+    if swept:
+        await keys.flush(bootstrap)
+        if audit is not None:
+            for tenant, skey in swept:
+                await audit.append("key.destroy", tenant=tenant, subject=skey,
+                                   details={"reason": "erased subject's salt re-created by a race", "what": "subject salt"})
     expired = await expire_subject_entries(bootstrap, now_ms=now_ms, audit=audit)
-    return {"key_epochs_destroyed": destroyed, "subject_entries_expired": len(expired)}
+    return {"key_epochs_destroyed": destroyed, "subject_entries_expired": len(expired),
+            "resurrected_salts_deleted": len(swept)}
 
 
 class DropAuditor:

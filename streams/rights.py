@@ -813,3 +813,24 @@ async def expire_subject_entries(bootstrap: str, *, now_ms: int | None = None, a
             await audit.append("subject.expire", tenant=tenant, subject=None if kind == TENANT_MARKER_KIND else skey,
                                details={"kind": kind, "reason": "suppression window over"})
     return out
+
+
+def sweep_resurrected_salts(keys: "Keys") -> list[tuple[str, str]]:
+    """Delete every controller-route salt that exists beside an erasure marker.
+
+    A race can bring one back: a worker that met the subject before it saw the erasure
+    mints a salt and publishes it after the CLI's tombstone. The gate still blocks the
+    subject while its entry lives, but the salt would make the old analytics records
+    linkable again after that. Run by the housekeeping round (and safe to run anytime).
+    Returns (tenant, subject key) pairs whose salt was deleted.
+    """
+    out = []
+    for name in keys.store.names("erased/"):
+        _, tenant, skey = name.split("/", 2)
+        salt = f"subject/{tenant}/{skey}"
+        if keys.store.get(salt) is not None:
+            keys.store.delete(salt)
+            out.append((tenant, skey))
+    if out:
+        keys.keyring.invalidate()
+    return out

@@ -126,3 +126,20 @@ def test_gate_from_a_control_snapshot_reuses_the_keyer_cache():
     assert p.tolist() == [True, True] and c.tolist() == [False, True]
     again = gate_from_snapshot({}, keyring, keyer=gate.keyer)
     assert again.keyer is gate.keyer and again.masks("acme", [IMEI])[1].all()
+
+
+def test_sweep_deletes_a_salt_resurrected_beside_an_erasure_marker():
+    from fleetcloak.anonymize.keys import SubjectErased
+    from fleetcloak.streams.rights import Keys, sweep_resurrected_salts
+
+    keyer, keyring = make_keyer()
+    keyring.create = True
+    canon = IMEI.encode()
+    keyring.subject_salt("acme", "device", canon)
+    skey = keyring.erase_subject("acme", "device", canon)
+    keyring.store.put(f"subject/acme/{skey}", keyring.master.wrap(f"subject/acme/{skey}", __import__(
+        "fleetcloak.anonymize.secret", fromlist=["Secret"]).Secret(b"x" * 32)))  # a late worker's mint
+    assert sweep_resurrected_salts(Keys(keyring, keyring.store)) == [("acme", skey)]
+    with pytest.raises(SubjectErased):
+        keyring.subject_salt_by_key("acme", skey)
+    assert sweep_resurrected_salts(Keys(keyring, keyring.store)) == []
