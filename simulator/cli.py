@@ -124,49 +124,43 @@ def run(args: argparse.Namespace) -> int:
     if args.write_policies:
         from .policies import write_policies
         write_policies(sim.fleet, truth, args.write_policies)
-    sink = open_sink(sink_url, topic=args.topic, timeout=args.timeout, attempts=args.attempts)
     to_stdout = sink_url in ("file:-", "file:")
-
-    stop = {"signal": None}
-
-    def _stop(signum, _frame):
-        stop["signal"] = signum
-
-    old = {s: signal.signal(s, _stop) for s in (signal.SIGTERM, signal.SIGINT)}
     speed = 1.0 if args.realtime else args.speed
     bar = None
-    if not args.quiet and not to_stdout and sys.stderr.isatty():
-        from tqdm import tqdm
-        bar = tqdm(total=cfg.days, unit="day", desc="simulate", leave=False)
-    t_wall = time.perf_counter()
-    t_first = None
-    day_seen = 0
-    try:
-        for em in sim.emissions():
-            if stop["signal"] is not None:
-                break
-            if speed:
-                if t_first is None:
-                    t_first = (em.received_at, time.monotonic())
-                due = t_first[1] + (em.received_at - t_first[0]) / 1000.0 / speed
-                while stop["signal"] is None and (delay := due - time.monotonic()) > 0:
-                    time.sleep(min(delay, 0.2))
-                if stop["signal"] is not None:
+    # Signal handlers first: from the moment the sink exists, SIGTERM/SIGINT stop the
+    # run cleanly (flush, truth of what was sent) instead of killing it.
+    with _Stop() as stop:
+        sink = open_sink(sink_url, topic=args.topic, timeout=args.timeout, attempts=args.attempts)
+        if not args.quiet and not to_stdout and sys.stderr.isatty():
+            from tqdm import tqdm
+            bar = tqdm(total=cfg.days, unit="day", desc="simulate", leave=False)
+        t_wall = time.perf_counter()
+        t_first = None
+        day_seen = 0
+        try:
+            for em in sim.emissions():
+                if stop.signal is not None:
                     break
-            for e, fates in sink.send(em):
+                if speed:
+                    if t_first is None:
+                        t_first = (em.received_at, time.monotonic())
+                    due = t_first[1] + (em.received_at - t_first[0]) / 1000.0 / speed
+                    while stop.signal is None and (delay := due - time.monotonic()) > 0:
+                        time.sleep(min(delay, 0.2))
+                    if stop.signal is not None:
+                        break
+                for e, fates in sink.send(em):
+                    truth.add(e, fates)
+                if bar is not None and sim.day != day_seen:
+                    bar.update(sim.day - day_seen)
+                    day_seen = sim.day
+        finally:
+            for e, fates in sink.close():
                 truth.add(e, fates)
-            if bar is not None and sim.day != day_seen:
-                bar.update(sim.day - day_seen)
-                day_seen = sim.day
-    finally:
-        for e, fates in sink.close():
-            truth.add(e, fates)
-        for s, h in old.items():
-            signal.signal(s, h)
-        if bar is not None:
-            bar.close()
+            if bar is not None:
+                bar.close()
     elapsed = time.perf_counter() - t_wall
-    truth.interrupted = stop["signal"] is not None
+    truth.interrupted = stop.signal is not None
     meta = {"args": {k: (str(v) if isinstance(v, date) else v) for k, v in sorted(vars(args).items())
                      if not k.startswith("_") and k not in ("func",)},
             "sink": sink_url.split("://")[0] if "://" in sink_url else "file"}
@@ -182,7 +176,7 @@ def run(args: argparse.Namespace) -> int:
         print(json.dumps(summary), file=sys.stderr if to_stdout else sys.stdout)
     elif not args.quiet:
         print(format_summary(summary), file=sys.stderr if to_stdout else sys.stdout)
-    return 130 if truth.interrupted and stop["signal"] == signal.SIGINT else 0
+    return 130 if truth.interrupted and stop.signal == signal.SIGINT else 0
 
 
 class _Stop:

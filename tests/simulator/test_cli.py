@@ -89,7 +89,10 @@ def test_sigterm_stops_cleanly_and_the_truth_matches_what_was_sent(tmp_path, h):
         [sys.executable, "-m", "fleetcloak.cli", "simulate", "--tenants", "1", "--vehicles", "3",
          "--days", "3", "--start", h.START, "--faults", "0.1", "--speed", "20000",
          "--sink", f"file:{out}", "--truth", str(truth), "--quiet"], env=env)
-    time.sleep(3.0)
+    deadline = time.monotonic() + 60
+    while time.monotonic() < deadline and not out.exists():
+        time.sleep(0.05)  # the sink exists: the signal handlers are installed
+    time.sleep(1.0)
     proc.send_signal(signal.SIGTERM)
     assert proc.wait(timeout=30) == 0
     t = json.loads(truth.read_text())
