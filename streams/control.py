@@ -224,8 +224,9 @@ async def publish_to(bootstrap: str, topic: str, items, headers=None) -> list:
 class ControlPlane:
     """The three control tables of a worker, read by one TableReader.
 
-    `snapshot()` gives the pipeline factory an immutable view; `subscribe(fn)` calls fn()
-    after any change (the delivery loop uses it to rebuild its pipeline between batches).
+    `snapshot()` gives the pipeline factory an immutable view; `subscribe(fn)` calls
+    fn(role) after any change (the delivery loop uses it to refresh or rebuild its
+    pipeline between batches).
     """
 
     def __init__(self, bootstrap: str, *, policies_topic: str = "fleetcloak.policies",
@@ -233,19 +234,23 @@ class ControlPlane:
         self.policies = CompactedTable(policies_topic, self._changed)
         self.keys = CompactedTable(keys_topic, self._changed)
         self.subjects = CompactedTable(subjects_topic, self._changed)
+        self._roles = {policies_topic: "policies", keys_topic: "keys", subjects_topic: "subjects"}
         self.reader = TableReader(bootstrap, [self.policies, self.keys, self.subjects])
         self.version = 0
-        self._listeners: list[Callable[[], None]] = []
+        self._listeners: list[Callable[[str], None]] = []
 
     def _changed(self, table: CompactedTable, key: bytes, value: bytes | None) -> None:
         self.version += 1
-        # the key is not logged: subject keys name people
-        log.info("control change on %s (%s), version %d", table.topic, "tombstone" if value is None else "update",
-                 self.version)
+        role = self._roles[table.topic]
+        # The key is never logged (subject keys name people). Key entries change each time
+        # a worker mints a subject salt: debug level, not info.
+        log.log(logging.DEBUG if role == "keys" else logging.INFO, "control change on %s (%s), version %d",
+                table.topic, "tombstone" if value is None else "update", self.version)
         for listener in self._listeners:
-            listener()
+            listener(role)
 
-    def subscribe(self, listener: Callable[[], None]) -> None:
+    def subscribe(self, listener: Callable[[str], None]) -> None:
+        """listener(role) after each change; role is "policies", "keys" or "subjects"."""
         self._listeners.append(listener)
 
     def snapshot(self):

@@ -131,7 +131,8 @@ class BatchLoop:
         self._owned: set[TopicPartition] = set()
         self._batch_lock = asyncio.Lock()
         self._stopping = False
-        self._rebuild = True
+        self._rebuild = True                 # build before the first batch
+        self._changed: set[str] = set()      # control roles changed since the last build/refresh
         self._consumer: AIOKafkaConsumer | None = None
         self._producer: AIOKafkaProducer | None = None
         self._partitions: dict[str, list[int]] = {}
@@ -157,8 +158,8 @@ class BatchLoop:
     def stopping(self) -> bool:
         return self._stopping
 
-    def _on_control_change(self) -> None:
-        self._rebuild = True
+    def _on_control_change(self, role: str) -> None:
+        self._changed.add(role)
 
     async def run(self) -> None:
         s = self.settings
@@ -220,8 +221,8 @@ class BatchLoop:
         while not self._stopping:
             if self.control is not None and (err := self.control.failed()) is not None:
                 raise WorkerFailed(f"control-plane reader failed: {err!r}") from err
-            if self._rebuild:
-                await self._build_pipeline()
+            if self._rebuild or self._changed:
+                await self._apply_control_changes()
             batch = await consumer.getmany(timeout_ms=self.settings.poll_timeout_ms,
                                            max_records=self.settings.max_records)
             if not batch:
@@ -231,10 +232,10 @@ class BatchLoop:
                 continue
             if self._stopping:  # fetched but not started: leave it uncommitted
                 break
-            if self._rebuild:
+            if self._rebuild or self._changed:
                 # getmany() waits through a rebalance without a timeout (seconds on Tansu):
                 # a change that arrived meanwhile (an erasure) applies before this batch.
-                await self._build_pipeline()
+                await self._apply_control_changes()
             async with self._batch_lock:
                 await self._handle(batch)
 
@@ -350,8 +351,25 @@ class BatchLoop:
 
     # --- pipeline -------------------------------------------------------------------------
 
+    async def _apply_control_changes(self) -> None:
+        changed, self._changed = frozenset(self._changed), set()
+        refresh = self.pipeline.refresh if self.pipeline is not None and not self._rebuild else None
+        if refresh is not None and changed:
+            snapshot = self.control.snapshot()
+            try:
+                absorbed = refresh(changed, snapshot)
+            except Exception as exc:
+                self.metrics.pipeline_builds.labels("failed").inc()
+                raise PipelineFailed(f"refreshing the pipeline for {sorted(changed)} failed: {exc!r}") from exc
+            if absorbed:
+                self.metrics.pipeline_builds.labels("refreshed").inc()
+                log.debug("pipeline refreshed for %s (control version %d)", sorted(changed), snapshot.version)
+                return
+        await self._build_pipeline()
+
     async def _build_pipeline(self) -> None:
         self._rebuild = False
+        self._changed.clear()
         snapshot = self.control.snapshot() if self.control is not None else ControlSnapshot({}, {}, {}, 0)
         try:
             pipeline = as_pipeline(self.factory(snapshot))

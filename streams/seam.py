@@ -45,8 +45,10 @@ class Message:
     timestamp: int = 0
 
 
-# (topic, key, value, headers). key None -> any partition; headers may be None or [].
-Output = tuple[str, "bytes | None", bytes, "Sequence[tuple[str, bytes]] | None"]
+# (topic, key, value, headers). key None -> any partition; value None -> a tombstone (for
+# compacted topics, e.g. a key write to fleetcloak.keys that rides with the batch);
+# headers a list of (str, bytes), or None.
+Output = tuple[str, "bytes | None", "bytes | None", "Sequence[tuple[str, bytes]] | None"]
 
 
 @dataclass
@@ -101,10 +103,17 @@ class Pipeline:
     `topics` are TopicSpecs (streams/topics.py) the loop creates, if missing, before the
     pipeline sees its first batch: a tenant's topic with its retention window must
     exist before anything is written to it (no broker auto-creation with defaults).
+
+    `refresh(changed, snapshot) -> bool`, if given, is offered every control change
+    first (between batches; `changed` is the set of roles among "policies", "keys",
+    "subjects" that changed since the last refresh or build). Returning True means the
+    pipeline absorbed it (e.g. a keystore syncing a salt another worker minted) and no
+    rebuild is needed; False, or no refresh, means the factory builds a new pipeline.
     """
     process: ProcessFn
     topics: tuple = ()
     description: str = ""
+    refresh: "Callable[[frozenset[str], ControlSnapshot], bool] | None" = None
 
 
 @dataclass(frozen=True)

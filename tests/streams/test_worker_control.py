@@ -18,13 +18,18 @@ def test_policy_change_rebuilds_then_unbuildable_change_stops(broker, new_topic)
     asyncio.run(publish_to(broker, policies, {b"acme": b"v1"}))  # there before the worker starts
 
     async def scenario():
-        built = []
+        built, refreshed = [], []
+
+        def refresh(changed, snapshot):  # absorbs key entries (a keystore sync), rebuilds for the rest
+            refreshed.append((changed, dict(snapshot.keys)))
+            return changed == {"keys"}
 
         def factory(snapshot):
             if snapshot.policies.get(b"acme") == b"broken":
                 raise ValueError("policy cannot be compiled")
             built.append((snapshot.version, dict(snapshot.policies)))
-            return Pipeline(lambda batch: ProcessResult([], Counts(received=len(batch), dropped={("x", ""): len(batch)})))
+            return Pipeline(lambda batch: ProcessResult([], Counts(received=len(batch), dropped={("x", ""): len(batch)})),
+                            refresh=refresh)
 
         control = ControlPlane(broker, policies_topic=policies, keys_topic=keys, subjects_topic=subjects)
         await control.start()
@@ -42,7 +47,7 @@ def test_policy_change_rebuilds_then_unbuildable_change_stops(broker, new_topic)
                 if built[-1][1] == {b"acme": b"v2", b"zeta": b"z1"}:
                     break
                 await asyncio.sleep(0.05)
-            assert built[-1][1] == {b"acme": b"v2", b"zeta": b"z1"}, built
+            assert built[-1][1] == {b"acme": b"v2", b"zeta": b"z1"}, (built, refreshed, task.done() and task.exception())
 
             await publish_to(broker, policies, {b"zeta": None})  # tombstone
             for _ in range(100):
@@ -50,6 +55,15 @@ def test_policy_change_rebuilds_then_unbuildable_change_stops(broker, new_topic)
                     break
                 await asyncio.sleep(0.05)
             assert built[-1][1] == {b"acme": b"v2"}
+
+            n_built = len(built)
+            await publish_to(broker, keys, {b"salt/acme/x": b"wrapped"})
+            for _ in range(100):
+                if refreshed and refreshed[-1][1] == {b"salt/acme/x": b"wrapped"}:
+                    break
+                await asyncio.sleep(0.05)
+            assert refreshed[-1] == ({"keys"}, {b"salt/acme/x": b"wrapped"})
+            assert len(built) == n_built  # absorbed, not rebuilt
 
             await publish_to(broker, policies, {b"acme": b"broken"})
             with pytest.raises(PipelineFailed, match="cannot be compiled"):
