@@ -36,9 +36,9 @@ configurations, so the caches stay small; they are bounded against hostile input
 from __future__ import annotations
 
 import struct
-from operator import index
 
 from .errors import DecodeError, EncodeError
+from .errors import check_int as _check
 from .iodict import IO_DICTIONARY
 from .packets import CODEC_8, CODEC_8E, CODEC_16, AvlRecord
 
@@ -424,16 +424,6 @@ def _decode_8_n16(buf: bytes, p: int, end: int, count: int) -> tuple[AvlRecord, 
 
 _FMB_SIZES = {i: s.size for i, s in IO_DICTIONARY["FMB"].items() if s.size in _VAL_FMT}
 _LIMIT = {1: 1 << 8, 2: 1 << 16, 4: 1 << 32, 8: 1 << 64}
-
-
-def _check(name: str, value: object, lo: int, hi: int) -> int:
-    try:
-        value = index(value)  # ints, and numpy integers from the simulator
-    except TypeError:
-        raise EncodeError(f"{name} must be an integer, got {type(value).__name__}") from None
-    if not lo <= value <= hi:
-        raise EncodeError(f"{name} {value} out of range {lo}..{hi}")
-    return value
 
 
 def _coord(name: str, deg: object) -> int:

@@ -1,6 +1,8 @@
 """The one exception the codecs raise: blame (a reason code) and position (an offset)."""
 from __future__ import annotations
 
+from operator import index
+
 # Reason codes, machine-readable; tools and the dead-letter topic carry them verbatim.
 REASONS = frozenset({
     "crc_mismatch",         # CRC field differs from the CRC of the data field
@@ -42,3 +44,14 @@ class DecodeError(ValueError):
 
 class EncodeError(ValueError):
     """Values that cannot be put on the wire (out of range, too many records, ...)."""
+
+
+def check_int(name: str, value: object, lo: int, hi: int) -> int:
+    """`value` as an int in lo..hi (numpy integers welcome), else EncodeError naming it."""
+    try:
+        value = index(value)
+    except TypeError:
+        raise EncodeError(f"{name} must be an integer, got {type(value).__name__}") from None
+    if not lo <= value <= hi:
+        raise EncodeError(f"{name} {value} out of range {lo}..{hi}")
+    return value

@@ -21,7 +21,7 @@ from __future__ import annotations
 
 import struct
 
-from .errors import DecodeError, EncodeError
+from .errors import DecodeError, EncodeError, check_int
 from .packets import (CODEC_12, CODEC_13, CODEC_14, CODEC_15, MSG_CODEC15, MSG_COMMAND,
                       MSG_NACK, MSG_RESPONSE, GprsMessage)
 
@@ -111,8 +111,9 @@ def decode_messages(buf: bytes, pos: int, end: int, codec: int, count: int,
 
 
 def encode_message(codec: int, m: GprsMessage) -> bytes:
-    if not isinstance(m.type, int) or m.type not in TYPES[codec]:
-        raise EncodeError(f"message type {m.type!r} is not valid for Codec {codec}")
+    typ = check_int("message type", m.type, 0, 0xFF)
+    if typ not in TYPES[codec]:
+        raise EncodeError(f"message type 0x{typ:02X} is not valid for Codec {codec}")
     payload = m.payload
     if not isinstance(payload, (bytes, bytearray, memoryview)):
         raise EncodeError(f"payload must be bytes, got {type(payload).__name__}")
@@ -128,19 +129,18 @@ def encode_message(codec: int, m: GprsMessage) -> bytes:
         width = m.timestamp_width
         if width not in (4, 8) or (width == 8 and codec != CODEC_13):
             raise EncodeError(f"timestamp_width {width!r}: 4, or 8 for lenient Codec 13")
-        if not isinstance(m.timestamp, int) or not 0 <= m.timestamp < (1 << (8 * width)):
-            raise EncodeError(f"timestamp {m.timestamp!r} does not fit {width} unsigned bytes")
-        prefix = (_U32 if width == 4 else _U64).pack(m.timestamp)
+        ts = check_int("timestamp", m.timestamp, 0, (1 << (8 * width)) - 1)
+        prefix = (_U32 if width == 4 else _U64).pack(ts)
     elif m.timestamp_width != 4:
         raise EncodeError("timestamp_width applies to Codec 13 only")
     if has_imei:
         prefix += encode_imei_nibbles(m.imei)
-    if m.type == MSG_NACK and payload:
+    if typ == MSG_NACK and payload:
         raise EncodeError("a Codec 14 nACK carries only the IMEI")
     body = prefix + payload
     if len(body) > 0xFFFFFFFF:
         raise EncodeError("message body too large")
-    return _MSG_HEAD.pack(m.type, len(body)) + body
+    return _MSG_HEAD.pack(typ, len(body)) + body
 
 
 def encode_messages(codec: int, messages) -> bytes:

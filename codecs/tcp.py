@@ -19,7 +19,7 @@ import struct
 
 from . import avl, gprs
 from .crc import crc16
-from .errors import DecodeError, EncodeError
+from .errors import DecodeError, EncodeError, check_int
 from .packets import (AVL_CODECS, GPRS_CODECS, AvlPacket, GprsPacket, ImeiLogin, KeepAlive,
                       TcpAck)
 
@@ -137,9 +137,7 @@ def decode_login_reply(data: bytes) -> bool:
 
 def encode_tcp_ack(count: int) -> bytes:
     """The 4-byte ACK: number of records accepted, big-endian."""
-    if not isinstance(count, int) or not 0 <= count <= 0xFFFFFFFF:
-        raise EncodeError(f"ACK count {count!r} out of range 0..2**32-1")
-    return _U32.pack(count)
+    return _U32.pack(check_int("ACK count", count, 0, 0xFFFFFFFF))
 
 
 def decode_tcp_ack(data: bytes) -> TcpAck:

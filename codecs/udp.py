@@ -21,7 +21,7 @@ from __future__ import annotations
 import struct
 
 from . import avl
-from .errors import DecodeError, EncodeError
+from .errors import DecodeError, EncodeError, check_int
 from .packets import AVL_CODECS, AvlPacket, UdpAck
 from .tcp import check_imei
 
@@ -74,13 +74,10 @@ def encode(packet: AvlPacket) -> bytes:
     imei = packet.imei
     if not isinstance(imei, str) or len(imei) != 15 or not imei.isascii() or not imei.isdigit():
         raise EncodeError(f"a UDP packet needs its IMEI as 15 ASCII digits, got {imei!r}")
-    pid = 0 if packet.packet_id is None else packet.packet_id
-    ptype = 1 if packet.packet_type is None else packet.packet_type
-    apid = 0 if packet.avl_packet_id is None else packet.avl_packet_id
-    for name, v, hi in (("packet_id", pid, 0xFFFF), ("packet_type", ptype, 0xFF),
-                        ("avl_packet_id", apid, 0xFF)):
-        if not isinstance(v, int) or not 0 <= v <= hi:
-            raise EncodeError(f"{name} {v!r} out of range 0..{hi}")
+    pid = check_int("packet_id", 0 if packet.packet_id is None else packet.packet_id, 0, 0xFFFF)
+    ptype = check_int("packet_type", 1 if packet.packet_type is None else packet.packet_type, 0, 0xFF)
+    apid = check_int("avl_packet_id",
+                     0 if packet.avl_packet_id is None else packet.avl_packet_id, 0, 0xFF)
     body = avl.encode_records(packet.codec, packet.records)
     length = 21 + len(body)  # after the length field: 6 header bytes + IMEI + body
     if length > 0xFFFF:
@@ -95,11 +92,9 @@ def udp_ack_for(packet: AvlPacket, accepted: int | None = None) -> UdpAck:
 
 
 def encode_ack(ack: UdpAck) -> bytes:
-    for name, v, hi in (("packet_id", ack.packet_id, 0xFFFF),
-                        ("avl_packet_id", ack.avl_packet_id, 0xFF), ("count", ack.count, 0xFF)):
-        if not isinstance(v, int) or not 0 <= v <= hi:
-            raise EncodeError(f"UDP ACK {name} {v!r} out of range 0..{hi}")
-    return _ACK.pack(5, ack.packet_id, 1, ack.avl_packet_id, ack.count)
+    return _ACK.pack(5, check_int("UDP ACK packet_id", ack.packet_id, 0, 0xFFFF), 1,
+                     check_int("UDP ACK avl_packet_id", ack.avl_packet_id, 0, 0xFF),
+                     check_int("UDP ACK count", ack.count, 0, 0xFF))
 
 
 def encode_udp_ack(packet_id: int, avl_packet_id: int, count: int) -> bytes:
