@@ -91,15 +91,16 @@ def decode(frame: bytes, lenient: bool = False, check_crc: bool = True):
         if field != crc:
             raise DecodeError("crc_mismatch", end, f"CRC field 0x{field:08X}, computed 0x{crc:04X}")
     codec = frame[8]
+    is_avl = codec in _AVL_CODECS
+    if not is_avl and codec not in _GPRS_CODECS:
+        raise DecodeError("unknown_codec", 8, f"codec id 0x{codec:02X}")
     count = frame[9]
     if frame[end - 1] != count:
         raise DecodeError("count_mismatch", end - 1,
                           f"Number of Data 1 is {count}, Number of Data 2 is {frame[end - 1]}")
-    if codec in _AVL_CODECS:
+    if is_avl:
         return AvlPacket(codec, avl.decode_records(frame, 10, end - 1, codec, count, lenient))
-    if codec in _GPRS_CODECS:
-        return GprsPacket(codec, gprs.decode_messages(frame, 10, end - 1, codec, count, lenient))
-    raise DecodeError("unknown_codec", 8, f"codec id 0x{codec:02X}")
+    return GprsPacket(codec, gprs.decode_messages(frame, 10, end - 1, codec, count, lenient))
 
 
 def frame_data(data: bytes) -> bytes:
