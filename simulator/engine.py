@@ -63,14 +63,6 @@ class SimConfig:
         return self.end_ms + YEAR_MS
 
 
-def classify(ts_ms: int, cfg: SimConfig) -> str:
-    if ts_ms < cfg.too_old_before_ms:
-        return "too_old"
-    if ts_ms > cfg.future_after_ms:
-        return "future"
-    return "valid"
-
-
 def timestamp_fates(packet: AvlPacket, cfg: SimConfig) -> dict[str, int]:
     lo, hi = cfg.too_old_before_ms, cfg.future_after_ms
     old = fut = 0

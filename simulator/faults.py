@@ -77,10 +77,6 @@ class FaultRates:
     def as_dict(self) -> dict[str, float]:
         return {k: round(v, 6) for k, v in self.rates}
 
-    def draw(self, rng: np.random.Generator, kinds: tuple[str, ...]) -> str | None:
-        """One of `kinds` with its rate, or None (one uniform draw either way)."""
-        return self.pick(rng.random(), kinds)
-
     def pick(self, u: float, kinds: tuple[str, ...]) -> str | None:
         """The fault a uniform draw `u` selects among `kinds`, or None."""
         for k, upper in self._cumulative[kinds]:

@@ -23,7 +23,7 @@ metres; telemetry.py turns it into AVL records.
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 import numpy as np
 
