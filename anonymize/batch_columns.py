@@ -11,9 +11,10 @@ codecs, so the anonymize tests and the worker can feed it any object of that sha
                               io_ids=transform.io_ids_needed(set(families[rows])))
     result = transform.apply(cols)
 
-Fixed-size identifiers (raw8: iButton, RFID, ...) come as uint64 columns (0 = absent);
-everything else (NX values, multi-part ids) as per-record bytes or None, which the
-canonical forms treat alike (canonical.py).
+Fixed-size values (raw8 identifiers such as iButton and RFID, flags, sensor values) come
+as uint64 columns (0 = absent); identifiers whose canonical form is built from bytes
+(multi-part ids, text) and NX values as per-record bytes or None, which the canonical
+forms treat alike (canonical.py).
 """
 from __future__ import annotations
 
@@ -27,10 +28,17 @@ from .record_id import pack_columns
 from .transform import Columns
 
 _ELEMENT = np.dtype([("id", ">u2"), ("width", "u1"), ("value", ">u8")])
+# A record's fixed fields as the wire holds them (raw coordinates, not floats).
+_FIXED = np.dtype([("ts", ">u8"), ("pri", "u1"), ("lon", ">i4"), ("lat", ">i4"), ("alt", ">i2"),
+                   ("ang", ">u2"), ("sat", "u1"), ("spd", ">u2"), ("evt", ">u2")])
+_FIXED_COLUMNS = (("ts", "timestamp_ms"), ("pri", "priority"), ("lon", "lon_raw"), ("lat", "lat_raw"),
+                  ("alt", "altitude"), ("ang", "angle"), ("sat", "satellites"), ("spd", "speed"),
+                  ("evt", "event_io_id"))
 
 
-def _raw8_ids(families: Iterable[str]) -> set[int]:
-    return {g.ids[0] for f in families for g in identifier_groups(f) if g.canonical == "raw8"}
+def _bytes_ids(families: Iterable[str]) -> set[int]:
+    """Ids of identifiers whose canonical form is built from bytes (multi-part, NX, text)."""
+    return {i for f in families for g in identifier_groups(f) if g.canonical != "raw8" for i in g.ids}
 
 
 def columns_from_batch(batch, imei, *, family="FMB", io_ids: Iterable[int] = (), content: bool = True) -> Columns:
@@ -38,10 +46,14 @@ def columns_from_batch(batch, imei, *, family="FMB", io_ids: Iterable[int] = (),
     through frame_index), `family`: one for all rows or one per row, `io_ids`: the IO
     columns the transforms read (`ProcessorTransform.io_ids_needed`)."""
     fams = {family} if isinstance(family, str) else set(np.asarray(family).tolist())
-    raw8 = _raw8_ids(fams)
+    as_bytes = _bytes_ids(fams)
+    ids = np.asarray(batch.io_id)
+    nx = np.asarray(batch.io_width) == 0
+    as_bytes |= set(np.unique(ids[nx]).tolist()) if nx.any() else set()
     io: dict[int, np.ndarray] = {}
-    for io_id in sorted(set(io_ids) | {PRIVATE_MODE_IO}):
-        if io_id in raw8 or io_id == PRIVATE_MODE_IO:
+    present = set(np.unique(ids).tolist())  # an absent id is an absent column
+    for io_id in sorted((set(io_ids) | {PRIVATE_MODE_IO}) & present):
+        if io_id not in as_bytes:  # fixed-size numbers (raw8 identifiers, flags, sensors)
             io[io_id] = batch.io_column(io_id, 0)
         else:
             col = np.empty(len(batch), dtype=object)
@@ -64,7 +76,7 @@ def record_contents(batch) -> list[bytes]:
     packet and batch it arrives in (NX values are taken by content, not by their offset
     in the batch's nx_data)."""
     n = len(batch)
-    base = pack_columns(
+    base = _fixed_bytes(batch) if hasattr(batch, "lat_raw") else pack_columns(
         batch.timestamp_ms, batch.lat, batch.lon, priority=batch.priority, altitude=batch.altitude,
         angle=batch.angle, satellites=batch.satellites, speed=batch.speed, event_io_id=batch.event_io_id,
     )
@@ -91,3 +103,13 @@ def record_contents(batch) -> list[bytes]:
         for r, s, ln in zip(rows, starts, lens):
             out[r] += data[s:s + ln]
     return out
+
+
+def _fixed_bytes(batch) -> list[bytes]:
+    """Per record, its fixed fields packed as on the wire: one numpy pass, one slice each."""
+    n = len(batch)
+    rows = np.empty(n, dtype=_FIXED)
+    for field, column in _FIXED_COLUMNS:
+        rows[field] = getattr(batch, column)
+    buf, size = rows.tobytes(), _FIXED.itemsize
+    return [buf[i:i + size] for i in range(0, n * size, size)]

@@ -31,6 +31,7 @@ from dataclasses import dataclass, field
 import numpy as np
 import orjson
 
+from fleetcloak.anonymize.batch_columns import columns_from_batch
 from fleetcloak.codecs import DecodeError, decode_batch
 from fleetcloak.codecs.crc import crc16
 from fleetcloak.codecs.iodict import CELL_IDS, identifier_groups
@@ -131,37 +132,6 @@ def _deadletter(m: RawMessage, reason: str, detail: str, offset: int) -> tuple:
         ("source", f"{m.topic}/{m.partition}/{m.offset}".encode()),
     ]
     return (DEADLETTER, m.key, m.value if m.value is not None else b"", headers)
-
-
-_FIXED = np.dtype([("ts", ">u8"), ("pri", "u1"), ("lon", ">i4"), ("lat", ">i4"), ("alt", ">i2"),
-                   ("ang", ">u2"), ("sat", "u1"), ("spd", ">u2"), ("evt", ">u2"), ("gen", ">i2")])
-_ELEMENT = np.dtype([("id", ">u2"), ("w", "u1"), ("v", ">u8")])
-
-
-def record_content(batch) -> list[bytes]:
-    """One byte string per record that determines the record: its fixed fields and its IO
-    elements in wire order (NX bytes appended). A device's retransmission of a record
-    gives the same bytes; any changed field gives others. Vectorised except the final
-    per-record slice."""
-    n = len(batch)
-    fixed = np.empty(n, dtype=_FIXED)
-    for name, col in (("ts", "timestamp_ms"), ("pri", "priority"), ("lon", "lon_raw"), ("lat", "lat_raw"),
-                      ("alt", "altitude"), ("ang", "angle"), ("sat", "satellites"), ("spd", "speed"),
-                      ("evt", "event_io_id"), ("gen", "generation_type")):
-        fixed[name] = getattr(batch, col)
-    el = np.empty(len(batch.io_id), dtype=_ELEMENT)
-    el["id"], el["w"], el["v"] = batch.io_id, batch.io_width, batch.io_value
-    fb = fixed.tobytes()
-    eb = el.tobytes()
-    fs, es = _FIXED.itemsize, _ELEMENT.itemsize
-    offs = (batch.io_offsets * es).tolist()
-    out = [fb[i * fs:(i + 1) * fs] + eb[offs[i]:offs[i + 1]] for i in range(n)]
-    nx = np.flatnonzero(batch.io_width == 0)
-    if len(nx):  # NX: the offset in io_value says where, not what: add the bytes
-        rec = batch.io_record[nx].tolist()
-        for r, start, ln in zip(rec, batch.io_value[nx].tolist(), batch.io_nx_len[nx].tolist()):
-            out[r] += batch.nx_data[start:start + ln]
-    return out
 
 
 def output_io(batch, rows: np.ndarray, proc) -> list[dict[str, object]]:
@@ -326,7 +296,10 @@ class TelemetryPipeline:
                 if not len(rows):
                     return
         sub = batch.select(rows)
-        cols = self._columns(sub, rec_imei[rows], rec_family[rows], route.io_ids)
+        fams = rec_family[rows]
+        one = set(fams.tolist())
+        cols = columns_from_batch(sub, rec_imei[rows], family=one.pop() if len(one) == 1 else fams,
+                                  io_ids=route.io_ids)
         proc = route.processor.apply(cols)
         # duplicate gate: the processor's record_id is deterministic per record
         fresh = self.duplicates.fresh(proc.record_id.tolist())
@@ -363,34 +336,6 @@ class TelemetryPipeline:
         if crecs:
             counts.copies[("controller", t)] += len(crecs)
             outputs.extend((ANALYTICS, rec["device"].encode(), _dumps(rec), None) for rec in crecs)
-
-    @staticmethod
-    def _columns(sub, imeis, families, io_ids):
-        from fleetcloak.anonymize import Columns
-
-        io = {}
-        has_nx = sub.io_width == 0
-        nx_ids = set(sub.io_id[has_nx].tolist()) if has_nx.any() else set()
-        present = set(np.unique(sub.io_id).tolist())
-        for i in io_ids:
-            if i not in present:
-                continue
-            if i in nx_ids:
-                arr = np.empty(len(sub), dtype=object)
-                arr[:] = sub.io_bytes(i)
-                io[i] = arr
-            else:
-                io[i] = sub.io_column(i)
-        fam = families
-        uniq = set(fam.tolist())
-        return Columns(
-            imei=imeis, timestamp_ms=sub.timestamp_ms.astype(np.int64),
-            lat=sub.lat, lon=sub.lon, altitude=sub.altitude, angle=sub.angle,
-            speed=sub.speed, satellites=sub.satellites, priority=sub.priority,
-            event_io_id=sub.event_io_id, io=io,
-            family=uniq.pop() if len(uniq) == 1 else fam,
-            content=record_content(sub),
-        )
 
 
 def _imei_of(key: bytes | None) -> str | None:
