@@ -4,7 +4,8 @@
 
 Measured in the same run, medians of --runs:
   simulate -> file   the whole `fleetcloak simulate` path (fleet, trips, telemetry,
-                     packetiser, faults, merge, file sink writing JSON lines), in-process
+                     packetiser, faults, merge, file sink writing JSON lines, the
+                     truth's counting), in-process
   encode alone       fleetcloak.codecs.encode of exactly the packets that run produced:
                      the baseline every simulator run pays and cannot go below
   model only         trips + telemetry (the simulator's own generation, no packets)
@@ -25,6 +26,7 @@ from fleetcloak.codecs import encode
 from fleetcloak.simulator.engine import SimConfig, Simulation
 from fleetcloak.simulator.faults import FaultRates
 from fleetcloak.simulator.sinks.file import FileSink
+from fleetcloak.simulator.truth import Truth
 
 START_S = 1772409600  # 2026-03-02, a Monday
 
@@ -32,11 +34,13 @@ START_S = 1772409600  # 2026-03-02, a Monday
 def one_run(args, path: str):
     cfg = SimConfig(args.seed, args.tenants, args.vehicles, args.days, START_S, FaultRates.build(args.faults))
     c0, w0 = time.process_time(), time.perf_counter()
-    sim = Simulation(cfg, keep_packets=False)  # as the CLI runs it
+    sim = Simulation(cfg, keep_packets=False)  # as the CLI runs it, truth bookkeeping included
+    truth = Truth(sim.fleet, cfg)
     sink = FileSink(path)
     n = n_msg = 0
     for em in sim.emissions():
-        sink.send(em)
+        for e, fates in sink.send(em):
+            truth.add(e, fates)
         n += em.n_records
         n_msg += 1
     sink.close()
