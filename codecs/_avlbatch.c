@@ -168,12 +168,15 @@ static int parse_frame_core(const uint8_t *f, size_t n, size_t cap, int check_cr
         if (field != crc)
             FAIL("crc_mismatch", 8 + (size_t)L, "CRC field 0x%08X, computed 0x%04X", field, crc);
     }
+    uint8_t codec = f[8];
+    const int is_avl = codec == 0x08 || codec == 0x8E || codec == 0x10;
+    if (!is_avl && !(codec >= 0x0C && codec <= 0x0F))
+        FAIL("unknown_codec", 8, "codec id 0x%02X", codec);
     if (f[9] != f[8 + L - 1])
         FAIL("count_mismatch", 8 + (size_t)L - 1, "Number of Data 1 is %u, Number of Data 2 is %u",
              f[9], f[8 + L - 1]);
-    uint8_t codec = f[8];
-    if (codec != 0x08 && codec != 0x8E && codec != 0x10)
-        FAIL("unknown_codec", 8, "codec id 0x%02X is not an AVL codec (8, 8E, 16)", codec);
+    if (!is_avl)   /* a GPRS message (Codec 12-15): decode() takes it, a batch of AVL does not */
+        FAIL("unknown_codec", 8, "codec id 0x%02X is a GPRS codec, not AVL (8, 8E, 16)", codec);
     *codec_out = codec;
     unsigned n1 = f[9];
     /* Records live in [10, end): end is the position of Number of Data 2. */
@@ -486,7 +489,14 @@ static PyObject *set_decode_error(PyObject *self, PyObject *cls) {
 }
 
 static PyObject *raise_decode_error(const Err *e) {
-    PyObject *cls = DecodeErrorCls ? DecodeErrorCls : PyExc_ValueError;
+    if (!DecodeErrorCls) {
+        /* not registered yet (batch.py registers it; the per-frame decoder may call
+         * parse_frame without importing batch.py and numpy): import it here */
+        PyObject *m = PyImport_ImportModule("fleetcloak.codecs.errors");
+        if (m) { DecodeErrorCls = PyObject_GetAttrString(m, "DecodeError"); Py_DECREF(m); }
+        if (!DecodeErrorCls) return NULL;
+    }
+    PyObject *cls = DecodeErrorCls;
     PyObject *r = reason_obj(e->reason);
     if (!r) return NULL;
     PyObject *exc = PyObject_CallFunction(cls, "Nns", r, e->offset, e->detail);
