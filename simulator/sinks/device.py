@@ -80,7 +80,10 @@ class DeviceSink:
     def _send_tcp(self, em: Emission) -> dict[str, int]:
         n = em.n_records
         if em.copy == "corrupt":
-            s = self._tcp_conn(em.imei)
+            try:
+                s = self._tcp_conn(em.imei)
+            except OSError:
+                return {"undelivered": n}
             if s is None:
                 return {"rejected": n}
             try:
@@ -131,7 +134,10 @@ class DeviceSink:
             pass
         s.settimeout(self.timeout)
         if em.copy == "corrupt":
-            s.send(em.frame)
+            try:
+                s.send(em.frame)
+            except OSError:
+                return {"undelivered": n}
             return {"corrupt": n}
         want = em.avl_packet_id or 0
         unacked = 0

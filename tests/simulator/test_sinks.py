@@ -166,7 +166,7 @@ def test_device_sink_without_a_server_counts_undelivered(tmp_path):
     s.bind(("127.0.0.1", 0))
     port = s.getsockname()[1]
     s.close()  # nothing listens there now
-    truth = _run(tmp_path, f"tcp://127.0.0.1:{port}", "--vehicles", "2", faults="0")
+    truth = _run(tmp_path, f"tcp://127.0.0.1:{port}", "--vehicles", "2", faults="0.2")
     assert truth["totals"]["undelivered"] > 0 and truth["totals"]["valid"] == 0
 
 
