@@ -229,6 +229,11 @@ def _record_error(p: int, t: tuple, ids: tuple, io: dict, shape: _Shape, codec: 
     return None
 
 
+def _no_room(p: int, end: int, count: int, codec: int) -> DecodeError:
+    return DecodeError("truncated", end, f"{count} records need at least "
+                       f"{count * MIN_RECORD[codec]} bytes, the data field holds {end - p}")
+
+
 def _bad_length(p: int, end: int, count: int) -> DecodeError:
     return DecodeError("bad_length", p, f"{count} records end at offset {p}, but the data "
                        f"field has {end - p} more bytes before Number of Data 2")
@@ -240,9 +245,6 @@ def decode_records(buf: bytes, pos: int, end: int, codec: int, count: int,
 
     Offsets in errors are positions in `buf`. `end` is the position of Number of Data 2.
     """
-    if count * MIN_RECORD[codec] > end - pos:
-        raise DecodeError("truncated", end, f"{count} records need at least "
-                          f"{count * MIN_RECORD[codec]} bytes, the data field holds {end - pos}")
     if codec == CODEC_8:
         try:
             return _decode_8(buf, pos, end, count, lenient)
@@ -259,6 +261,8 @@ def decode_records(buf: bytes, pos: int, end: int, codec: int, count: int,
 
 
 def _decode_8(buf: bytes, p: int, end: int, count: int, lenient: bool) -> tuple[AvlRecord, ...]:
+    if count * 30 > end - p:  # cap the count by the bytes there are
+        raise _no_room(p, end, count, CODEC_8)
     cache = _SHAPES[CODEC_8]
     out = []
     append = out.append
@@ -294,6 +298,8 @@ def _decode_8(buf: bytes, p: int, end: int, count: int, lenient: bool) -> tuple[
 
 
 def _decode_16(buf: bytes, p: int, end: int, count: int, lenient: bool) -> tuple[AvlRecord, ...]:
+    if count * 32 > end - p:  # cap the count by the bytes there are
+        raise _no_room(p, end, count, CODEC_16)
     cache = _SHAPES[CODEC_16]
     out = []
     append = out.append
@@ -329,6 +335,8 @@ def _decode_16(buf: bytes, p: int, end: int, count: int, lenient: bool) -> tuple
 
 
 def _decode_8e(buf: bytes, p: int, end: int, count: int, lenient: bool) -> tuple[AvlRecord, ...]:
+    if count * 38 > end - p:  # cap the count by the bytes there are
+        raise _no_room(p, end, count, CODEC_8E)
     cache = _SHAPES[CODEC_8E]
     nx_head = _NX_HEAD.unpack_from
     out = []
@@ -380,6 +388,9 @@ def _decode_8e(buf: bytes, p: int, end: int, count: int, lenient: bool) -> tuple
         raise _bad_length(p, end, count)
     return tuple(out)
 
+
+# Strict decoders by codec, for callers that dispatch themselves (tcp.py, udp.py).
+STRICT = {CODEC_8: _decode_8, CODEC_8E: _decode_8e, CODEC_16: _decode_16}
 
 _GPS = struct.Struct(">" + _GPS_FMT + "BB")  # + event u8, N total u8
 

@@ -32,6 +32,7 @@ KEEPALIVE = KeepAlive()
 KEEPALIVE_BYTE = b"\xff"
 _AVL_CODECS = AVL_CODECS
 _GPRS_CODECS = GPRS_CODECS
+_AVL_STRICT = avl.STRICT
 
 
 def check_imei(raw: bytes, pos: int) -> str:
@@ -99,7 +100,9 @@ def decode(frame: bytes, lenient: bool = False, check_crc: bool = True):
         raise DecodeError("count_mismatch", end - 1,
                           f"Number of Data 1 is {count}, Number of Data 2 is {frame[end - 1]}")
     if is_avl:
-        return AvlPacket(codec, avl.decode_records(frame, 10, end - 1, codec, count, lenient))
+        if lenient:
+            return AvlPacket(codec, avl.decode_records(frame, 10, end - 1, codec, count, True))
+        return AvlPacket(codec, _AVL_STRICT[codec](frame, 10, end - 1, count, False))
     return GprsPacket(codec, gprs.decode_messages(frame, 10, end - 1, codec, count, lenient))
 
 
