@@ -110,6 +110,11 @@ class Truth:
                     "garage": d.garage} for d in fl.drivers]
         counts = {imei: {f: c.get(f, 0) for f in FATES + DEVICE_FATES if f in c or f in FATES}
                   for imei, c in sorted(self.counts.items())}
+        owner = {fl.vehicles[vi].imei: t.id for t in fl.tenants for vi in t.vehicles}
+        by_tenant: dict[str, Counter] = {t.id: Counter({f: 0 for f in FATES}) for t in fl.tenants}
+        by_tenant[""] = Counter({f: 0 for f in FATES})
+        for imei, c in self.counts.items():
+            by_tenant[owner.get(imei, "")].update(c)
         out = {
             "format": FORMAT,
             "seed": cfg.seed,
@@ -132,6 +137,7 @@ class Truth:
             "drivers": drivers,
             "unknown_devices": list(fl.unknown_imeis),
             "counts": counts,
+            "counts_by_tenant": {t: dict(c) for t, c in by_tenant.items()},
             "messages": {imei: dict(sorted(c.items())) for imei, c in sorted(self.messages.items())},
             "faults": {"rates": cfg.faults.as_dict(), "messages": dict(sorted(self.faults.items()))},
             "totals": {k: self.totals.get(k, 0) for k in ("messages", "corrupt_messages", "records", "bytes",

@@ -116,3 +116,15 @@ def test_the_worker_batch_decoder_sees_the_same_fates(faulty_run):
             want_bad.add(i)
     assert {i for i, _ in batch.errors} == want_bad and want_bad
     assert len(batch) == want_records
+
+
+def test_counts_by_tenant_add_up(faulty_run):
+    truth = faulty_run["truth"]
+    owner = {d["imei"]: t["id"] for t in truth["tenants"] for d in t["devices"]}
+    want: dict = {}
+    for imei, c in truth["counts"].items():
+        acc = want.setdefault(owner.get(imei, ""), Counter())
+        acc.update(c)
+    got = {t: Counter({k: v for k, v in c.items() if v}) for t, c in truth["counts_by_tenant"].items()}
+    assert got == {t: Counter({k: v for k, v in c.items() if v}) for t, c in want.items()}
+    assert got[""]["unknown_device"] == truth["totals"]["unknown_device"] > 0
