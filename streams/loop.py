@@ -40,6 +40,17 @@ from fleetcloak.streams.topics import RAW
 log = logging.getLogger(__name__)
 
 
+def _blame(exc: BaseException) -> str:
+    """Type and innermost frame of a pipeline exception, never its message: a message
+    written by pipeline code may quote the record it choked on (an IMEI), and log lines
+    must not carry raw identifiers."""
+    import traceback
+
+    frames = traceback.extract_tb(exc.__traceback__)
+    where = f" at {frames[-1].filename.rsplit('/', 2)[-1]}:{frames[-1].lineno} in {frames[-1].name}" if frames else ""
+    return f"{type(exc).__name__}{where}"
+
+
 class WorkerFailed(RuntimeError):
     """The loop stopped without committing the batch in hand."""
 
@@ -269,7 +280,7 @@ class BatchLoop:
         try:
             result = self.pipeline.process(messages)
         except Exception as exc:
-            raise PipelineFailed(f"process() raised on a batch of {len(messages)} messages: {exc!r}") from exc
+            raise PipelineFailed(f"process() raised {_blame(exc)} on a batch of {len(messages)} messages") from exc
         await self._deliver(result.outputs)
         self.consumed += len(messages)
         self.produced += len(result.outputs)
@@ -360,7 +371,7 @@ class BatchLoop:
                 absorbed = refresh(changed, snapshot)
             except Exception as exc:
                 self.metrics.pipeline_builds.labels("failed").inc()
-                raise PipelineFailed(f"refreshing the pipeline for {sorted(changed)} failed: {exc!r}") from exc
+                raise PipelineFailed(f"refreshing the pipeline for {sorted(changed)} raised {_blame(exc)}") from exc
             if absorbed:
                 self.metrics.pipeline_builds.labels("refreshed").inc()
                 log.debug("pipeline refreshed for %s (control version %d)", sorted(changed), snapshot.version)
@@ -377,7 +388,7 @@ class BatchLoop:
             # Fail closed: a control change we cannot apply (an erasure, a policy) must not
             # leave the worker processing under the old rules.
             self.metrics.pipeline_builds.labels("failed").inc()
-            raise PipelineFailed(f"building the pipeline from control version {snapshot.version} failed: {exc!r}") from exc
+            raise PipelineFailed(f"building the pipeline from control version {snapshot.version} raised {_blame(exc)}") from exc
         if self.settings.create_topics and pipeline.topics:
             await self._ensure_topics(list(pipeline.topics))
         self._partitions.clear()
