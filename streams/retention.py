@@ -409,23 +409,124 @@ class DropAuditor:
     calls `await flush(audit)` periodically (e.g. every 60 s) and at shutdown.
     """
 
-    def __init__(self, clock: Callable[[], int] | None = None) -> None:
+    def __init__(self, clock: Callable[[], int] | None = None,
+                 rules: Iterable[str] | None = ("too_old", "future", "subject_blocked")) -> None:
         from collections import Counter
 
+        self.rules = None if rules is None else frozenset(rules)  # None: every drop rule
         self._clock = clock or (lambda: int(time.time() * 1000))
         self._pending: Counter = Counter()
         self._since = self._clock()
 
     def add(self, dropped: Mapping[tuple[str, str], int]) -> None:
-        self._pending.update({k: v for k, v in dropped.items() if v})
+        self._pending.update({k: v for k, v in dropped.items()
+                              if v and (self.rules is None or k[0] in self.rules)})
 
     async def flush(self, audit) -> int:
-        """Append the pending counts (returns the number of events written)."""
+        """Append the pending counts (returns the number of events written). Counts whose
+        event could not be appended stay pending for the next flush."""
         pending, self._pending = self._pending, type(self._pending)()
         since, self._since = self._since, self._clock()
         n = 0
-        for (rule, tenant), count in sorted(pending.items()):
-            await audit.append("retention.drop", tenant=tenant or None,
-                               details={"rule": rule, "records": int(count), "from_ms": since, "to_ms": self._since})
-            n += 1
+        items = sorted(pending.items())
+        try:
+            for (rule, tenant), count in items:
+                await audit.append("retention.drop" if rule in ("too_old", "future") else "subject.drop",
+                                   tenant=tenant or None,
+                                   details={"rule": rule, "records": int(count), "from_ms": since, "to_ms": self._since})
+                n += 1
+        except BaseException:
+            self._pending.update(dict(items[n:]))
+            self._since = since
+            raise
         return n
+
+
+async def startup_guard(bootstrap: str, topics: Iterable[str] | None = None, *, max_days: int = MAX_DAYS) -> list[Finding]:
+    """What a worker runs before its first batch: every fleetcloak topic (or `topics`)
+    within the cap, with each tenant's window from the policies topic; raises
+    RetentionViolation (the worker must exit non-zero and say so) otherwise."""
+    from aiokafka.admin import AIOKafkaAdminClient
+
+    windows, service_days = await read_windows(bootstrap)
+    admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap)
+    await admin.start()
+    try:
+        names = list(topics) if topics is not None else [t for t in await admin.list_topics() if classify(t)]
+        return await assert_retention_ok(admin, names, windows=windows, max_days=max_days, analytics_days=service_days)
+    finally:
+        await admin.close()
+
+
+class RetentionDuties:
+    """The retention work a running worker owes, as one task to start beside its loop:
+
+        duties = RetentionDuties(bootstrap, master)       # the worker's MasterKey
+        task = asyncio.create_task(duties.run())
+        ... after each delivered batch: duties.drops.add(result.counts.dropped)
+        ... at shutdown: duties.stop(); await task        (flushes the last drop counts)
+
+    Every `audit_every_s` it audits the ingest gate's drops (one event per rule and
+    tenant); every `housekeeping_every_s` (and once at start) it runs `housekeeping`:
+    shred expired key epochs, delete resurrected salts, expire subject entries. It uses
+    its own view of the keys topic (so the pipeline's key table only ever sees the
+    tombstones arrive through the control plane) and appends as operator
+    "service:<name>". Several workers running it at once is harmless: destroying an
+    epoch twice and tombstoning twice change nothing (each worker audits what it did).
+    A failed round is logged and retried at the next interval; it never stops the worker.
+    """
+
+    def __init__(self, bootstrap: str, master, *, name: str = "worker", housekeeping_every_s: float = 3600.0,
+                 audit_every_s: float = 60.0) -> None:
+        self.bootstrap = bootstrap
+        self.master = master
+        self.name = name
+        self.housekeeping_every_s = housekeeping_every_s
+        self.audit_every_s = audit_every_s
+        self.drops = DropAuditor()
+        self.rounds = 0
+        self.last_result: dict | None = None
+        self._stop = None
+
+    def stop(self) -> None:
+        if self._stop is not None:
+            self._stop.set()
+
+    async def housekeeping_round(self, audit) -> dict:
+        from fleetcloak.streams.rights import ensure_control_topics, open_keys
+
+        await ensure_control_topics(self.bootstrap)
+        keys = await open_keys(self.bootstrap, master=self.master, topic_only=True)
+        self.last_result = await housekeeping(self.bootstrap, keys, audit=audit)
+        self.rounds += 1
+        return self.last_result
+
+    async def run(self) -> None:
+        import asyncio
+
+        from fleetcloak.streams.audit import AuditLog
+
+        self._stop = asyncio.Event()
+        audit = AuditLog(self.bootstrap, operator=f"service:{self.name}", operator_source="service")
+        await audit.start()
+        next_house = 0.0
+        try:
+            while not self._stop.is_set():
+                now = time.monotonic()
+                if now >= next_house:
+                    try:
+                        await self.housekeeping_round(audit)
+                    except Exception as exc:
+                        log.error("retention housekeeping failed (retried in %.0fs): %r", self.housekeeping_every_s, exc)
+                    next_house = now + self.housekeeping_every_s
+                try:
+                    await self.drops.flush(audit)
+                except Exception as exc:
+                    log.error("auditing dropped records failed (counts kept for the next flush): %r", exc)
+                try:
+                    await asyncio.wait_for(self._stop.wait(), timeout=min(self.audit_every_s, self.housekeeping_every_s))
+                except asyncio.TimeoutError:
+                    pass
+            await self.drops.flush(audit)
+        finally:
+            await audit.stop()

@@ -502,17 +502,19 @@ class Keys:
         return []  # a FileKeyStore writes through
 
 
-async def open_keys(bootstrap: str, *, keystore_file: str | None = None, master_key_file: str | None = None) -> Keys:
-    """The master key (production mode: refuse without one) and the shared keystore:
-    a FileKeyStore when a file is named (--keystore or $FLEETCLOAK_KEYSTORE), else the
-    `fleetcloak.keys` topic."""
+async def open_keys(bootstrap: str, *, keystore_file: str | None = None, master_key_file: str | None = None,
+                    master=None, topic_only: bool = False) -> Keys:
+    """The master key (given, or loaded in production mode: refuse without one) and the
+    shared keystore: a FileKeyStore when a file is named (--keystore or
+    $FLEETCLOAK_KEYSTORE), else the `fleetcloak.keys` topic."""
     import os
 
     from fleetcloak.anonymize.keys import Keyring
     from fleetcloak.anonymize.keystore import FileKeyStore, load_master_key
 
-    master = load_master_key("production", key_file=master_key_file)
-    path = keystore_file or os.environ.get("FLEETCLOAK_KEYSTORE")
+    if master is None:
+        master = load_master_key("production", key_file=master_key_file)
+    path = None if topic_only else (keystore_file or os.environ.get("FLEETCLOAK_KEYSTORE"))
     store = FileKeyStore(path) if path else await TopicKeyStore.load(bootstrap)
     return Keys(Keyring(store, master, create=False), store)
 

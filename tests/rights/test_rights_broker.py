@@ -317,3 +317,51 @@ def test_retention_expire_shreds_old_epochs_and_expires_subject_entries(broker, 
     events = [json.loads(line) for line in capsys.readouterr().out.splitlines()]
     assert {e["details"]["epoch"] for e in events if e["action"] == "key.destroy"} == {ep for _, ep in gone}
     assert any(e["action"] == "subject.expire" and e["subject"] == "subj_old" for e in events)
+
+
+def test_worker_duties_shred_audit_drops_and_the_startup_guard(broker, env, capsys):
+    import time
+
+    from fleetcloak.anonymize.epochs import epoch_id
+    from fleetcloak.anonymize.keys import EpochDestroyed, Keyring
+    from fleetcloak.anonymize.keystore import load_master_key
+    from fleetcloak.streams.retention import RetentionDuties, RetentionViolation, startup_guard
+    from fleetcloak.streams.rights import TopicKeyStore
+    from fleetcloak.streams.topicio import acreate_topic
+
+    t = "rights-duty"
+    publish_policy(broker, t, [imei(60)], retention_days=30)
+    now = int(time.time() * 1000)
+    store = asyncio.run(TopicKeyStore.load(broker))
+    keyring = Keyring(store, load_master_key(), create=True)
+    keyring.ensure_epochs(t, "monthly", now - 100 * 86_400_000, ahead=0)
+    old = epoch_id(now - 100 * 86_400_000)
+    asyncio.run(store.flush(broker))
+
+    async def go():
+        duties = RetentionDuties(broker, load_master_key(), audit_every_s=0.05)
+        task = asyncio.create_task(duties.run())
+        duties.drops.add({("too_old", t): 7, ("duplicate", t): 3, ("subject_blocked", t): 2})
+        for _ in range(200):
+            if duties.rounds:
+                break
+            await asyncio.sleep(0.05)
+        duties.stop()
+        await asyncio.wait_for(task, 30)
+        # the guard: a tenant topic over the tenant's 30-day window stops a worker
+        await acreate_topic(broker, f"tenant.{t}.telemetry", 1, {"retention.ms": str(90 * 86_400_000)})
+        with pytest.raises(RetentionViolation, match="30 days"):
+            await startup_guard(broker, [f"tenant.{t}.telemetry"])
+        return duties
+
+    duties = asyncio.run(go())
+    assert any(d["epoch"] == old for d in duties.last_result["key_epochs_destroyed"])
+    with pytest.raises(EpochDestroyed):
+        fresh_keyring(broker).root(t, old)
+    capsys.readouterr()
+    assert cli(["audit", "show", "--broker", broker, "--json", "--tenant", t]) == 0
+    events = [json.loads(line) for line in capsys.readouterr().out.splitlines()]
+    drops = {(e["action"], e["details"]["rule"]): e["details"]["records"] for e in events if e["action"].endswith(".drop")}
+    assert drops == {("retention.drop", "too_old"): 7, ("subject.drop", "subject_blocked"): 2}
+    assert all(e["operator"] == "service:worker" and e["operator_source"] == "service"
+               for e in events if e["action"].endswith(".drop") or e["action"] == "key.destroy")
