@@ -184,8 +184,13 @@ class Simulation:
             em.copy = "resend"
             return [bad, em]
         if pfault == "duplicate":
+            # A copy's too-old / future records keep those fates (a property of the
+            # record, and what a retention gate sees first); only its valid ones are
+            # duplicates.
+            fates = dict(em.fates)
+            fates["duplicate"] = fates.pop("valid", 0)
             dup = Emission(em.received_at + F.resend_delay_ms(frng), em.order + ("d",), em.imei,
-                           em.transport, em.frame, em.packet, {"duplicate": n},
+                           em.transport, em.frame, em.packet, fates,
                            ",".join(tags + ("duplicate",)), "duplicate", em.device, n, em.avl_packet_id)
             return [em, dup]
         if pfault == "out_of_order":

@@ -3,13 +3,14 @@
 Fates (per record copy; every record copy that was delivered has exactly one):
   corrupt         inside a message that fleetcloak.codecs.decode rejects
   unknown_device  in a decodable message whose IMEI belongs to no tenant
-  duplicate       a decodable copy of a record (same IMEI, identical record) that was
-                  already delivered earlier in the stream
-  too_old         first decodable copy, timestamp < reference.too_old_before_ms
-                  (= start - 365 days; generated ones are >= 400 days before start)
-  future          first decodable copy, timestamp > reference.future_after_ms
-                  (= end + 365 days; generated ones are >= 366 days after the end)
-  valid           every other first decodable copy: must reach its tenant's topic
+  too_old         timestamp < reference.too_old_before_ms (= start - 365 days; the
+                  generated ones are >= 400 days before start), every copy
+  future          timestamp > reference.future_after_ms (= end + 365 days; the generated
+                  ones are >= 366 days after the end), every copy
+  duplicate       a decodable copy of an otherwise valid record (same IMEI, identical
+                  record) that was already delivered earlier in the stream
+  valid           every other record copy: the first decodable copy of a record with a
+                  timestamp inside the window; it must reach its tenant's topic
 Precedence is the order above. Device sinks (tcp://, udp://) add, for what the device
 cannot know:
   unacked         a copy sent in an attempt that got no (or a short) ACK: the server

@@ -39,13 +39,13 @@ def classify(h, lines: list[dict], truth: dict) -> dict[str, Counter]:
             counts[imei]["unknown_device"] += n
             continue
         for r in pkt.records:
-            k = h.record_key(imei, r)
-            if k in seen:
-                counts[imei]["duplicate"] += 1
-                continue
-            seen.add(k)
             t = r.timestamp_ms
-            counts[imei]["too_old" if t < lo else "future" if t > hi else "valid"] += 1
+            if t < lo or t > hi:
+                counts[imei]["too_old" if t < lo else "future"] += 1
+                continue
+            k = h.record_key(imei, r)
+            counts[imei]["duplicate" if k in seen else "valid"] += 1
+            seen.add(k)
     assert not any(pending.values()), "every corrupt message is followed by the resend it caused"
     return counts
 
