@@ -17,6 +17,7 @@ SUBCOMMANDS: dict[str, tuple[str, str]] = {
     "simulate": ("fleetcloak.simulator.cli", "simulate a fleet's Teltonika traffic into a sink, with ground truth"),
     "broker": ("fleetcloak.streams.cmd_broker", "run the embedded Kafka-compatible broker (Tansu) until stopped"),
     "topics": ("fleetcloak.streams.cmd_topics", "create or describe the fleetcloak topics with their settings"),
+    "demo": ("fleetcloak.streams.cmd_demo", "run the whole product once: broker, simulated fleet, policies, worker, summary"),
     "worker": ("fleetcloak.streams.cmd_worker", "run the stream worker (batched, at-least-once)"),
     "audit": ("fleetcloak.streams.cli_audit", "verify or show the hash-chained audit trail"),
     "retention": ("fleetcloak.streams.cli_retention", "audit topic retention against the cap, --fix it"),

@@ -30,6 +30,7 @@ def add_arguments(p) -> None:
     p.add_argument("--raw-partitions", type=int, default=4, help="partitions of telematics.raw if the worker creates it")
     p.add_argument("--until-drained", action="store_true",
                    help="exit 0 once every assigned partition is processed up to its high-watermark (demo, batch runs)")
+    p.add_argument("--summary-json", metavar="FILE", help="write the run's accounting to FILE as JSON at exit")
     p.add_argument("--no-control-plane", action="store_true", help="do not read the control topics (benches only)")
     p.add_argument("-l", "--loglevel", default="info", choices=["debug", "info", "warning", "error"],
                    help="log level (explicit: Faust's default is DEBUG behind a spinner)")
@@ -66,5 +67,6 @@ def run(args) -> int:
                           heartbeat_interval_ms=max(args.session_timeout_ms // 5, 500)),
         web_port=args.metrics_port, web_host=args.metrics_host,
         control_plane=not args.no_control_plane, raw_partitions=args.raw_partitions, notice=notice,
+        summary_path=args.summary_json,
     )
     return run_worker(settings, factory, loglevel=args.loglevel)

@@ -80,7 +80,7 @@ def test_worker_end_to_end_matches_the_truth(fleet):
     w = fleet.worker("--until-drained")
     assert w.wait(180) == 0, fleet.log()[-3000:]
     log = fleet.log()
-    assert "balanced" in log and "NOT balanced" not in log
+    assert "balanced" in log and "IMBALANCED" not in log
     expected = _valid_per_tenant(fleet.truth)
     got = fleet.tenant_records()
     for tenant, n in expected.items():
