@@ -105,6 +105,7 @@ def run(args) -> int:
         totals = json.loads(summary_path.read_text())
         out = _summary(bootstrap, totals, json.loads((work / "truth.json").read_text()))
         out["audit"] = cli("audit", "verify", "--broker", bootstrap).strip().splitlines()[-1:]
+        out["broker"] = bootstrap
         if args.json:
             print(json.dumps(out, indent=2, sort_keys=True))
         else:
