@@ -16,9 +16,8 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from fleetcloak.codecs import REASONS, AvlPacket, AvlRecord, DecodeError, decode, encode
+from fleetcloak.codecs import REASONS, AvlPacket, AvlRecord, DecodeError, _avlbatch, decode, encode
 from fleetcloak.codecs.batch import AvlBatch, decode_avl_frame, decode_batch
-from fleetcloak.codecs import _avlbatch
 from fleetcloak.codecs.crc import crc16, crc16_py
 
 VECTORS = json.loads((Path(__file__).resolve().parents[1] / "vectors" / "teltonika_public.json")
@@ -34,11 +33,6 @@ def tcp_frame(data: bytes, crc: int | None = None) -> bytes:
     """Preamble + length + data field + CRC (the CRC of the data unless given)."""
     return struct.pack(">II", 0, len(data)) + data + struct.pack(
         ">I", crc16(data) if crc is None else crc)
-
-
-def reframe(frame: bytes, data: bytes) -> bytes:
-    """`frame` with its data field replaced (length and CRC recomputed)."""
-    return tcp_frame(data)
 
 
 def data_of(frame: bytes) -> bytes:
@@ -173,7 +167,7 @@ LOGIN = bytes.fromhex(VECTORS[0]["hex"])
 def _patch(frame: bytes, pos: int, value: bytes, fix_crc: bool = True) -> bytes:
     """Overwrite bytes at `pos` (a frame offset); recompute the CRC unless told not to."""
     f = frame[:pos] + value + frame[pos + len(value):]
-    return reframe(f, data_of(f)) if fix_crc else f
+    return tcp_frame(data_of(f)) if fix_crc else f
 
 
 BAD = [  # (frame, reason, offset)
@@ -235,7 +229,7 @@ def test_duplicate_detection_resets_after_a_failed_record():
     good = C8E
     rec_end = len(good) - 5                       # Number of Data 2 position
     bad = good[:rec_end - 2] + b"\x00\x01\x00\x07\x00\x09" + good[rec_end:]   # NX count 1, len 9
-    bad = reframe(bad, data_of(bad))
+    bad = tcp_frame(data_of(bad))
     b = decode_batch([bad, good, good])
     assert [e.reason for _, e in b.errors] == ["truncated"]
     assert b.frame_ok.tolist() == [False, True, True]
