@@ -97,14 +97,18 @@ class SubjectKeyer:
 
     `secret_for(tenant) -> bytes | Secret` supplies the tenant's non-rotating subjects
     secret. The cache is a dict per (tenant, kind), cleared when it holds `cache_size`
-    entries (a device fleet repeats the same ids batch after batch).
+    entries (a device fleet repeats the same ids batch after batch) and at least once a
+    day (`max_age_s`): it maps raw ids to keys, so it must not outlive a window either.
     """
 
-    def __init__(self, secret_for: Callable[[str], object], cache_size: int = 200_000) -> None:
+    def __init__(self, secret_for: Callable[[str], object], cache_size: int = 200_000,
+                 max_age_s: float = 86_400.0) -> None:
         self._secret_for = secret_for
         self._secrets: dict[str, bytes] = {}
         self._cache: dict[tuple[str, str], dict] = {}
         self.cache_size = cache_size
+        self.max_age_s = max_age_s
+        self._born = time.monotonic()
 
     def _secret(self, tenant: str) -> bytes:
         s = self._secrets.get(tenant)
@@ -115,6 +119,10 @@ class SubjectKeyer:
         return s
 
     def key(self, tenant: str, kind: str, raw: str | bytes | int) -> str:
+        if time.monotonic() - self._born > self.max_age_s:
+            self._cache.clear()
+            self._secrets.clear()  # re-read: an offboarded tenant's secret is gone
+            self._born = time.monotonic()
         cache = self._cache.get((tenant, kind))
         if cache is None:
             cache = self._cache[(tenant, kind)] = {}
