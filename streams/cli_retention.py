@@ -15,18 +15,21 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
+import os
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
     sub = p.add_subparsers(dest="retention_command", metavar="{audit,expire}", required=True)
     a = sub.add_parser("audit", help="list topic retention, flag violations, --fix them")
-    a.add_argument("--broker", required=True, help="bootstrap HOST:PORT")
+    a.add_argument("--broker", default=os.environ.get("FLEETCLOAK_BROKER"), required="FLEETCLOAK_BROKER" not in os.environ,
+                   help="bootstrap HOST:PORT (env FLEETCLOAK_BROKER)")
     a.add_argument("--fix", action="store_true", help="correct violations (IncrementalAlterConfigs), audited")
     a.add_argument("--max-days", type=int, default=365, help="the cap for telemetry topics (<= 365)")
     a.add_argument("--operator", help="who runs this (else $FLEETCLOAK_OPERATOR, else the OS user)")
     a.add_argument("--json", action="store_true", help="print JSON")
     e = sub.add_parser("expire", help="destroy expired key epochs, expire subject entries (audited)")
-    e.add_argument("--broker", required=True, help="bootstrap HOST:PORT")
+    e.add_argument("--broker", default=os.environ.get("FLEETCLOAK_BROKER"), required="FLEETCLOAK_BROKER" not in os.environ,
+                   help="bootstrap HOST:PORT (env FLEETCLOAK_BROKER)")
     e.add_argument("--operator", help="who runs this (else $FLEETCLOAK_OPERATOR, else the OS user)")
     e.add_argument("--keystore", metavar="FILE", help="a file keystore (default: the fleetcloak.keys topic)")
     e.add_argument("--master-key-file", metavar="FILE", help="else $FLEETCLOAK_MASTER_KEY_FILE / $FLEETCLOAK_MASTER_KEY")

@@ -21,13 +21,15 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
+import os
 import sys
 
 ACTIONS = ("erase", "restrict", "object", "lift", "export")
 
 
 def add_common(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--broker", required=True, help="bootstrap HOST:PORT")
+    p.add_argument("--broker", default=os.environ.get("FLEETCLOAK_BROKER"), required="FLEETCLOAK_BROKER" not in os.environ,
+                   help="bootstrap HOST:PORT (env FLEETCLOAK_BROKER)")
     p.add_argument("--operator", help="who asks (else $FLEETCLOAK_OPERATOR, else the OS user); recorded in the audit trail")
     p.add_argument("--keystore", metavar="FILE", help="a file keystore (default: the fleetcloak.keys topic)")
     p.add_argument("--master-key-file", metavar="FILE", help="else $FLEETCLOAK_MASTER_KEY_FILE / $FLEETCLOAK_MASTER_KEY")
