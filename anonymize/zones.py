@@ -4,7 +4,10 @@
 it (boundary included: a point on the edge counts as inside) or -1. Cheap path first:
 a numpy bounding-box test per zone picks the few candidate points, and only those go
 to shapely 2's `intersects_xy` on a prepared geometry. With many zones
-(> `tree_threshold`) an STRtree over the zones answers the candidates instead.
+(> `tree_threshold`) the (point, zone) bounding-box pairs are found in one numpy pass
+and each zone tests only its own candidates (an STRtree is still built, `self.tree`,
+for callers that query it; querying it per batch meant a shapely Point per candidate,
+which cost more than the tests).
 """
 from __future__ import annotations
 
@@ -60,17 +63,34 @@ class ZoneIndex:
         if cand.size == 0:
             return out
         cx, cy = lon[cand], lat[cand]
-        if self.use_tree:
-            pidx, zidx = self.tree.query(shapely.points(cx, cy), predicate="intersects")
-            # the first zone (lowest index) wins, as on the small path
-            order = np.lexsort((zidx, pidx))
-            pidx, zidx = pidx[order], zidx[order]
-            first = np.ones(pidx.shape[0], dtype=bool)
-            first[1:] = pidx[1:] != pidx[:-1]
-            out[cand[pidx[first]]] = zidx[first]
-            return out
         found = np.full(cand.shape[0], -1, dtype=np.int32)
         b = self.bounds
+        if self.use_tree:
+            # Many zones: (point, zone) pairs whose bounding boxes match, in one numpy pass
+            # per chunk, then one exact test per zone on its few candidates (no shapely
+            # Point objects: building them cost more than the test itself).
+            nz = len(self.geoms)
+            step = max(1, 1_000_000 // nz)
+            pts, zs = [], []
+            for s in range(0, cand.shape[0], step):
+                x, y = cx[s:s + step, None], cy[s:s + step, None]
+                pi, zi = np.nonzero((x >= b[:, 0]) & (x <= b[:, 2]) & (y >= b[:, 1]) & (y <= b[:, 3]))
+                pts.append(pi + s)
+                zs.append(zi)
+            pi, zi = np.concatenate(pts), np.concatenate(zs)
+            if pi.size == 0:
+                return out
+            order = np.argsort(zi, kind="stable")
+            pi, zi = pi[order], zi[order]
+            bounds = np.flatnonzero(np.diff(zi)) + 1
+            # reverse: lower zone indexes overwrite (the first zone wins)
+            for seg in reversed(np.split(np.arange(pi.size), bounds)):
+                z = int(zi[seg[0]])
+                p = pi[seg]
+                hit = shapely.intersects_xy(self.geoms[z], cx[p], cy[p])
+                found[p[hit]] = z
+            out[cand] = found
+            return out
         for z in range(len(self.geoms) - 1, -1, -1):  # reverse: lower indexes overwrite
             m = (cx >= b[z, 0]) & (cx <= b[z, 2]) & (cy >= b[z, 1]) & (cy <= b[z, 3])
             if not m.any():
