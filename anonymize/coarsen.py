@@ -74,7 +74,9 @@ def haversine_m(lat1, lon1, lat2, lon2) -> np.ndarray:
 # --- H3 ----------------------------------------------------------------------------
 def h3_cells(lat: np.ndarray, lon: np.ndarray, resolution: int) -> np.ndarray:
     """H3 cell per point as uint64 (0 where lat/lon is NaN), one h3 call per distinct point."""
-    import h3.api.numpy_int as h3i
+    from itertools import repeat
+
+    from h3 import _cy  # the compiled call the h3.api wrappers make (they add a Python frame per point)
 
     lat = np.asarray(lat, dtype=np.float64)
     lon = np.asarray(lon, dtype=np.float64)
@@ -85,8 +87,7 @@ def h3_cells(lat: np.ndarray, lon: np.ndarray, resolution: int) -> np.ndarray:
     # distinct points via one complex-number sort (much cheaper than unique(axis=0))
     pts = lat[ok] + 1j * lon[ok]
     uniq, inv = np.unique(pts, return_inverse=True)
-    f = h3i.latlng_to_cell
-    cells = np.fromiter((f(a, b, resolution) for a, b in zip(uniq.real.tolist(), uniq.imag.tolist())),
+    cells = np.fromiter(map(_cy.latlng_to_cell, uniq.real.tolist(), uniq.imag.tolist(), repeat(int(resolution))),
                         dtype=np.uint64, count=uniq.shape[0])
     out[ok] = cells[inv.reshape(-1)]
     return out
@@ -102,7 +103,7 @@ def h3_centres(cells: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     ok = cells != 0
     if ok.any():
         uniq, inv = np.unique(cells[ok], return_inverse=True)
-        centres = np.array([h3i.cell_to_latlng(int(c)) for c in uniq.tolist()], dtype=np.float64)
+        centres = np.array(list(map(h3i.cell_to_latlng, uniq.tolist())), dtype=np.float64)
         lat[ok] = centres[inv, 0]
         lon[ok] = centres[inv, 1]
     return lat, lon
@@ -111,9 +112,10 @@ def h3_centres(cells: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
 def h3_strings(cells: np.ndarray) -> np.ndarray:
     """H3 cells as their usual 15-hex-digit strings (None for 0)."""
     cells = np.asarray(cells, dtype=np.uint64)
-    out = np.empty(cells.shape[0], dtype=object)
-    out[:] = [format(int(c), "x") if c else None for c in cells.tolist()]
-    return out
+    uniq, inv = np.unique(cells, return_inverse=True)  # one string per distinct cell
+    labels = np.empty(uniq.shape[0], dtype=object)
+    labels[:] = [format(c, "x") if c else None for c in uniq.tolist()]
+    return labels[inv.reshape(-1)]
 
 
 # --- time, speed, heading, altitude ---------------------------------------------------

@@ -241,8 +241,9 @@ class Pseudonymizer:
 
 def _unique_objects(arr: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """np.unique for hashable objects (None allowed), by a dict: O(n), no sorting."""
-    index: dict = {}
-    inv = np.fromiter((index.setdefault(v, len(index)) for v in arr.tolist()), dtype=np.intp, count=arr.shape[0])
+    vals = arr.tolist()
+    index = {v: i for i, v in enumerate(dict.fromkeys(vals))}  # first-seen order
+    inv = np.fromiter(map(index.__getitem__, vals), dtype=np.intp, count=len(vals))
     uniq = np.empty(len(index), dtype=object)
     uniq[:] = list(index)
     return uniq, inv
