@@ -219,6 +219,9 @@ class ProcessorResult:
     strip_io: np.ndarray
     io_filter: object
     io_multipart: dict[int, tuple[int, ...]] = field(default_factory=dict)
+    # for the controller route of the same records (ControllerTransform.apply hints):
+    private_raw: np.ndarray | None = None   # private_mask of each record
+    zone: np.ndarray | None = None           # zone index of each raw position (-1: none)
 
     def __len__(self) -> int:
         return len(self.timestamp_ms)
@@ -256,37 +259,78 @@ class ProcessorResult:
                     out[key] = v
         return out
 
-    def records(self, raw_io: Sequence[Mapping[int, object]] | None = None) -> list[dict]:
-        """JSON-ready dicts (the processor output contract), one per record."""
+    def records(self, raw_io: Sequence[Mapping[int, object]] | None = None, *,
+                rows: np.ndarray | None = None, io: Sequence[dict] | None = None) -> list[dict]:
+        """JSON-ready dicts (the processor output contract), one per record.
+
+        rows: only these records (indexes), in this order. io: their finished IO dicts
+        (one per chosen record, added under "io"), instead of raw_io."""
+        def pick(col):
+            return col if rows is None else np.asarray(col)[rows]
+
+        n = len(self) if rows is None else len(rows)
         cols = {
-            "record_id": self.record_id.tolist(),
-            "tenant": [self.tenant] * len(self),
-            "device": self.device.tolist(),
-            "driver": self.driver.tolist(),
-            "timestamp_ms": np.asarray(self.timestamp_ms).tolist(),
-            "lat": _nullable(self.lat, float),
-            "lon": _nullable(self.lon, float),
+            "record_id": pick(self.record_id).tolist(),
+            "tenant": [self.tenant] * n,
+            "device": pick(self.device).tolist(),
+            "driver": pick(self.driver).tolist(),
+            "timestamp_ms": np.asarray(pick(self.timestamp_ms)).tolist(),
+            "lat": _nullable(pick(self.lat), float),
+            "lon": _nullable(pick(self.lon), float),
         }
         for name in ("altitude", "angle", "speed", "satellites"):
             col = getattr(self, name)
             if col is not None:
-                cols[name] = _nullable(col, int)
-        cols["private"] = self.private.tolist()
-        cols["location_suppressed"] = self.location_suppressed.tolist()
-        names = list(cols)
-        out = [dict(zip(names, row)) for row in zip(*cols.values())]
-        if raw_io is not None:
-            for i, (rec, io) in enumerate(zip(out, raw_io)):
-                rec["io"] = self.record_io(i, io)
+                cols[name] = _nullable(pick(col), int)
+        cols["private"] = pick(self.private).tolist()
+        cols["location_suppressed"] = pick(self.location_suppressed).tolist()
+        if io is not None:
+            cols["io"] = list(io)
+        out = dicts_from_columns(list(cols), list(cols.values()))
+        if raw_io is not None and io is None:
+            idx = range(len(self)) if rows is None else np.asarray(rows).tolist()
+            for i, rec, rio in zip(idx, out, raw_io):
+                rec["io"] = self.record_io(i, rio)
         return out
 
 
 def _nullable(col: np.ndarray, typ) -> list:
+    """A float column as a list of Python numbers (int or float), None for NaN; numpy
+    does the conversion, Python only touches the NaN rows."""
     arr = np.asarray(col, dtype=np.float64)
-    vals = arr.tolist()
+    nan = np.isnan(arr)
     if typ is int:
-        return [None if v != v else int(v) for v in vals]
-    return [None if v != v else v for v in vals]
+        vals = arr.astype(np.int64) if not nan.any() else np.where(nan, 0, arr).astype(np.int64)
+    else:
+        vals = arr
+    if not nan.any():
+        return vals.tolist()
+    out = vals.astype(object)
+    out[nan] = None
+    return out.tolist()
+
+
+_MAKERS: dict[tuple[str, ...], object] = {}
+
+
+def dicts_from_columns(names: Sequence[str], cols: Sequence[list]) -> list[dict]:
+    """One dict per row from equal-length column lists, keys in `names` order (what
+    `dict(zip(names, row))` gives, built by a dict display compiled once per name
+    tuple: about half the per-row cost)."""
+    names = tuple(names)
+    if not all(type(n) is str for n in names):
+        raise TypeError("field names are str")
+    if not names:
+        return [{} for _ in range(len(cols[0]) if cols else 0)]
+    make = _MAKERS.get(names)
+    if make is None:
+        vs = [f"v{i}" for i in range(len(names))]
+        body = ", ".join(f"{n!r}: {v}" for n, v in zip(names, vs))
+        src = f"def make(cols):\n    return [{{{body}}} for {', '.join(vs)}, in zip(*cols)]\n"
+        ns: dict = {}
+        exec(compile(src, "<dicts_from_columns>", "exec"), ns)  # names are field names, repr-quoted
+        make = _MAKERS[names] = ns["make"]
+    return make(cols)
 
 
 class ProcessorTransform:
@@ -324,6 +368,11 @@ class ProcessorTransform:
 
     def locate(self, cols: Columns) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         """(lat, lon, location_suppressed) before private mode."""
+        return self._locate(cols)[:3]
+
+    def _locate(self, cols: Columns):
+        """locate() and, 4th, the zone of each raw position (-1: none; None: not looked
+        up), which the controller route of the same records can reuse."""
         n = len(cols)
         lat = np.asarray(cols.lat, dtype=np.float64)
         lon = np.asarray(cols.lon, dtype=np.float64)
@@ -331,8 +380,9 @@ class ProcessorTransform:
         prec = self.proc.location.precision
         if prec == "none":
             why[:] = BY_POLICY
-            return np.full(n, np.nan), np.full(n, np.nan), why
+            return np.full(n, np.nan), np.full(n, np.nan), why, None
         zone = self.zones.locate(lat, lon) if len(self.zones) else None
+        raw_zone = zone
         if prec == "grid":
             lat, lon = snap_to_grid(lat, lon, self.proc.location.grid_m)
             if zone is not None:  # the emitted cell centre must not lie in a zone either
@@ -346,13 +396,13 @@ class ProcessorTransform:
                 lat[hit] = self.zones.replace_lat[zone[hit]]
                 lon[hit] = self.zones.replace_lon[zone[hit]]
                 why[hit] = PRIVACY_ZONE
-        return lat, lon, why
+        return lat, lon, why, (raw_zone if raw_zone is not None else np.full(n, -1, dtype=np.int32))
 
     def apply(self, cols: Columns) -> ProcessorResult:
         n = len(cols)
         ts = np.asarray(cols.timestamp_ms, dtype=np.int64)
         private = private_mask(ts, cols.io.get(PRIVATE_MODE_IO), self.proc.private_mode, self.policy.zoneinfo)
-        lat, lon, why = self.locate(cols)
+        lat, lon, why, raw_zone = self._locate(cols)
         any_private = bool(private.any())
         if any_private and "position" in self.strip:
             lat[private] = np.nan
@@ -384,6 +434,8 @@ class ProcessorTransform:
             strip_io=strip_io,
             io_filter=self.proc.io,
             io_multipart=ident.multipart,
+            private_raw=private,
+            zone=raw_zone,
             **fields,
         )
 
@@ -484,8 +536,7 @@ class ControllerResult:
         }
         for name, col in self.fields.items():
             cols[name] = _nullable(np.asarray(col, dtype=np.float64)[idx], int)
-        names = list(cols)
-        return [dict(zip(names, row)) for row in zip(*cols.values())]
+        return dicts_from_columns(list(cols), list(cols.values()))
 
 
 class ControllerTransform:
@@ -525,7 +576,11 @@ class ControllerTransform:
         clat, clon = h3_centres(cells)
         return cells.astype(np.int64), h3_strings(cells), clat, clon
 
-    def apply(self, cols: Columns) -> ControllerResult:
+    def apply(self, cols: Columns, *, private: np.ndarray | None = None,
+              zone: np.ndarray | None = None) -> ControllerResult:
+        """private, zone: what the tenant's ProcessorTransform already computed for the
+        same records (ProcessorResult.private_raw / .zone, rows aligned with `cols`), so
+        they are not computed twice; omitted, they are computed here."""
         n = len(cols)
         ts = np.asarray(cols.timestamp_ms, dtype=np.int64)
         keep = np.ones(n, dtype=bool)
@@ -535,7 +590,8 @@ class ControllerTransform:
             drops["analytics_refused"] = n
             return ControllerResult(self.tenant.tenant, np.zeros(n, bool), drops, empty, empty, None, ts,
                                     np.full(n, np.nan), np.full(n, np.nan), empty, empty, {})
-        private = private_mask(ts, cols.io.get(PRIVATE_MODE_IO), self.tenant.processor.private_mode, self.tenant.zoneinfo)
+        if private is None:
+            private = private_mask(ts, cols.io.get(PRIVATE_MODE_IO), self.tenant.processor.private_mode, self.tenant.zoneinfo)
         if private.any():
             keep &= ~private
             drops["private_mode"] = int(private.sum())
@@ -555,7 +611,11 @@ class ControllerTransform:
         why = np.full(n, None, dtype=object)
         nopos = np.isnan(clat)
         if len(self.zones):
-            inz = (self.zones.locate(lat, lon) >= 0) | (self.zones.locate(clat, clon) >= 0)
+            raw = zone if zone is not None else self.zones.locate(lat, lon)
+            # cell centres: one lookup per distinct cell
+            ukeys, uidx, uinv = np.unique(cell_key, return_index=True, return_inverse=True)
+            centre_in = self.zones.locate(clat[uidx], clon[uidx])[uinv.reshape(-1)] >= 0
+            inz = (raw >= 0) | centre_in
             why[inz] = PRIVACY_ZONE
             nopos |= inz
         bucket_ms = self.service.time_bucket_s * 1000

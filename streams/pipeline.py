@@ -27,6 +27,7 @@ import time
 from collections import Counter
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
+from itertools import repeat
 
 import numpy as np
 import orjson
@@ -70,13 +71,19 @@ class DuplicateWindow:
     def fresh(self, record_ids: Sequence[str]) -> np.ndarray:
         """True for ids not seen before (nor earlier in this call); remembers them all."""
         seen = self._seen
-        out = np.empty(len(record_ids), dtype=bool)
-        for i, rid in enumerate(record_ids):
-            if rid in seen:
-                out[i] = False
-            else:
-                seen[rid] = None
-                out[i] = True
+        ids = list(record_ids)
+        batch = dict.fromkeys(ids)
+        if len(batch) == len(ids):  # no repeat inside the call: membership in one C pass
+            out = ~np.fromiter(map(seen.__contains__, ids), dtype=bool, count=len(ids))
+            seen.update(batch)  # an id already held keeps its place (as before: not re-added)
+        else:
+            out = np.empty(len(ids), dtype=bool)
+            for i, rid in enumerate(ids):
+                if rid in seen:
+                    out[i] = False
+                else:
+                    seen[rid] = None
+                    out[i] = True
         over = len(seen) - self.capacity
         if over > 0:
             for rid in list(_take_first(seen, over)):
@@ -138,46 +145,63 @@ def output_io(batch, rows: np.ndarray, proc) -> list[dict[str, object]]:
     """Per chosen row, the IO dict of its processor record: the tenant's IO filter,
     cell ids stripped where private mode says, identifiers replaced by their pseudonyms
     (anonymize's io_replace: OMIT drops, KEEP keeps), NX values as lowercase hex.
-    Decided per distinct id and per element with numpy; one dict per record at the end."""
+    Decided per distinct id and per element with numpy; Python touches only the
+    replaced and NX elements, then builds one dict per record from list slices."""
     from fleetcloak.anonymize import KEEP, OMIT
 
     offs = batch.io_offsets
     starts, ends = offs[rows], offs[rows + 1]
     counts = ends - starts
     el = np.repeat(starts - np.concatenate(([0], np.cumsum(counts)[:-1])), counts) + np.arange(int(counts.sum()))
-    owner = np.repeat(rows, counts)                  # record row of each element
-    local = np.repeat(np.arange(len(rows)), counts)  # its position among `rows`
     ids = batch.io_id[el]
-    uniq = np.unique(ids)
-    passing = np.array([proc.io_keep(int(i)) for i in uniq.tolist()], dtype=bool)
-    keep = passing[np.searchsorted(uniq, ids)]
-    strip = proc.strip_io[owner]
+    uniq, inv = np.unique(ids, return_inverse=True)
+    inv = inv.reshape(-1)
+    ulist = uniq.tolist()
+    keep = np.array([proc.io_keep(i) for i in ulist], dtype=bool)[inv]
+    local = None
+    strip = proc.strip_io[rows]
     if strip.any():
-        keep &= ~(strip & np.isin(ids, np.fromiter(CELL_IDS, dtype=np.int64)))
-    ids_l = ids.tolist()
-    vals = batch.io_value[el].tolist()
-    nx = np.flatnonzero(batch.io_width[el] == 0)
-    if len(nx):
-        lens = batch.io_nx_len[el[nx]].tolist()
-        for j, ln in zip(nx.tolist(), lens):
-            vals[j] = batch.nx_data[vals[j]:vals[j] + ln].hex()
-    keep_l = keep.tolist()
+        local = np.repeat(np.arange(len(rows)), counts)  # its position among `rows`
+        keep &= ~(strip[local] & np.isin(ids, np.fromiter(CELL_IDS, dtype=np.int64)))
+    # identifier replacements: (element, value) for the replaced ones, OMIT unkept
+    replaced: list[tuple[np.ndarray, list]] = []
     for io_id, col in proc.io_replace.items():
         hit = np.flatnonzero((ids == io_id) & keep)
-        for j, r in zip(hit.tolist(), owner[hit].tolist()):
-            rep = col[r]
-            if rep is OMIT:
-                keep_l[j] = False
-            elif rep is not KEEP:
-                vals[j] = rep.hex() if isinstance(rep, (bytes, bytearray)) else rep
-    keys = [str(i) for i in ids_l]
-    out = []
-    pos = 0
-    for c in counts.tolist():
-        end = pos + c
-        out.append({keys[j]: vals[j] for j in range(pos, end) if keep_l[j]})
-        pos = end
-    return out
+        if not hit.size:
+            continue
+        if local is None:
+            local = np.repeat(np.arange(len(rows)), counts)
+        reps = np.asarray(col, dtype=object)[rows[local[hit]]].tolist()
+        omit = [r is OMIT for r in reps]
+        if any(omit):
+            keep[hit[np.flatnonzero(omit)]] = False
+        sel = [j for j, r in enumerate(reps) if r is not OMIT and r is not KEEP]
+        if sel:
+            vals = [reps[j] for j in sel]
+            replaced.append((hit[sel], [v.hex() if isinstance(v, (bytes, bytearray)) else v for v in vals]))
+    kel = np.flatnonzero(keep)
+    all_kept = kel.size == ids.size
+    kept_el = el if all_kept else el[kel]
+    vals = batch.io_value[kept_el].tolist()
+    pos = None if all_kept else np.cumsum(keep) - 1  # element -> its index among the kept
+    nx = np.flatnonzero(batch.io_width[kept_el] == 0)
+    if len(nx):
+        data = batch.nx_data
+        lens = batch.io_nx_len[kept_el[nx]].tolist()
+        for j, ln in zip(nx.tolist(), lens):
+            vals[j] = data[vals[j]:vals[j] + ln].hex()
+    for hit, reps in replaced:
+        at = hit if pos is None else pos[hit]
+        for j, v in zip(at.tolist(), reps):
+            vals[j] = v
+    names = np.array([str(i) for i in ulist], dtype=object)
+    keys = (names[inv] if all_kept else names[inv[kel]]).tolist()
+    if all_kept:
+        bounds = np.concatenate(([0], np.cumsum(counts))).tolist()
+    else:
+        owner_kept = np.repeat(np.arange(len(rows)), counts)[kel]
+        bounds = np.concatenate(([0], np.cumsum(np.bincount(owner_kept, minlength=len(rows))))).tolist()
+    return [dict(zip(keys[a:b], vals[a:b])) for a, b in zip(bounds[:-1], bounds[1:])]
 
 
 def _dumps(obj) -> bytes:
@@ -309,33 +333,70 @@ class TelemetryPipeline:
         keep = np.flatnonzero(fresh)
         if not len(keep):
             return
-        records = _subset_records(proc, keep, output_io(sub, keep, proc))
+        records = proc.records(rows=None if len(keep) == len(proc) else keep, io=output_io(sub, keep, proc))
         counts.forwarded[("processor", t)] += len(records)
-        frame_of = sub.frame_index[keep].tolist()
+        values = dump_records(records)
+        topic = route.topic
         if route.per_packet:
-            by_frame: dict[int, list] = {}
-            for f, rec in zip(frame_of, records):
-                by_frame.setdefault(f, []).append(rec)
-            for recs in by_frame.values():
-                outputs.append((route.topic, recs[0]["device"].encode(), _dumps({"records": recs}), None))
+            frame_of = sub.frame_index[keep]
+            heads = np.flatnonzero(np.concatenate(([True], frame_of[1:] != frame_of[:-1])))
+            if len(np.unique(frame_of)) == len(heads):  # a packet's records are adjacent (decode order)
+                bounds = heads.tolist() + [len(values)]
+                devs = [records[a]["device"] for a in heads.tolist()]
+                packed = [b'{"records":[' + b",".join(values[a:b]) + b"]}" for a, b in zip(bounds[:-1], bounds[1:])]
+            else:
+                by_frame: dict[int, list] = {}
+                for f, v, rec in zip(frame_of.tolist(), values, records):
+                    by_frame.setdefault(f, [rec["device"]]).append(v)
+                devs = [g[0] for g in by_frame.values()]
+                packed = [b'{"records":[' + b",".join(g[1:]) + b"]}" for g in by_frame.values()]
+            outputs.extend(zip(repeat(topic), _keys(devs), packed, repeat(None)))
         else:
-            topic = route.topic
-            outputs.extend((topic, rec["device"].encode(), _dumps(rec), None) for rec in records)
+            outputs.extend(zip(repeat(topic), _keys(proc.device[keep].tolist()), values, repeat(None)))
         # controller route: fresh records the subjects allow
         cmask = fresh & allow_ctrl
         if not cmask.any():
             self.skipped[("objected", t)] += int(fresh.sum())
             return
-        ccols = cols if cmask.all() else _select_columns(cols, np.flatnonzero(cmask))
-        if not cmask.all():
+        hints = {"private": proc.private_raw, "zone": proc.zone}
+        if cmask.all():
+            ccols = cols
+        else:
+            idx = np.flatnonzero(cmask)
+            ccols = _select_columns(cols, idx)
+            hints = {k: (None if v is None else v[idx]) for k, v in hints.items()}
             self.skipped[("objected", t)] += int((fresh & ~allow_ctrl).sum())
-        ctrl = route.controller.apply(ccols)
+        ctrl = route.controller.apply(ccols, **hints)
         for rule, n in ctrl.drops.items():
             self.skipped[(rule, t)] += n
         crecs = ctrl.records()
         if crecs:
             counts.copies[("controller", t)] += len(crecs)
-            outputs.extend((ANALYTICS, rec["device"].encode(), _dumps(rec), None) for rec in crecs)
+            outputs.extend(zip(repeat(ANALYTICS), _keys([r["device"] for r in crecs]), dump_records(crecs), repeat(None)))
+
+
+def _keys(devices: list[str]) -> list[bytes]:
+    """Message keys: each distinct device pseudonym encoded once."""
+    enc = {d: d.encode() for d in dict.fromkeys(devices)}
+    return list(map(enc.__getitem__, devices))
+
+
+def dump_records(records: list[dict]) -> list[bytes]:
+    """orjson bytes of each record dict, exactly `orjson.dumps(rec)` per record, from one
+    orjson call over the list: the list's text is cut before each `,{"r`. Every record
+    starts with its "record_id" key, and inside JSON strings a quote is escaped, so `,{"r`
+    can only be the start of the next record."""
+    if not records:
+        return []
+    buf = orjson.dumps(records, option=orjson.OPT_SERIALIZE_NUMPY)
+    a = np.frombuffer(buf, dtype=np.uint8)
+    commas = np.flatnonzero(a[:-4] == 0x2C)  # ','
+    cuts = commas[(a[commas + 1] == 0x7B) & (a[commas + 2] == 0x22) & (a[commas + 3] == 0x72)]  # '{"r'
+    if len(cuts) != len(records) - 1 or not buf.startswith(b'[{"record_id":'):
+        return [_dumps(rec) for rec in records]  # not the shape this relies on
+    starts = [1, *(cuts + 1).tolist()]
+    ends = [*cuts.tolist(), len(buf) - 1]
+    return [buf[a:b] for a, b in zip(starts, ends)]
 
 
 def _imei_of(key: bytes | None) -> str | None:
@@ -358,16 +419,6 @@ def _select_columns(cols, idx: np.ndarray):
         io={k: np.asarray(v)[idx] for k, v in cols.io.items()}, family=fam,
         content=[cols.content[i] for i in idx.tolist()] if cols.content is not None else None,
     )
-
-
-def _subset_records(proc, keep: np.ndarray, ios: list[dict]) -> list[dict]:
-    """The processor's JSON records for the kept rows, with their IO."""
-    recs = proc.records()
-    if len(keep) != len(recs):
-        recs = [recs[i] for i in keep.tolist()]
-    for rec, io in zip(recs, ios):
-        rec["io"] = io
-    return recs
 
 
 # ----------------------------------------------------------------------------- building
