@@ -68,6 +68,8 @@ class DeliveryService(Service):
         self.batch_loop: BatchLoop | None = None
         self.failure: BaseException | None = None
         self._task: asyncio.Task | None = None
+        self.duties = None
+        self._duties_task: asyncio.Task | None = None
         super().__init__(**kwargs)
 
     async def on_start(self) -> None:
@@ -87,10 +89,20 @@ class DeliveryService(Service):
         if s.control_plane:
             self.control = ControlPlane(s.loop.bootstrap)
             await self.control.start()
+        master = getattr(self.factory, "master", None)  # the telemetry pipeline's; not the passthrough's
+        if master is not None:
+            from fleetcloak.streams.retention import RetentionDuties, startup_guard
+
+            # Refuse to run against a telemetry topic kept longer than its tenant's window.
+            await startup_guard(s.loop.bootstrap)
+            self.duties = RetentionDuties(s.loop.bootstrap, master)
+            self.metrics.listeners.append(lambda counts: self.duties.drops.add(counts.dropped))
         self.batch_loop = BatchLoop(s.loop, self.factory, control=self.control, metrics=self.metrics)
 
     async def on_started(self) -> None:
         self._task = asyncio.create_task(self._run(), name="delivery-loop")
+        if self.duties is not None:  # audited drop counts, epoch expiry, subject housekeeping
+            self._duties_task = asyncio.create_task(self.duties.run(), name="retention-duties")
 
     async def _run(self) -> None:
         try:
@@ -115,6 +127,12 @@ class DeliveryService(Service):
                 await asyncio.shield(self._task)
             except BaseException:
                 pass
+        if self.duties is not None and self._duties_task is not None:
+            self.duties.stop()  # flushes the last drop counts to the audit trail
+            try:
+                await asyncio.wait_for(self._duties_task, timeout=10)
+            except BaseException as exc:
+                log.error("retention duties did not stop cleanly: %r", exc)
         if self.control is not None:
             await self.control.stop()
 

@@ -57,10 +57,13 @@ class WorkerMetrics:
                          ["topic", "partition"], registry=r)
         self.up = Gauge("fleetcloak_worker_up", "1 while the delivery loop runs", registry=r)
         self.totals = Counts()
+        self.listeners: list = []  # called with each delivered batch's Counts (e.g. the drop auditor)
 
     def account(self, counts: Counts) -> bool:
         """Add a delivered batch's counts; return whether they balance."""
         self.totals.add(counts)
+        for listener in self.listeners:
+            listener(counts)
         self.records_in.inc(counts.received)
         for (route, tenant), n in counts.forwarded.items():
             self.records_forwarded.labels(route, tenant).inc(n)

@@ -96,8 +96,24 @@ def test_worker_end_to_end_matches_the_truth(fleet):
     unknown_msgs = sum(c.get("phantom", 0) for c in fleet.truth["messages"].values())
     assert reasons["unknown_device"] == unknown_msgs
     # the audit trail holds the policy changes and the keys minted for them
-    assert "policy.apply" in fleet.cli("audit", "show", "--broker", fleet.broker.bootstrap)
+    trail = fleet.cli("audit", "show", "--broker", fleet.broker.bootstrap)
+    assert "policy.apply" in trail
+    assert "retention.drop" in trail  # the too-old and future records, audited in aggregate
     fleet.cli("audit", "verify", "--broker", fleet.broker.bootstrap)
+
+
+def test_worker_refuses_a_telemetry_topic_kept_longer_than_the_window(tmp_path):
+    from fleetcloak.streams.topicio import create_topic
+
+    with EmbeddedBroker(log_path=tmp_path / "tansu.log") as broker:
+        create_topic(broker.bootstrap, "tenant.acme.telemetry", 1, {"retention.ms": str(400 * 86_400_000)})
+        env = {**os.environ, "FLEETCLOAK_MASTER_KEY": MasterKey.new_base64()}
+        r = subprocess.run([sys.executable, "-m", "fleetcloak.cli", "worker", "--broker", broker.bootstrap,
+                            "--until-drained", "--metrics-port", str(free_port()), "-l", "info"],
+                           env=env, capture_output=True, text=True, timeout=120)
+        assert r.returncode != 0
+        out = r.stdout + r.stderr
+        assert "tenant.acme.telemetry" in out and "365" in out, out[-2000:]
 
 
 def test_sigkill_mid_stream_then_restart_loses_nothing(fleet):
