@@ -363,10 +363,11 @@ class Keyring:
             return cached
         with self._lock:
             name = f"subject/{_check_name_part(tenant, 'tenant')}/{_check_name_part(skey, 'subject key')}"
+            if self.store.get(f"erased/{tenant}/{skey}") is not None:
+                # checked first: a salt re-created by a worker racing the erasure is never used
+                raise SubjectErased(skey)
             wrapped = self.store.get(name)
             if wrapped is None:
-                if self.store.get(f"erased/{tenant}/{skey}") is not None:
-                    raise SubjectErased(skey)
                 wrapped = self.master.wrap(name, Secret(secrets.token_bytes(32), "subject salt"))
                 put_if_absent = getattr(self.store, "put_if_absent", None)
                 if put_if_absent is not None:
@@ -414,8 +415,8 @@ class Keyring:
                 found.update(put_many(new))
             for skey, idx in todo.items():
                 wrapped = found.get(names[skey])
-                if wrapped is None:
-                    continue  # erased: stays None
+                if wrapped is None or f"erased/{tenant}/{skey}" in found:
+                    continue  # erased (a salt re-created by a racing worker included): stays None
                 salt = self.master.unwrap(names[skey], wrapped, "subject salt")
                 self._salts[(tenant, skey)] = salt
                 for i in idx:

@@ -233,3 +233,20 @@ def test_worker_keyring_from_the_keys_table(master, t0, policies):
     kr2.invalidate()
     with pytest.raises(SubjectErased):
         c2.imei("356307042441013", t0)
+
+
+def test_a_salt_recreated_after_erasure_is_never_used():
+    """A worker racing an erasure may write the subject's salt again; the erased marker wins."""
+    from fleetcloak.anonymize.keys import Keyring, SubjectErased
+    from fleetcloak.anonymize.keystore import MasterKey, MemoryKeyStore
+
+    store, master = MemoryKeyStore(), MasterKey.generate()
+    ring = Keyring(store, master)
+    canon = bytes.fromhex("0102030405060708")
+    ring.subject_salt("acme", "driver", canon)
+    skey = ring.erase_subject("acme", "driver", canon)
+    store.put(f"subject/acme/{skey}", master.wrap(f"subject/acme/{skey}", ring.root("acme", "static")))
+    fresh = Keyring(store, master)
+    with pytest.raises(SubjectErased):
+        fresh.subject_salt_by_key("acme", skey)
+    assert fresh.subject_salts("acme", "driver", [canon]) == [None]
