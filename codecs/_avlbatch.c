@@ -8,7 +8,8 @@
  *       without the GIL.
  *   parse_frame(frame, record_cls, cap, check_crc)
  *       one frame -> (codec, tuple of record_cls(...)); raises the class registered with
- *       set_decode_error(cls) as cls(reason, offset, detail).
+ *       set_decode_error(cls) (default fleetcloak.codecs.errors.DecodeError) as
+ *       cls(reason, offset, detail).
  *
  * Wire layout (shared/teltonika-protocol.md 2.2, 4, 5), all big-endian:
  *   0  preamble u32 == 0 | 4 data length L u32 | 8 codec u8 | 9 N1 u8 | 10 records
@@ -20,12 +21,14 @@
  *  - Frame level: nothing past byte 8 is read before n == L + 12 is established, so
  *    f[8 .. 8+L+3] (codec .. CRC) are all inside the frame; L >= 3 so Number of Data 2
  *    at 8+L-1 >= 10 exists and `end` (= 8+L-1) >= 10.
- *  - Record level: the group counts are read only at q with q + count_size <= end; each
- *    group's pairs are then covered by the next count's check (or, after N8, by q <= end
- *    resp. the NX count's check), so after the shape scan the whole fixed part of the
+ *  - Record level: a group count is read only at q with q + count_size <= end, and q
+ *    moves past the group's pairs only after q + count * pair_size <= end (8E: then the
+ *    NX count after q + 2 <= end), so after this shape scan the whole fixed part of the
  *    record [p, q) lies inside [10, end). Each NX element checks q + 4 <= end and then
  *    q + 4 + len <= end before it reads its id/length resp. copies its value. q is a
  *    size_t that grows by at most 2 + 65535 * 10 per group from p < end: no overflow.
+ *    Every length or count is read once into a local, so a bytearray mutated by another
+ *    thread meanwhile can give garbage values, never an out-of-bounds read.
  *  - Counts from the wire only bound loops whose elements were already proven to be
  *    inside the frame (fixed groups) or that re-check per element (NX, records), so a
  *    hostile count fails fast with "truncated" and never reads out of bounds.
