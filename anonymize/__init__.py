@@ -17,7 +17,7 @@ import importlib
 
 _EXPORTS = {
     "Secret": "secret",
-    "KeyStore": "keystore", "MemoryKeyStore": "keystore", "FileKeyStore": "keystore", "SnapshotKeyStore": "keystore",
+    "KeyStore": "keystore", "MemoryKeyStore": "keystore", "FileKeyStore": "keystore", "TableKeyStore": "keystore",
     "MasterKey": "keystore", "load_master_key": "keystore", "KeyStoreError": "keystore",
     "KeyUnwrapError": "keystore", "MasterKeyMissing": "keystore",
     "Keyring": "keys", "EpochDestroyed": "keys", "EpochMissing": "keys", "SubjectErased": "keys",

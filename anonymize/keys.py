@@ -178,16 +178,6 @@ class Keyring:
     def __repr__(self) -> str:
         return f"Keyring({self.store!r}, {self.master!r})"
 
-    @classmethod
-    def from_table(cls, table, master: MasterKey, publish=None) -> Keyring:
-        """A Keyring over the keys topic's table ({bytes name: wrapped bytes}) for the
-        worker's pipeline factory: roots are read only (a missing one raises
-        EpochMissing); new subject salts go to `publish(name, wrapped)` when given
-        (see SnapshotKeyStore), else raise KeyStoreError."""
-        from .keystore import SnapshotKeyStore
-
-        return cls(SnapshotKeyStore(table, publish), master, create=False)
-
     # --- roots ------------------------------------------------------------------
     @staticmethod
     def root_name(scope: str, epoch: str) -> str:
@@ -251,16 +241,26 @@ class Keyring:
         return m
 
     # --- epochs -----------------------------------------------------------------
-    def ensure_epochs(self, scope: str, rotation: str, now_ms: int | None = None, ahead: int = 1) -> list[str]:
-        """Create the current epoch's root (and the next `ahead` ones) if missing.
+    def ensure_epochs(self, scope: str, rotation: str, now_ms: int | None = None, ahead: int = 1,
+                      back_ms: int = 0) -> list[str]:
+        """Create the roots of every epoch from the one holding `now - back_ms` to the
+        current one, and the next `ahead` ones, where missing (never a shredded one).
 
-        Run from one place (e.g. `policy apply`) so that workers sharing a keys topic
-        find roots already there instead of racing to create them.
+        Run from one place (`policy apply`, the retention housekeeping) so that workers
+        sharing a keys topic find roots already there instead of racing to create them:
+        with `back_ms` = the retention window, a device's backlog finds its epoch too.
         """
         now_ms = int(time.time() * 1000) if now_ms is None else now_ms
         out = []
-        ep = epoch_id(now_ms, rotation)
-        for _ in range(ahead + 1):
+        ep = epoch_id(now_ms - back_ms, rotation)
+        future = 0
+        while True:
+            if ep != STATIC:
+                _, start, end = parse_epoch(ep)
+                if start > now_ms:
+                    if future >= ahead:
+                        break
+                    future += 1
             out.append(ep)
             if not self.has_epoch(scope, ep) and self.store.get(f"shredded/{scope}/{ep}") is None:
                 saved, self.create = self.create, True
@@ -270,23 +270,27 @@ class Keyring:
                     self.create = saved
             if ep == STATIC:
                 break
-            _, _, end = parse_epoch(ep)
             ep = epoch_id(end, rotation)
         return out
 
     rotate = ensure_epochs
 
-    def prepare(self, policies, now_ms: int | None = None) -> dict[str, list[str]]:
-        """Create every key a worker will need for a PolicySet now: each tenant's current
-        and next epoch and its static root (its subjects secret), and the service's
-        current and next epochs. Call it from one place (`policy apply`), so that workers
-        sharing a keys topic never race to create the same root."""
+    def prepare(self, policies, now_ms: int | None = None, *, backlog: bool = True) -> dict[str, list[str]]:
+        """Create every key a worker will need for a PolicySet: each tenant's epochs over
+        its retention window (backlog=True) up to the next one, its static root (its
+        subjects secret), and the service's epochs likewise. Call it from one place
+        (`policy apply`, the retention housekeeping), so that workers sharing a keys
+        topic never race to create the same root."""
+        day = 86_400_000
         done = {}
         for tenant, pol in policies.tenants.items():
-            done[tenant] = self.ensure_epochs(tenant, pol.pseudonym_rotation, now_ms)
+            back = pol.retention_days * day if backlog else 0
+            done[tenant] = self.ensure_epochs(tenant, pol.pseudonym_rotation, now_ms, back_ms=back)
             done[tenant] += [e for e in self.ensure_epochs(tenant, "never", now_ms) if e not in done[tenant]]
-        svc_rotation = policies.service.pseudonym_rotation if policies.service is not None else "monthly"
-        done[SERVICE] = self.ensure_epochs(SERVICE, svc_rotation, now_ms)
+        svc = policies.service
+        svc_rotation = svc.pseudonym_rotation if svc is not None else "monthly"
+        svc_back = (svc.retention_days if svc is not None else 365) * day if backlog else 0
+        done[SERVICE] = self.ensure_epochs(SERVICE, svc_rotation, now_ms, back_ms=svc_back)
         return done
 
     def epochs(self, scope: str | None = None) -> list[EpochInfo]:

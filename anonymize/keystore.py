@@ -110,82 +110,102 @@ class MemoryKeyStore:
         return f"MemoryKeyStore({len(self._d)} entries)"
 
 
-class SnapshotKeyStore:
-    """A KeyStore over a snapshot of the compacted `fleetcloak.keys` topic
-    (`{message key bytes: value bytes}`, as the worker's control-plane table holds it).
+class TableKeyStore:
+    """A KeyStore over a table of the compacted `fleetcloak.keys` topic (message key ->
+    wrapped value), for whoever reads that topic: the worker's pipeline, the CLIs.
 
-    Root secrets are only read here: they are created ahead by `Keyring.prepare` (from
-    `policy apply` and the retention job), never minted by a worker that another worker
-    would mint differently. New per-subject salts must be created on the hot path (a
-    driver is not known in advance): with a `publish(name, value)` callback, puts under
-    `writable` prefixes (default `subject/`) update the snapshot and are handed to
-    `publish`, which queues them for the keys topic; the worker must await their
-    delivery before committing the batch that used them. Any other put or delete raises
-    a KeyStoreError that says what to do.
+    Reads come from the table. Writes (a root minted by `Keyring.prepare`, a subject's
+    first controller salt, a destruction) change the table at once and are queued;
+    `drain()` hands them over as (key, value or None) for the caller to publish (the
+    worker sends them as outputs of the batch that made them, so they are delivered
+    before that batch is committed; a CLI publishes them before it reports success).
+
+    Several writers can write the same entry at once (two workers meeting one driver
+    for the first time). Compaction keeps the last write, so `sync` adopts whatever the
+    topic holds once it is read back, and says when a value in use changed or vanished:
+    the Keyring must then drop its caches. The few records emitted under a losing value
+    carry a pseudonym nobody can link to later ones: that fails safe (unlinkable).
+    Roots are minted ahead by `Keyring.prepare` (`policy apply`, the retention
+    housekeeping), so in practice only subject salts are ever written concurrently.
     """
 
-    def __init__(self, table: Mapping[bytes | str, bytes], publish=None, *, writable: tuple[str, ...] = ("subject/",)):
-        self._d = {(k.decode() if isinstance(k, (bytes, bytearray)) else k): bytes(v)
-                   for k, v in table.items() if v is not None}
-        self._publish = publish
-        self._writable = writable
-        self._lock = threading.Lock()
+    def __init__(self, entries: Mapping[bytes, bytes] | None = None) -> None:
+        self._d: dict[str, bytes] = {}
+        self._unseen: dict[str, bytes | None] = {}  # our writes not yet read back from the topic
+        self._pending: list[tuple[str, bytes | None]] = []
+        if entries:
+            self.sync(entries)
 
+    def __repr__(self) -> str:
+        return f"{type(self).__name__}({len(self._d)} entries, {len(self._pending)} pending)"
+
+    # --- KeyStore -----------------------------------------------------------------
     def get(self, name: str) -> bytes | None:
         return self._d.get(name)
 
-    def get_many(self, names: list[str]) -> dict[str, bytes]:
-        return {n: self._d[n] for n in names if n in self._d}
-
-    def names(self, prefix: str = "") -> list[str]:
-        return sorted(n for n in list(self._d) if n.startswith(prefix))
-
-    def _check(self, name: str) -> None:
-        if self._publish is None or not name.startswith(self._writable):
-            raise KeyStoreError(
-                f"cannot write {name!r}: this keystore is a snapshot of the keys topic "
-                "(create key epochs ahead with Keyring.prepare, e.g. from `policy apply`)"
-            )
-
     def put(self, name: str, value: bytes) -> None:
-        self._check(name)
-        with self._lock:
-            self._d[name] = bytes(value)
-        self._publish(name, bytes(value))
-
-    def put_if_absent(self, name: str, value: bytes) -> bytes:
-        with self._lock:
-            if name in self._d:
-                return self._d[name]
-        self.put(name, value)
-        return bytes(value)
-
-    def put_many_if_absent(self, entries: dict[str, bytes]) -> dict[str, bytes]:
-        out = {}
-        for name, value in entries.items():
-            out[name] = self.put_if_absent(name, value)
-        return out
-
-    def apply(self, name: bytes | str, value: bytes | None) -> bool:
-        """Fold one record read from the keys topic into the snapshot (None = tombstone),
-        so a long-lived Keyring follows the topic without being rebuilt. Returns True
-        when something was removed: then call `Keyring.invalidate()` (cached secrets of
-        a destroyed epoch or erased subject must go)."""
-        name = name.decode() if isinstance(name, (bytes, bytearray)) else name
-        with self._lock:
-            if value is None:
-                return self._d.pop(name, None) is not None
-            self._d[name] = bytes(value)
-            return False
+        self._write(name, bytes(value))
 
     def delete(self, name: str) -> None:
-        raise KeyStoreError(
-            f"cannot destroy {name!r} from a worker's snapshot of the keys topic: "
-            "destruction is a CLI/retention-job action (it publishes the tombstone)"
-        )
+        self._write(name, None)  # a tombstone even for a name we never saw: deletion is final
 
-    def __repr__(self) -> str:
-        return f"SnapshotKeyStore({len(self._d)} entries)"
+    def names(self, prefix: str = "") -> list[str]:
+        return sorted(n for n in self._d if n.startswith(prefix))
+
+    def put_if_absent(self, name: str, value: bytes) -> bytes:
+        have = self._d.get(name)
+        if have is not None:
+            return have
+        self._write(name, bytes(value))
+        return bytes(value)
+
+    def get_many(self, names) -> dict[str, bytes]:
+        d = self._d
+        return {n: d[n] for n in names if n in d}
+
+    def put_many_if_absent(self, entries: Mapping[str, bytes]) -> dict[str, bytes]:
+        return {n: self.put_if_absent(n, v) for n, v in entries.items()}
+
+    # --- the topic side ---------------------------------------------------------------
+    def _write(self, name: str, value: bytes | None) -> None:
+        if value is None:
+            self._d.pop(name, None)
+        else:
+            self._d[name] = value
+        self._unseen[name] = value
+        self._pending.append((name, value))
+
+    @property
+    def pending(self) -> list[tuple[str, bytes | None]]:
+        return list(self._pending)
+
+    def drain(self) -> list[tuple[bytes, bytes | None]]:
+        """The writes made since the last drain, as (message key, value or None)."""
+        out = [(n.encode(), v) for n, v in self._pending]
+        self._pending.clear()
+        return out
+
+    def sync(self, entries: Mapping[bytes, bytes]) -> bool:
+        """Adopt the topic's table. True when a value we were using changed or vanished
+        (another writer won, an epoch was shredded, a subject erased): the Keyring must
+        drop its caches then (`Keyring.invalidate()`)."""
+        topic = {(k.decode() if isinstance(k, (bytes, bytearray)) else k): bytes(v)
+                 for k, v in entries.items() if v is not None}
+        changed = False
+        for name, mine in list(self._unseen.items()):
+            theirs = topic.get(name)
+            if theirs == mine:
+                del self._unseen[name]  # our write came back: the topic agrees
+            elif theirs is not None:
+                del self._unseen[name]  # someone else's write for the same name won
+                changed = True
+            elif mine is not None:
+                topic[name] = mine      # ours is still on its way: keep using it
+            # a tombstone of ours not yet read back: the name stays absent
+        if not changed:
+            changed = any(topic.get(name) != value for name, value in self._d.items())
+        self._d = topic
+        return changed
 
 
 class FileKeyStore:

@@ -69,6 +69,12 @@ def _value_bytes(v) -> bytes:
     return b"\x03" + len(v).to_bytes(4, "big") + bytes(v)
 
 
+def _digest(state, body: bytes) -> bytes:
+    h = state.copy()
+    h.update(body)
+    return h.digest()
+
+
 class RecordIds:
     """record_id for one (tenant, route). Hash states are cached per (epoch, IMEI)
     (keyed state objects; never logged or pickled)."""
@@ -100,17 +106,14 @@ class RecordIds:
         states = self._states
         if len(states) > 1_000_000:
             states.clear()
-        digests = []
-        for imei, e, body in zip(np.asarray(imeis).tolist(), inv.tolist(), content):
-            st = states.get((labels[e], imei))
-            if st is None:
-                st = bases[e].copy()
-                st.update(self._tenant + canonical_imei(imei) + b"\0")
-                states[(labels[e], imei)] = st
-            h = st.copy()
-            h.update(body)
-            digests.append(h.digest())
-        out[:] = b32_many(digests)
+        imei_l = np.asarray(imeis).tolist()
+        keys = [(labels[0], i) for i in imei_l] if len(labels) == 1 else list(zip(map(labels.__getitem__, inv.tolist()), imei_l))
+        for key in dict.fromkeys(keys):  # each (epoch, device) of the batch once
+            if key not in states:
+                st = bases[labels.index(key[0])].copy()
+                st.update(self._tenant + canonical_imei(key[1]) + b"\0")
+                states[key] = st
+        out[:] = b32_many(list(map(_digest, map(states.__getitem__, keys), content)))
         return out
 
     def _base(self, epoch: str):

@@ -73,9 +73,17 @@ class Columns:
         if isinstance(self.family, str):
             yield self.family, None
             return
-        fam = np.asarray(self.family)
-        for f in np.unique(fam).tolist():
-            yield f, np.flatnonzero(fam == f)
+        cached = self.__dict__.get("_family_rows")
+        if cached is None or cached[0] is not self.family:
+            fam = np.asarray(self.family)
+            if fam.dtype == object:  # group by a dict pass, not an object sort
+                uniq, inv = _unique_objects(fam)
+                order = sorted(range(len(uniq)), key=lambda i: uniq[i])
+                groups = [(uniq[i], np.flatnonzero(inv == i)) for i in order]
+            else:
+                groups = [(f, np.flatnonzero(fam == f)) for f in np.unique(fam).tolist()]
+            cached = self.__dict__["_family_rows"] = (self.family, groups)
+        yield from cached[1]
 
     def record_content(self) -> Sequence[bytes]:
         if self.content is not None:
@@ -170,8 +178,7 @@ def _identifiers(cols: Columns, pseudo: Pseudonymizer, pseudonymise: frozenset[s
                 if len(group.ids) > 1:
                     multipart[group.ids[0]] = group.ids
                 for other in group.ids[1:]:
-                    omit = np.empty(m, dtype=object)
-                    omit[:] = [OMIT] * m
+                    omit = np.full(m, OMIT, dtype=object)
                     _put(replace, other, omit, rows, n)
         if rows is None:
             driver = fam_driver
@@ -186,8 +193,7 @@ def _put(replace: dict[int, np.ndarray], io_id: int, values: np.ndarray, rows: n
         return
     col = replace.get(io_id)
     if col is None:
-        col = replace[io_id] = np.empty(n, dtype=object)
-        col[:] = [KEEP] * n
+        col = replace[io_id] = np.full(n, KEEP, dtype=object)
     col[rows] = values
 
 

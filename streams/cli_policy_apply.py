@@ -3,9 +3,10 @@
 1. Every file is validated, and so is the set they make with the policies already on
    `fleetcloak.policies` (a file replaces the policy of its tenant): a device owned by
    two tenants is refused even when the other tenant was applied last week.
-2. The keys every worker will need are minted here, once (each tenant's current and
-   next epoch and its subjects secret, the service's epochs: Keyring.prepare), so that
-   workers sharing the keys topic never race to create the same root secret.
+2. The keys every worker will need are minted here, once (each tenant's epochs over
+   its retention window up to the next one, its subjects secret, the service's epochs:
+   Keyring.prepare), so that workers sharing the keys topic never race to create the
+   same root secret, even for a device's backlog.
 3. The policies are published (key = tenant id, or "service"; value = the validated
    policy as JSON), and workers rebuild their pipeline within seconds.
 4. One audit event per policy changed and per key epoch minted.

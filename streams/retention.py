@@ -377,6 +377,11 @@ async def housekeeping(bootstrap: str, keys, *, audit=None, now_ms: int | None =
     from fleetcloak.streams.rights import expire_subject_entries
 
     now_ms = int(time.time() * 1000) if now_ms is None else now_ms
+    minted = await prepare_epochs(bootstrap, keys, now_ms=now_ms)
+    if minted and audit is not None:
+        for scope, epoch in minted:
+            await audit.append("key.create", tenant=None if scope == "service" else scope,
+                               details={"scope": scope, "epoch": epoch, "reason": "prepared ahead"})
     windows, service_days = await read_windows(bootstrap)
     destroyed = await expire_key_epochs(keys.keyring, windows, now_ms=now_ms, audit=None, service_days=service_days)
     if destroyed:
@@ -397,7 +402,31 @@ async def housekeeping(bootstrap: str, keys, *, audit=None, now_ms: int | None =
                                    details={"reason": "erased subject's salt re-created by a race", "what": "subject salt"})
     expired = await expire_subject_entries(bootstrap, now_ms=now_ms, audit=audit)
     return {"key_epochs_destroyed": destroyed, "subject_entries_expired": len(expired),
-            "resurrected_salts_deleted": len(swept)}
+            "resurrected_salts_deleted": len(swept), "key_epochs_created": [f"{s}/{e}" for s, e in minted]}
+
+
+async def prepare_epochs(bootstrap: str, keys, *, now_ms: int) -> list[tuple[str, str]]:
+    """Mint (and publish) the epochs the policies on the broker will need: the next one
+    before it starts, so no worker ever has to. Returns the (scope, epoch)s created."""
+    from fleetcloak.anonymize.policy import PolicySet
+    from fleetcloak.streams.rights import parse_policy_value, read_control
+
+    policies, _ = await read_control(bootstrap)
+    parsed = []
+    for key, value in policies.items():
+        try:
+            parsed.append(parse_policy_value(key, value))
+        except Exception as exc:  # an unreadable policy is the worker's to refuse, not ours to guess
+            log.warning("housekeeping: skipping unreadable policy %r: %r", key.decode(errors="replace"), exc)
+    if not parsed:
+        return []
+    ring = keys.keyring
+    before = {(e.scope, e.epoch) for e in ring.epochs() if e.state == "active"}
+    ring.prepare(PolicySet(parsed), now_ms)
+    minted = sorted({(e.scope, e.epoch) for e in ring.epochs() if e.state == "active"} - before)
+    if minted:
+        await keys.flush(bootstrap)
+    return minted
 
 
 class DropAuditor:

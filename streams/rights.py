@@ -45,12 +45,15 @@ from typing import Callable, Iterable, Mapping, Sequence
 
 import numpy as np
 
+from fleetcloak.anonymize.keystore import TableKeyStore
+
 SUBJECTS_TOPIC = "fleetcloak.subjects"
 SCHEMA_VERSION = 1
 DAY_MS = 86_400_000
 MAX_WINDOW_DAYS = 365
 ACTIONS = ("erase", "restrict", "object", "lift", "export")
 TENANT_MARKER_KIND = "tenant"  # key "<tenant>/tenant/*": the tenant was offboarded
+
 
 
 class RightsError(ValueError):
@@ -441,18 +444,10 @@ KEYS_TOPIC = "fleetcloak.keys"
 OFFBOARD_MARKER_DAYS = 7  # the raw topic's retention: no raw record of the tenant outlives it
 
 
-class TopicKeyStore:
-    """A CLI's view of the `fleetcloak.keys` topic as anonymize's KeyStore interface:
-    loaded whole (to the high-watermark), changed in memory, published on `flush()`
-    (put = the wrapped value under its name, delete = tombstone). Entry names are the
-    message keys, as in anonymize/keystore.py's description of the topic store.
-
-    TODO(streams): fold into the worker's topic-backed keystore when it lands.
-    """
-
-    def __init__(self, entries: Mapping[bytes, bytes] | None = None) -> None:
-        self._d: dict[str, bytes] = {k.decode(): v for k, v in (entries or {}).items()}
-        self._ops: list[tuple[str, bytes | None]] = []
+class TopicKeyStore(TableKeyStore):
+    """A CLI's view of the `fleetcloak.keys` topic: loaded whole (to the high-watermark),
+    changed in memory, published on `flush()` (put = the wrapped value under its name,
+    delete = tombstone)."""
 
     @classmethod
     async def load(cls, bootstrap: str) -> "TopicKeyStore":
@@ -460,41 +455,14 @@ class TopicKeyStore:
 
         return cls((await read_tables(bootstrap, [KEYS_TOPIC]))[KEYS_TOPIC])
 
-    def get(self, name: str) -> bytes | None:
-        return self._d.get(name)
-
-    def put(self, name: str, value: bytes) -> None:
-        self._d[name] = bytes(value)
-        self._ops.append((name, bytes(value)))
-
-    def put_if_absent(self, name: str, value: bytes) -> bytes:
-        if name in self._d:
-            return self._d[name]
-        self.put(name, value)
-        return bytes(value)
-
-    def delete(self, name: str) -> None:
-        self._d.pop(name, None)
-        self._ops.append((name, None))  # a tombstone even if we never saw it: deletion is final
-
-    def names(self, prefix: str = "") -> list[str]:
-        return sorted(n for n in self._d if n.startswith(prefix))
-
-    @property
-    def pending(self) -> list[tuple[str, bytes | None]]:
-        return list(self._ops)
-
     async def flush(self, bootstrap: str) -> list[str]:
         """Publish the pending changes; returns the names tombstoned."""
         from fleetcloak.streams.control import publish_to
 
-        ops, self._ops = self._ops, []
+        ops = self.drain()
         if ops:
-            await publish_to(bootstrap, KEYS_TOPIC, [(n.encode(), v) for n, v in ops])
-        return [n for n, v in ops if v is None]
-
-    def __repr__(self) -> str:
-        return f"TopicKeyStore({len(self._d)} entries)"
+            await publish_to(bootstrap, KEYS_TOPIC, ops)
+        return [n.decode() for n, v in ops if v is None]
 
 
 @dataclass

@@ -182,7 +182,7 @@ def test_controller_accounts_for_every_row(keyring, t0, policies):
 
 
 def test_keys_prepared_once_for_a_policy_set(keyring, t0, policies):
-    done = keyring.prepare(policies, t0)
+    done = keyring.prepare(policies, t0, backlog=False)
     assert done["heavy-haul"][:2] == ["2026m11d18", "2026m11d19"] and "static" in done["heavy-haul"]
     assert done["service"] == ["2026m11", "2026m12"]
     names = set(keyring.store.names())
@@ -190,6 +190,20 @@ def test_keys_prepared_once_for_a_policy_set(keyring, t0, policies):
     # the worker then finds them (and mints nothing) on a read-only keyring
     ro = Keyring(keyring.store, keyring.master, create=False)
     ProcessorTransform(policies.tenants["acme-logistics"], ro).apply(_cols(t0))
+    assert set(keyring.store.names()) == names
+
+
+def test_prepare_covers_the_retention_window_so_a_backlog_finds_its_epoch(keyring, t0, policies):
+    done = keyring.prepare(policies, t0)
+    pol = policies.tenants["acme-logistics"]
+    from fleetcloak.anonymize.epochs import epoch_id
+
+    oldest = epoch_id(t0 - pol.retention_days * 86_400_000, pol.pseudonym_rotation)
+    assert done["acme-logistics"][0] == oldest and epoch_id(t0, pol.pseudonym_rotation) in done["acme-logistics"]
+    names = set(keyring.store.names())
+    ro = Keyring(keyring.store, keyring.master, create=False)  # a worker that may mint nothing
+    old = t0 - (pol.retention_days - 2) * 86_400_000
+    ProcessorTransform(pol, ro).apply(_cols(old))  # a two-day-short-of-expiry backlog
     assert set(keyring.store.names()) == names
 
 
