@@ -581,8 +581,9 @@ def encode_record(codec: int, r: AvlRecord, n16: bool = False) -> bytes:
     return out
 
 
-def encode_records(codec: int, records) -> bytes:
-    """Number of Data 1 + the records + Number of Data 2 (the AVL part of a data field)."""
+def _encode_records_slow(codec: int, records) -> bytes:
+    """The reference encoder: per record, per IO element, every check by name. The fast
+    path below hands anything it is not sure about to this one."""
     if codec not in _HEAD:
         raise EncodeError(f"codec {codec} is not an AVL codec (8, 0x8E, 16)")
     n = len(records)
@@ -592,3 +593,213 @@ def encode_records(codec: int, records) -> bytes:
         isinstance(v, (bytes, bytearray, memoryview)) for r in records for v in (r.io or {}).values())
     body = b"".join(encode_record(codec, r, n16) for r in records)
     return bytes((codec, n)) + body + bytes((n,))
+
+
+# ------------------------------------------------------------- encode, the fast path
+#
+# A record's "layout" is everything about its bytes except the values: the codec, its IO
+# ids in the order the dict holds them, and each id's width (io_width's, else the FMB
+# dictionary's; a record with an id that has neither takes the smallest width its value
+# fits, which depends on the value, so it goes the slow way). A _Layout holds the
+# record's ids and counts in place with zeros elsewhere (the template) and a Struct whose
+# format has pad bytes (zeros) where the ids and counts go: pack() writes only the GPS
+# part, the event id (+ generation type) and the values, range-checking each one as the
+# slow path's check_int would (both go through __index__), and one big-int OR lays the
+# template over it. A packet whose records share one layout (a device sends the same IO
+# every record) is one pack() of a Struct compiled for k records of it. Anything struct refuses, and the two fields struct
+# cannot range-check (priority 0..3, generation type 0..7 / None), send the whole packet
+# to _encode_records_slow, which produces the same bytes or the precise EncodeError.
+
+_LAYOUT_MAX = 512       # layouts per codec (devices repeat a handful)
+_MULTI_MAX = 64         # k-record Structs per layout (k = records per packet)
+
+
+class _Layout:
+    __slots__ = ("codec", "keys", "n", "size", "template", "fmt", "one", "multi", "perm", "ntail")
+
+    def __init__(self, codec: int, keys: tuple, widths: tuple) -> None:
+        head, id_fmt, cnt_fmt = _HEAD[codec]
+        isz = _ID_SIZE[codec]
+        id_max = 0xFF if codec == CODEC_8 else 0xFFFF
+        cnt_max = 0xFFFF if codec == CODEC_8E else 0xFF
+        groups: list[list[tuple[int, int, int]]] = [[], [], [], []]  # (io id, width, dict pos)
+        for pos, (k, w) in enumerate(zip(keys, widths)):
+            if type(k) is not int or not 0 <= k <= id_max:
+                raise ValueError("IO id")
+            groups[_WIDTHS.index(w)].append((k, w, pos))
+        counts = [len(g) for g in groups]
+        n = sum(counts)
+        if n > cnt_max or max(counts) > cnt_max:
+            raise ValueError("count")
+        # The template: zeros where values go, the counts and ids in place.
+        gps_head = head[:-2]  # event id [, generation type]
+        fmt = [_GPS_FMT, gps_head, "x" * struct.calcsize(">" + cnt_fmt) * 2]  # N total, N1
+        tpl_fmt = [">", _GPS_FMT, gps_head, cnt_fmt, cnt_fmt]
+        tpl_args: list[int] = [0] * (8 + len(gps_head)) + [n, counts[0]]
+        order: list[int] = []
+        id_pad = "x" * isz
+        for gi, g in enumerate(groups):
+            if gi:
+                fmt.append("x" * struct.calcsize(">" + cnt_fmt))
+                tpl_fmt.append(cnt_fmt)
+                tpl_args.append(counts[gi])
+            for k, w, pos in g:
+                fmt.append(id_pad + _VAL_FMT[w])
+                tpl_fmt.append(id_fmt + _VAL_FMT[w])
+                tpl_args += [k, 0]
+                order.append(pos)
+        template = struct.pack("".join(tpl_fmt), *tpl_args)
+        if codec == CODEC_8E:
+            template += b"\x00\x00"  # NX count 0
+            fmt.append("xx")
+        self.codec = codec
+        self.keys = keys
+        self.n = n
+        self.fmt = "".join(fmt)
+        self.one = struct.Struct(">" + self.fmt)
+        self.size = self.one.size
+        assert self.size == len(template)
+        self.template = template
+        self.multi: dict[int, tuple] = {}
+        self.perm = None if order == list(range(n)) else tuple(order)
+
+    def packer(self, k: int) -> tuple:
+        """(Struct of k records, their template as an int, their size)."""
+        s = self.multi.get(k)
+        if s is None:
+            if len(self.multi) >= _MULTI_MAX:
+                self.multi = {}
+            st = struct.Struct(">" + self.fmt * k)
+            s = self.multi[k] = (st.pack, int.from_bytes(self.template * k, "big"), st.size)
+        return s
+
+
+_LAYOUTS: dict[int, dict[tuple, _Layout | None]] = {c: {} for c in _HEAD}
+
+
+def _layout(codec: int, keys: tuple, ws: tuple) -> _Layout | None:
+    """Compile (and cache) the layout of (keys, io_width's widths); None: slow path."""
+    cache = _LAYOUTS[codec]
+    key = (keys, ws)
+    if key in cache:
+        return cache[key]
+    widths = []
+    lay = None
+    for k, w in zip(keys, ws):
+        if not w:  # as the slow path: io_width's entry, else the FMB size
+            w = _FMB_SIZES.get(k)
+        if w not in _LIMIT:
+            break
+        widths.append(w)
+    else:
+        try:
+            lay = _Layout(codec, keys, tuple(widths))
+        except (ValueError, TypeError):
+            lay = None
+    if len(cache) >= _LAYOUT_MAX:
+        cache.clear()
+    if all(type(k) is int for k in keys):  # never cache under a key equal to ints but not ints
+        cache[key] = lay
+    return lay
+
+
+def _pack(lay: _Layout, k: int, args: list) -> bytes:
+    pack, tpl, size = lay.multi.get(k) or lay.packer(k)
+    return (int.from_bytes(pack(*args), "big") | tpl).to_bytes(size, "big")
+
+
+_BY_IOW: dict[int, dict[int, tuple]] = {c: {} for c in _HEAD}
+_BY_IOW_MAX = 4096
+
+
+def _iow_entry(codec: int, iow: IoWidths) -> tuple:
+    """(iow, {keys: layout}) for a shared read-only io_width, found by identity: the entry
+    holds iow, so its id cannot be reused while the entry lives."""
+    memo = _BY_IOW[codec]
+    if len(memo) >= _BY_IOW_MAX:
+        memo.clear()
+    ent = memo[id(iow)] = (iow, {})
+    return ent
+
+
+def _fast_body(codec: int, records) -> bytes | None:
+    """The records' bytes if every record has a layout and packs, else None."""
+    cache = _LAYOUTS[codec]
+    by_iow = _BY_IOW[codec]
+    c16 = codec == CODEC_16
+    args: list = []
+    extend = args.extend
+    first = None
+    same = True
+    lays = []
+    for r in records:
+        io = r.io
+        iow = r.io_width
+        keys = tuple(io)
+        # A dict key equal to an int but not one (1.0, Decimal(1)) must not borrow an int
+        # layout (the slow path refuses it); their sum is then not an int.
+        if type(sum(keys)) is not int:
+            return None
+        if type(iow) is IoWidths:  # decoded records (and the simulator's) share these
+            ent = by_iow.get(id(iow))
+            if ent is None or ent[0] is not iow:
+                ent = _iow_entry(codec, iow)
+            lay = ent[1].get(keys, False)
+            if lay is False:
+                lay = _layout(codec, keys, tuple(map(iow.get, keys)))
+                if len(ent[1]) < _IOW_PER_SHAPE:
+                    ent[1][keys] = lay
+        else:
+            key = (keys, tuple(map((iow or _EMPTY).get, keys)))
+            lay = cache.get(key, False)
+            if lay is False:
+                lay = _layout(codec, *key)
+        if lay is None:
+            return None
+        if lay is not first:
+            if first is None:
+                first = lay
+            else:
+                same = False
+        p = r.priority
+        g = r.generation_type
+        if not 0 <= p <= 3:
+            return None
+        if c16:
+            if not 0 <= g <= 7:
+                return None
+            extend((r.timestamp_ms, p, round(r.lon * 1e7), round(r.lat * 1e7), r.altitude,
+                    r.angle, r.satellites, r.speed, r.event_io_id, g))
+        else:
+            if g is not None:
+                return None
+            extend((r.timestamp_ms, p, round(r.lon * 1e7), round(r.lat * 1e7), r.altitude,
+                    r.angle, r.satellites, r.speed, r.event_io_id))
+        if lay.perm is None:
+            extend(io.values())
+        else:
+            v = tuple(io.values())
+            extend([v[i] for i in lay.perm])
+        lays.append(lay)
+    if same:
+        return _pack(first, len(lays), args)
+    out = []
+    i = 0
+    for lay in lays:
+        j = i + (10 if c16 else 9) + lay.n
+        out.append(_pack(lay, 1, args[i:j]))
+        i = j
+    return b"".join(out)
+
+
+def encode_records(codec: int, records) -> bytes:
+    """Number of Data 1 + the records + Number of Data 2 (the AVL part of a data field)."""
+    n = len(records)
+    if 0 < n <= 255 and codec in _HEAD:
+        try:
+            body = _fast_body(codec, records)
+        except (struct.error, TypeError, ValueError, OverflowError, AttributeError):
+            body = None
+        if body is not None:
+            return b"%c%c%b%c" % (codec, n, body, n)  # codec, N1, records, N2
+    return _encode_records_slow(codec, records)
