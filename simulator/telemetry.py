@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import numpy as np
 
+from ..codecs.avl import IoWidths
 from ..codecs.packets import CODEC_8E, CODEC_16, AvlRecord
 from .fleet import Fleet, Vehicle
 from .trips import EV_DRIVER, DeviceState, Track
@@ -48,8 +49,10 @@ class RecordFactory:
         n1 = [239, 240, 21] + ([] if self.fam64 else [69]) + ([391] if self.has_private else [])
         n2 = [24, 66, 67, 205, 206]
         w = {i: 1 for i in n1} | {i: 2 for i in n2} | {16: 4, self.driver_io: 8}
-        self.width_plain = w
-        self.width_card = w | {self.card_ios[0]: 8, self.card_ios[1]: 8}
+        # Read-only IoWidths (what decode returns too): the encoder finds their layout by
+        # identity instead of looking every id up per record.
+        self.width_plain = IoWidths(w)
+        self.width_card = IoWidths(w | {self.card_ios[0]: 8, self.card_ios[1]: 8})
         self._loop = _record_loop(tuple(self.width_plain), tuple(self.width_card),
                                   self.width_plain, self.width_card)
         phase = self.tenant.road_theta * 1000.0
