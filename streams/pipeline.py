@@ -301,7 +301,6 @@ class TelemetryPipeline:
         frame_imei = np.asarray(imeis, dtype=object)
         rec_imei = frame_imei[batch.frame_index]
         tenants, families = self.policies.registry(frame_imei)
-        rec_tenant = tenants[batch.frame_index]
         # unknown devices: the whole message goes to the dead-letter topic
         unknown = np.flatnonzero(np.equal(tenants, None) & batch.frame_ok)
         for k in unknown.tolist():
@@ -309,10 +308,17 @@ class TelemetryPipeline:
             outputs.append(_deadletter(sources[k], "unknown_device", "no tenant policy lists this device", 0))
         now_ms = int(self.clock() * 1000)
         ts = batch.timestamp_ms.astype(np.int64)
-        for tenant in sorted({t for t in tenants.tolist() if t is not None}):
-            rows = np.flatnonzero(rec_tenant == tenant)
+        rec_family = families[batch.frame_index]
+        # tenant of each record as an integer code: one object pass per frame, not per tenant
+        names = sorted({t for t in tenants.tolist() if t is not None})
+        code_of = {t: i for i, t in enumerate(names)}
+        frame_code = np.fromiter((code_of.get(t, -1) if t is not None else -1 for t in tenants.tolist()),
+                                 dtype=np.int64, count=len(tenants))
+        rec_code = frame_code[batch.frame_index]
+        for i, tenant in enumerate(names):
+            rows = np.flatnonzero(rec_code == i)
             route = self.routes[tenant]
-            self._tenant(route, batch, rows, rec_imei, families[batch.frame_index], ts, now_ms,
+            self._tenant(route, batch, rows, rec_imei, rec_family, ts, now_ms,
                          sources, outputs, counts)
 
     def _tenant(self, route: TenantRoute, batch, rows, rec_imei, rec_family, ts, now_ms,
