@@ -335,12 +335,22 @@ class BatchLoop:
         producer = self._producer
         builders: dict[tuple[str, int], object] = {}
         futures = []
+        per_topic: dict[str, tuple] = {}  # topic -> (partitions, {key: partition}) for this call
         try:
             for topic, key, value, headers in outputs:
                 if type(headers) is not list:  # aiokafka's C batch builder takes lists only
                     headers = list(headers) if headers else []
-                parts = self._partitions.get(topic) or await self._partitions_of(topic)
-                p = self._partition_for(topic, key, parts)
+                t = per_topic.get(topic)
+                if t is None:
+                    parts = self._partitions.get(topic) or await self._partitions_of(topic)
+                    t = per_topic[topic] = (parts, {})
+                parts, known = t
+                if key is None:
+                    p = self._partition_for(topic, key, parts)
+                else:
+                    p = known.get(key)
+                    if p is None:
+                        p = known[key] = self._partition_for(topic, key, parts)
                 builder = builders.get((topic, p))
                 if builder is None:
                     builder = builders[(topic, p)] = producer.create_batch()
