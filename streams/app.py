@@ -55,6 +55,21 @@ class WorkerSettings:
     datadir: str = field(default_factory=lambda: tempfile.mkdtemp(prefix="fleetcloak-worker-"))
 
 
+async def _warn_about_broker_gaps(admin) -> None:
+    """Say it, never degrade silently: on the embedded broker some Kafka guarantees
+    this deployment relies on are not there (README, "Where the embedded broker differs")."""
+    from fleetcloak.streams.broker import TANSU_GAPS, is_tansu
+
+    try:
+        cluster_id = (await admin.describe_cluster()).get("cluster_id")
+    except Exception as exc:  # an old broker without DescribeCluster: say what we could not check
+        log.warning("could not identify the broker (%r); assuming Apache Kafka", exc)
+        return
+    if is_tansu(cluster_id):
+        log.warning("running on the embedded broker (Tansu): %s. Use Apache Kafka in production "
+                    "(docker-compose.yml).", TANSU_GAPS)
+
+
 class DeliveryService(Service):
     """Starts the control plane, then runs the BatchLoop until stopped or failed."""
 
@@ -84,6 +99,7 @@ class DeliveryService(Service):
             try:
                 # A custom input topic (tests, benches) is created by whoever names it.
                 await ensure_topics(admin, core_topics(raw_partitions=s.raw_partitions))
+                await _warn_about_broker_gaps(admin)
             finally:
                 await admin.close()
         if s.control_plane:

@@ -109,3 +109,14 @@ class EmbeddedBroker:
 
     def __exit__(self, *exc) -> None:
         self.stop()
+
+
+TANSU_GAPS = ("retention.ms and cleanup.policy=compact are stored but not enforced (nothing is deleted "
+              "or compacted: the 12-month guarantee rests on the ingest gate and on crypto-shredding "
+              "of expired key epochs here), no idempotent/transactional producer, nothing survives a restart")
+
+
+def is_tansu(cluster_id: str | None) -> bool:
+    """Tansu answers DescribeCluster with its --cluster-id, `tansu_cluster` unless set;
+    Apache Kafka's are 22-character base64 UUIDs."""
+    return bool(cluster_id) and cluster_id.lower().startswith("tansu")

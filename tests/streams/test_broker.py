@@ -16,3 +16,10 @@ def test_embedded_broker_starts_answers_and_stops():
     except OSError:
         still_listening = False
     assert not still_listening
+
+
+def test_tansu_is_recognised_by_its_cluster_id():
+    from fleetcloak.streams.broker import is_tansu
+
+    assert is_tansu("tansu_cluster")
+    assert not is_tansu("xTN8tH1gWM-GUGBFrup4jA") and not is_tansu(None)
