@@ -615,7 +615,8 @@ _MULTI_MAX = 64         # k-record Structs per layout (k = records per packet)
 
 
 class _Layout:
-    __slots__ = ("codec", "keys", "n", "size", "template", "fmt", "one", "multi", "perm", "ntail")
+    __slots__ = ("codec", "keys", "n", "size", "template", "fmt", "one", "multi", "perm", "iow",
+                 "row_len")
 
     def __init__(self, codec: int, keys: tuple, widths: tuple) -> None:
         head, id_fmt, cnt_fmt = _HEAD[codec]
@@ -662,6 +663,8 @@ class _Layout:
         self.template = template
         self.multi: dict[int, tuple] = {}
         self.perm = None if order == list(range(n)) else tuple(order)
+        self.iow: IoWidths | None = None  # set by row_layout()
+        self.row_len = (10 if codec == CODEC_16 else 9) + n
 
     def packer(self, k: int) -> tuple:
         """(Struct of k records, their template as an int, their size)."""
@@ -803,3 +806,101 @@ def encode_records(codec: int, records) -> bytes:
         if body is not None:
             return b"%c%c%b%c" % (codec, n, body, n)  # codec, N1, records, N2
     return _encode_records_slow(codec, records)
+
+
+
+# ------------------------------------------------------------ encode from rows (columns)
+#
+# For generators that hold records as columns (the simulator): a row is a plain tuple
+#   (timestamp_ms, priority, lon_e7, lat_e7, altitude, angle, satellites, speed,
+#    event_io_id[, generation_type (Codec 16)], *values in the layout's id order)
+# with the coordinates as the wire's signed degrees x 1e7, every field an int. No
+# AvlRecord, no dict: a packet of rows of one layout is one pack. The bytes are those
+# encode() gives for record_from_row() of the same rows (tests check it).
+
+
+def row_layout(codec: int, io_width: dict[int, int]) -> _Layout:
+    """The layout whose rows carry these IO ids, in this order, at these widths (1/2/4/8).
+    The records record_from_row() makes share one read-only IoWidths of it."""
+    if codec not in _HEAD:
+        raise EncodeError(f"codec {codec} is not an AVL codec (8, 0x8E, 16)")
+    keys = tuple(io_width)
+    ws = tuple(io_width.values())
+    if not all(w in _LIMIT for w in ws):
+        raise EncodeError(f"row layout widths must be 1, 2, 4 or 8, got {ws}")
+    lay = _layout(codec, keys, ws)
+    if lay is None:
+        raise EncodeError(f"no row layout for codec {codec} IO ids {keys} (ids out of range "
+                          f"or too many)")
+    if lay.perm is not None:
+        raise EncodeError("a row layout lists its ids grouped by width: the 1-byte ones "
+                          "first, then 2, 4 and 8 (the wire order)")
+    if lay.iow is None:
+        lay.iow = IoWidths(zip(keys, ws))
+    return lay
+
+
+def record_from_row(lay: _Layout, row: tuple) -> AvlRecord:
+    """The AvlRecord a row stands for (encode() of it gives encode_rows()'s bytes)."""
+    if lay.codec == CODEC_16:
+        return AvlRecord(row[0], row[1], row[2] / 1e7, row[3] / 1e7, row[4], row[5], row[6],
+                         row[7], row[8], dict(zip(lay.keys, row[10:])), lay.iow, row[9])
+    return AvlRecord(row[0], row[1], row[2] / 1e7, row[3] / 1e7, row[4], row[5], row[6],
+                     row[7], row[8], dict(zip(lay.keys, row[9:])), lay.iow, None)
+
+
+def _rows_error(codec: int, rows, lays) -> EncodeError:
+    """Why rows do not encode (slow path): the reference encoder's error if it has one."""
+    for i, (row, lay) in enumerate(zip(rows, lays)):
+        if type(row) is not tuple or len(row) != lay.row_len:
+            return EncodeError(f"row {i} must be a tuple of {lay.row_len} ints")
+        if not all(type(v) is int for v in row):
+            return EncodeError(f"row {i} holds a value that is not an int")
+        if lay.codec != codec:
+            return EncodeError(f"row {i}: its layout is for codec {lay.codec}, not {codec}")
+    try:
+        _encode_records_slow(codec, [record_from_row(lay, row) for row, lay in zip(rows, lays)])
+    except EncodeError as e:
+        return e
+    return EncodeError("rows do not encode")  # not reached: struct and the slow path agree
+
+
+def encode_rows(codec: int, rows, lays) -> bytes:
+    """Number of Data 1 + the rows' records + Number of Data 2 (as encode_records()).
+
+    `lays`: one layout (from row_layout) for every row, or a sequence, one per row."""
+    n = len(rows)
+    if not 0 < n <= 255 or codec not in _HEAD:
+        if isinstance(lays, _Layout):
+            lays = [lays] * n
+        return encode_records(codec, [record_from_row(lay, r) for r, lay in zip(rows, lays)])
+    if isinstance(lays, _Layout):
+        one = lays
+        lays = None
+    else:
+        one = lays[0]
+        for lay in lays:
+            if lay is not one:
+                one = None
+                break
+    try:
+        if one is not None:
+            if one.codec != codec or set(map(len, rows)) != {one.row_len}:
+                raise ValueError
+            args = [v for r in rows for v in r]
+            if min(args[1::one.row_len]) < 0 or max(args[1::one.row_len]) > 3:
+                raise ValueError
+            if codec == CODEC_16 and (min(args[9::one.row_len]) < 0 or max(args[9::one.row_len]) > 7):
+                raise ValueError
+            body = _pack(one, n, args)
+        else:
+            out = []
+            for r, lay in zip(rows, lays):
+                if lay.codec != codec or len(r) != lay.row_len or not 0 <= r[1] <= 3 or (
+                        codec == CODEC_16 and not 0 <= r[9] <= 7):
+                    raise ValueError
+                out.append(_pack(lay, 1, r))
+            body = b"".join(out)
+    except (struct.error, TypeError, ValueError, OverflowError):
+        raise _rows_error(codec, rows, lays or [one] * n) from None
+    return b"%c%c%b%c" % (codec, n, body, n)

@@ -108,11 +108,16 @@ def decode(frame: bytes, lenient: bool = False, check_crc: bool = True):
 
 def frame_data(data: bytes) -> bytes:
     """Preamble + length + data field + CRC."""
-    return _FRAME_HEAD.pack(0, len(data)) + data + _U32.pack(crc16(data))
+    return b"%b%b%b" % (_FRAME_HEAD.pack(0, len(data)), data, _U32.pack(crc16(data)))
 
 
 def encode_avl(packet: AvlPacket) -> bytes:
     return frame_data(avl.encode_records(packet.codec, packet.records))
+
+
+def encode_avl_rows(codec: int, rows, lays) -> bytes:
+    """The frame of AvlPacket(codec, records_from_rows) (avl.encode_rows: rows are tuples)."""
+    return frame_data(avl.encode_rows(codec, rows, lays))
 
 
 def encode_gprs(packet: GprsPacket) -> bytes:

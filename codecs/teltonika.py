@@ -58,3 +58,20 @@ def encode(packet: Packet | TcpAck | UdpAck, transport: str | None = None) -> by
     if isinstance(packet, UdpAck):
         return udp.encode_ack(packet)
     raise EncodeError(f"cannot encode {type(packet).__name__}")
+
+
+def encode_rows(codec: int, rows, lays, transport: str = "tcp", imei: str | None = None,
+                packet_id: int | None = None, avl_packet_id: int | None = None,
+                packet_type: int | None = None) -> bytes:
+    """encode() of an AvlPacket given as rows (plain int tuples) instead of AvlRecords.
+
+    The bytes are encode(AvlPacket(codec, tuple(record_from_row(lay, r) ...), transport,
+    imei, packet_id, avl_packet_id, packet_type)); see avl.encode_rows for the row shape
+    and avl.row_layout for `lays` (one layout, or one per row)."""
+    if transport == "tcp":
+        return tcp.encode_avl_rows(codec, rows, lays)
+    if transport == "udp":
+        return udp.encode_rows(codec, rows, lays, imei, 0 if packet_id is None else packet_id,
+                               0 if avl_packet_id is None else avl_packet_id,
+                               1 if packet_type is None else packet_type)
+    raise EncodeError(f"transport must be 'tcp' or 'udp', not {transport!r}")

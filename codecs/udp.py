@@ -78,11 +78,26 @@ def encode(packet: AvlPacket) -> bytes:
     ptype = check_int("packet_type", 1 if packet.packet_type is None else packet.packet_type, 0, 0xFF)
     apid = check_int("avl_packet_id",
                      0 if packet.avl_packet_id is None else packet.avl_packet_id, 0, 0xFF)
-    body = avl.encode_records(packet.codec, packet.records)
+    return datagram(avl.encode_records(packet.codec, packet.records), imei, pid, ptype, apid)
+
+
+def datagram(body: bytes, imei: str, pid: int, ptype: int, apid: int) -> bytes:
+    """The header + the AVL part (codec .. Number of Data 2); imei and ids checked."""
     length = 21 + len(body)  # after the length field: 6 header bytes + IMEI + body
     if length > 0xFFFF:
         raise EncodeError(f"datagram of {length + 2} bytes does not fit the u16 length")
     return _HEAD.pack(length, pid, ptype, apid, 15) + imei.encode("ascii") + body
+
+
+def encode_rows(codec: int, rows, lays, imei: str, packet_id: int = 0, avl_packet_id: int = 0,
+                packet_type: int = 1) -> bytes:
+    """The datagram of AvlPacket(codec, records_from_rows, "udp", imei, ...) (avl.encode_rows)."""
+    if not isinstance(imei, str) or len(imei) != 15 or not imei.isascii() or not imei.isdigit():
+        raise EncodeError(f"a UDP packet needs its IMEI as 15 ASCII digits, got {imei!r}")
+    pid = check_int("packet_id", packet_id, 0, 0xFFFF)
+    ptype = check_int("packet_type", packet_type, 0, 0xFF)
+    apid = check_int("avl_packet_id", avl_packet_id, 0, 0xFF)
+    return datagram(avl.encode_rows(codec, rows, lays), imei, pid, ptype, apid)
 
 
 def udp_ack_for(packet: AvlPacket, accepted: int | None = None) -> UdpAck:
