@@ -22,6 +22,7 @@ import numpy as np
 from ..codecs.packets import AvlPacket
 from . import faults as F
 from .fleet import Fleet, build_fleet
+from ..codecs.teltonika import encode_rows
 from .packetiser import (DeviceLink, Emission, chunk, encode_checked, latency_array, make_packet,
                          record_layout_size, send_groups)
 from .telemetry import RecordFactory
@@ -110,16 +111,19 @@ class Simulation:
         mrng, nrng, frng = self._rng(_MODEL, vi, day), self._rng(_NET, vi, day), self._rng(_FAULT, vi, day)
         day_t0 = cfg.start_s + day * DAY_S
         track = self.planners[vi].plan(mrng, day_t0, state)
-        records = self.factories[vi].build(mrng, track, state)
-        if day == cfg.days - 1 and records and records[-1].timestamp_ms >= cfg.end_ms:
-            records = [r for r in records if r.timestamp_ms < cfg.end_ms]
-        self.model_records += len(records)
+        day_recs = self.factories[vi].build(mrng, track, state)
+        if day == cfg.days - 1 and day_recs.ms and day_recs.ms[-1] >= cfg.end_ms:
+            day_recs = day_recs.head(bisect.bisect_left(day_recs.ms, cfg.end_ms))  # ms increase
+        self.model_records += len(day_recs)
         rates = cfg.faults
         span = cfg.end_ms - cfg.start_ms
-        groups = send_groups(veh, records)
+        ms_all, rows_all, has_all = day_recs.ms, day_recs.rows, day_recs.has_card
+        lay_p, lay_c = day_recs.lay_plain, day_recs.lay_card
+        size_p, size_c = lay_p.size, lay_c.size
+        groups = send_groups(veh, ms_all, day_recs.ign)
         # Draws in bulk (one array per device-day): uniforms for the fault decisions,
         # latencies and in-send spacing from the network stream.
-        n_max = len(records) + 2 * len(groups) + 8
+        n_max = len(day_recs) + 2 * len(groups) + 8
         u_rec = frng.random(len(groups)) if self._rec_faults else None
         u_pkt = frng.random(n_max) if self._pkt_faults else None
         lat = latency_array(nrng, len(groups))
@@ -128,22 +132,32 @@ class Simulation:
         ooo: list[int] = []
         k = 0
         max_record = self.max_record[vi]
-        for gi, (tick, recs) in enumerate(groups):
-            rfault = rates.pick(u_rec[gi], F.RECORD_FAULTS) if u_rec is not None else None
+        lo, hi = self._lo, self._hi
+        imei, transport = veh.imei, veh.transport
+        pick = rates.pick
+        for gi, (tick, a, b) in enumerate(groups):
+            rfault = pick(u_rec[gi], F.RECORD_FAULTS) if u_rec is not None else None
+            rows, has, ms = rows_all[a:b], has_all[a:b], ms_all[a:b]
             if rfault == "backlog":
-                recs = F.backlog_records(frng, recs, span) + recs
+                extra, src = F.backlog_rows(frng, rows, span)
+                rows, has, ms = extra + rows, [has[j] for j in src] + has, [r[0] for r in extra] + ms
             elif rfault == "future":
-                recs = recs + F.future_records(frng, recs, span)
+                extra, src = F.future_rows(frng, rows, span)
+                rows, has, ms = rows + extra, has + [has[j] for j in src], ms + [r[0] for r in extra]
             t_ms = tick * 1000 + lat[gi]
-            for ch in chunk(veh, recs, link.sizes, max_record):
-                for pkt, frame in encode_checked(veh, link, make_packet(veh, link, ch)):
-                    tags = (rfault,) if rfault and self._has_shifted(pkt) else ()
-                    em = Emission(t_ms, (vi, link.seq), veh.imei, veh.transport, frame, pkt,
-                                  self._fates(pkt), None, "original", vi, len(pkt.records),
-                                  pkt.avl_packet_id)
+            for ca, cb in chunk(veh, has, size_p, size_c, max_record):
+                lays = [lay_c if h else lay_p for h in has[ca:cb]]
+                for prows, plays, pid, apid, frame in encode_checked(veh, link, rows[ca:cb], lays):
+                    n = len(prows)
+                    pms = [r[0] for r in prows] if rfault else None
+                    tags = (rfault,) if rfault and self._has_shifted(pms) else ()
+                    t0, t1 = prows[0][0], prows[-1][0]
+                    fates = {"valid": n} if t0 >= lo and t1 <= hi else self._fates_of(pms or [r[0] for r in prows])
+                    em = Emission(t_ms, (vi, link.seq), imei, transport, frame,
+                                  (prows, plays, pid, apid), fates, None, "original", vi, n, apid)
                     link.seq += 1
                     t_ms += gaps[k % n_max]
-                    pfault = rates.pick(u_pkt[k % n_max], F.PACKET_FAULTS) if u_pkt is not None else None
+                    pfault = pick(u_pkt[k % n_max], F.PACKET_FAULTS) if u_pkt is not None else None
                     k += 1
                     if pfault is None and not tags:
                         out.append(em)
@@ -152,22 +166,40 @@ class Simulation:
         for i in ooo:  # deliver after the device's next original packet
             nxt = next((e.received_at for e in out[i + 1:] if e.copy == "original"), None)
             out[i].received_at = (nxt if nxt is not None else out[i].received_at + 60_000) + int(frng.integers(1, 500))
-        if not self.keep_packets:
+        # During the day `packet` held (rows, layouts, packet id, AVL packet id[, imei]);
+        # the AvlPacket is made only if the caller keeps packets (tests).
+        if self.keep_packets:
+            made: dict[int, AvlPacket] = {}
+            for e in out:
+                pk = e.packet
+                p = made.get(id(pk))
+                if p is None:
+                    p = made[id(pk)] = make_packet(veh, pk[0], pk[1], pk[2], pk[3], e.imei if e.device < 0 else None)
+                e.packet = p
+        else:
             for e in out:
                 e.packet = None
         return out
 
-    def _fates(self, pkt: AvlPacket) -> dict[str, int]:
-        recs = pkt.records
-        # Records of a packet are in time order (backlog in front, future behind), so
-        # the common case, all valid, is two comparisons.
-        if recs[0].timestamp_ms >= self._lo and recs[-1].timestamp_ms <= self._hi:
-            return {"valid": len(recs)}
-        return timestamp_fates(pkt, self.cfg)
+    def _fates_of(self, ms: list[int]) -> dict[str, int]:
+        lo, hi = self._lo, self._hi
+        old = fut = 0
+        for t in ms:
+            if t < lo:
+                old += 1
+            elif t > hi:
+                fut += 1
+        out = {"valid": len(ms) - old - fut}
+        if old:
+            out["too_old"] = old
+        if fut:
+            out["future"] = fut
+        return out
 
-    def _has_shifted(self, pkt: AvlPacket) -> bool:
+    def _has_shifted(self, ms: list[int]) -> bool:
         cfg = self.cfg
-        return any(not cfg.start_ms <= r.timestamp_ms < cfg.end_ms + DAY_MS for r in pkt.records)
+        lo, hi = cfg.start_ms, cfg.end_ms + DAY_MS
+        return any(not lo <= t < hi for t in ms)
 
     def _packet_fault(self, pfault, em: Emission, tags, frng, link: DeviceLink, ooo: list[int],
                       pos: int) -> list[Emission]:
@@ -200,10 +232,16 @@ class Simulation:
         if pfault == "unknown_imei":
             imeis = self.fleet.unknown_imeis
             imei = imeis[int(frng.integers(0, len(imeis)))]
-            pkt, frame = F.rekey(em.packet, imei)
+            rows, lays, pid, apid = em.packet
+            pk = em.packet
+            frame = em.frame
+            if em.transport == "udp":  # the datagram carries the IMEI; TCP's frame is the same
+                pk = (rows, lays, pid, apid, imei)
+                frame = encode_rows(self.fleet.vehicles[em.device].codec, rows, lays, "udp", imei,
+                                    pid, apid, 1)
             ph = Emission(em.received_at + int(frng.integers(1, 900)), em.order + ("u",), imei,
-                          em.transport, frame, pkt, {"unknown_device": n},
-                          ",".join(tags + ("unknown_imei",)), "phantom", -1, n, pkt.avl_packet_id)
+                          em.transport, frame, pk, {"unknown_device": n},
+                          ",".join(tags + ("unknown_imei",)), "phantom", -1, n, apid)
             return [em, ph]
         raise ValueError(pfault)
 

@@ -37,8 +37,6 @@ from functools import cached_property
 
 import numpy as np
 
-from ..codecs import encode
-from ..codecs.packets import AvlPacket, AvlRecord
 
 RECORD_FAULTS = ("backlog", "future")
 PACKET_FAULTS = ("crc", "truncation", "garbage", "duplicate", "out_of_order", "unknown_imei")
@@ -98,28 +96,25 @@ class FaultRates:
         return out
 
 
-def shifted(records: list[AvlRecord], delta_ms: int) -> list[AvlRecord]:
-    """Copies of records with timestamps moved by delta_ms (same shape, same widths)."""
-    return [AvlRecord(r.timestamp_ms + delta_ms, r.priority, r.lon, r.lat, r.altitude, r.angle,
-                      r.satellites, r.speed, r.event_io_id, r.io, r.io_width, r.generation_type)
-            for r in records]
-
-
-def backlog_records(rng: np.random.Generator, records: list[AvlRecord], span_ms: int) -> list[AvlRecord]:
-    """Old records (>= 400 days before the start) to put in front of a send."""
+def backlog_rows(rng: np.random.Generator, rows: list[tuple], span_ms: int) -> tuple[list[tuple], list[int]]:
+    """Old records (>= 400 days before the start) to put in front of a send: copies of
+    the send's rows (timestamp first) with shifted timestamps, and the index in `rows`
+    each copy came from (its layout is that row's)."""
     k = int(rng.integers(1, 31))
-    src = [records[i % len(records)] for i in range(k)]
+    src = [i % len(rows) for i in range(k)]
     base = span_ms + int(rng.integers(400, 901)) * DAY_MS + int(rng.integers(0, 86_400)) * 1000
     # Oldest first, 10 s apart, all at least `base` before the send's first record.
-    t0 = src[0].timestamp_ms - base - k * 10_000
-    return [shifted([r], t0 + i * 10_000 - r.timestamp_ms)[0] for i, r in enumerate(src)]
+    t0 = rows[0][0] - base - k * 10_000
+    return [(t0 + i * 10_000,) + rows[j][1:] for i, j in enumerate(src)], src
 
 
-def future_records(rng: np.random.Generator, records: list[AvlRecord], span_ms: int) -> list[AvlRecord]:
-    """Records whose clock runs >= 366 days past the simulated end."""
-    k = min(len(records), int(rng.integers(1, 6)))
+def future_rows(rng: np.random.Generator, rows: list[tuple], span_ms: int) -> tuple[list[tuple], list[int]]:
+    """Records whose clock runs >= 366 days past the simulated end (copies of the send's
+    last rows), and the index in `rows` each came from."""
+    k = min(len(rows), int(rng.integers(1, 6)))
     delta = span_ms + int(rng.integers(366, 731)) * DAY_MS + int(rng.integers(0, 86_400)) * 1000
-    return shifted(records[-k:], delta)
+    src = list(range(len(rows) - k, len(rows)))
+    return [(rows[j][0] + delta,) + rows[j][1:] for j in src], src
 
 
 def corrupt(rng: np.random.Generator, kind: str, frame: bytes, transport: str) -> bytes:
@@ -145,15 +140,6 @@ def corrupt(rng: np.random.Generator, kind: str, frame: bytes, transport: str) -
             return bytes([int(rng.integers(1, 255))]) + junk + frame
         return frame + junk
     raise ValueError(kind)
-
-
-def rekey(packet: AvlPacket, imei: str) -> tuple[AvlPacket, bytes]:
-    """The same records sent by another device (UDP carries the IMEI in the datagram)."""
-    if packet.transport == "udp":
-        p = AvlPacket(packet.codec, packet.records, "udp", imei, packet.packet_id,
-                      packet.avl_packet_id, packet.packet_type)
-        return p, encode(p)
-    return packet, encode(packet)
 
 
 def resend_delay_ms(rng: np.random.Generator) -> int:

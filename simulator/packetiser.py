@@ -7,8 +7,9 @@ is split into as many packets as the byte limit needs (1280 bytes per frame, 512
 computed from the layout (a record's size depends only on the codec and which IO widths
 it carries), and the encoder has the last word: a chunk that encodes too large is split.
 
-Bytes always come from fleetcloak.codecs.encode: the simulator never writes its own
-encoder. An `Emission` is one message as it reaches the raw topic (or the gateway).
+Bytes always come from fleetcloak.codecs (encode_rows: the records as plain int tuples,
+as telemetry.py makes them, packed with one cached Struct per packet): the simulator
+never writes its own encoder. An `Emission` is one message as it reaches the raw topic (or the gateway).
 """
 from __future__ import annotations
 
@@ -17,8 +18,9 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from ..codecs import encode
-from ..codecs.packets import CODEC_8, CODEC_8E, AvlPacket, AvlRecord
+from ..codecs.avl import record_from_row
+from ..codecs.packets import CODEC_8, CODEC_8E, AvlPacket
+from ..codecs.teltonika import encode_rows
 from .fleet import Vehicle
 
 # Record bytes before the IO pairs, and bytes per IO pair beyond its value (id width).
@@ -73,83 +75,84 @@ def record_layout_size(codec: int, io_width: dict[int, int]) -> int:
     return _RECORD_BASE[codec] + sum(_ID_W[codec] + w for w in io_width.values())
 
 
-def record_size(codec: int, r: AvlRecord, cache: dict[int, int]) -> int:
-    """Encoded size of a record with fixed-width IO only (what the simulator makes)."""
-    key = id(r.io_width)
-    s = cache.get(key)
-    if s is None:
-        idw = _ID_W[codec]
-        s = cache[key] = _RECORD_BASE[codec] + sum(idw + w for w in r.io_width.values())
-    return s
-
-
-def send_groups(veh: Vehicle, records: list[AvlRecord]) -> list[tuple[int, list[AvlRecord]]]:
-    """Group records by the send tick that carries them: [(send time s, records)].
+def send_groups(veh: Vehicle, ms: list[int], ign: list[int]) -> list[tuple[int, int, int]]:
+    """Group a device-day's records (timestamps `ms`, ignition `ign`) by the send tick
+    that carries them: [(send time s, first, end)], index ranges into the day.
 
     The day's last buffer is sent at its tick (devices do not carry it over midnight).
     """
-    if not records:
+    n = len(ms)
+    if not n:
         return []
-    t = np.fromiter((r.timestamp_ms for r in records), dtype=np.int64, count=len(records)) // 1000
+    t = np.array(ms, dtype=np.int64) // 1000
     p = veh.send_period_s
     tick = np.ceil((t - veh.phase_s) / p).astype(np.int64) * p + veh.phase_s
     cuts = np.flatnonzero(np.diff(tick)) + 1
-    bounds = [0, *cuts.tolist(), len(records)]
+    bounds = [0, *cuts.tolist(), n]
     ticks = tick.tolist()
-    out: list[tuple[int, list[AvlRecord]]] = []
+    out: list[tuple[int, int, int]] = []
     start, need = 0, veh.min_records
     for a, b in zip(bounds[1:-1], bounds[2:]):
         # A tick at a: the records [start, a) are buffered; send if enough or parked.
-        if a - start >= need or not records[a - 1].io.get(239, 0):
-            out.append((ticks[a - 1], records[start:a]))
+        if a - start >= need or not ign[a - 1]:
+            out.append((ticks[a - 1], start, a))
             start = a
-    out.append((ticks[-1], records[start:]))
+    out.append((ticks[-1], start, n))
     return out
 
 
-def chunk(veh: Vehicle, records: list[AvlRecord], cache: dict[int, int],
-          max_record: int = 0) -> list[list[AvlRecord]]:
-    """Split a send's records into packets within the byte limit (and <= 255 records).
+def chunk(veh: Vehicle, has_card: list[bool], size_plain: int, size_card: int,
+          max_record: int = 0) -> list[tuple[int, int]]:
+    """Split a send's records into packets within the byte limit (and <= 255 records):
+    [(first, end)] index ranges. A record's size is its layout's (plain or with the
+    tachograph card halves).
 
     `max_record`, the device's largest record layout, lets the common case (everything
     fits even at the largest size) skip the per-record sizes.
     """
+    n = len(has_card)
     limit = veh.max_packet - (UDP_OVERHEAD if veh.transport == "udp" else TCP_OVERHEAD)
-    if max_record and len(records) * max_record <= limit and len(records) <= 255:
-        return [records]
-    codec = veh.codec
-    sizes = [cache.get(id(r.io_width)) or record_size(codec, r, cache) for r in records]
-    if len(records) <= 255 and sum(sizes) <= limit:
-        return [records]
-    out, cur, size = [], [], 0
-    for r, s in zip(records, sizes):
-        if cur and (size + s > limit or len(cur) == 255):
-            out.append(cur)
-            cur, size = [], 0
-        cur.append(r)
+    if max_record and n * max_record <= limit and n <= 255:
+        return [(0, n)]
+    sizes = [size_card if h else size_plain for h in has_card]
+    if n <= 255 and sum(sizes) <= limit:
+        return [(0, n)]
+    out, start, size = [], 0, 0
+    for i, s in enumerate(sizes):
+        if i > start and (size + s > limit or i - start == 255):
+            out.append((start, i))
+            start, size = i, 0
         size += s
-    if cur:
-        out.append(cur)
+    if start < n:
+        out.append((start, n))
     return out
 
 
-def make_packet(veh: Vehicle, link: DeviceLink, records: list[AvlRecord], imei: str | None = None) -> AvlPacket:
+def encode_checked(veh: Vehicle, link: DeviceLink, rows: list[tuple], lays: list,
+                   imei: str | None = None) -> list[tuple[list, list, int | None, int | None, bytes]]:
+    """Encode rows as one packet (fleetcloak.codecs.encode_rows; UDP takes the device's
+    next packet ids); if the frame is over the limit after all, split it in two (never
+    expected). [(rows, lays, packet_id, avl_packet_id, frame)]."""
     if veh.transport == "udp":
         pid, apid = link.next_udp_ids()
-        return AvlPacket(veh.codec, tuple(records), "udp", imei or veh.imei, pid, apid, 1)
-    return AvlPacket(veh.codec, tuple(records), "tcp")
+        frame = encode_rows(veh.codec, rows, lays, "udp", imei or veh.imei, pid, apid, 1)
+    else:
+        pid = apid = None
+        frame = encode_rows(veh.codec, rows, lays)
+    if len(frame) <= veh.max_packet or len(rows) == 1:
+        return [(rows, lays, pid, apid, frame)]
+    half = len(rows) // 2
+    return (encode_checked(veh, link, rows[:half], lays[:half], imei)
+            + encode_checked(veh, link, rows[half:], lays[half:], imei))
 
 
-def encode_checked(veh: Vehicle, link: DeviceLink, packet: AvlPacket) -> list[tuple[AvlPacket, bytes]]:
-    """Encode; if the frame is over the limit after all, split it in two (never expected)."""
-    frame = encode(packet)
-    if len(frame) <= veh.max_packet or len(packet.records) == 1:
-        return [(packet, frame)]
-    half = len(packet.records) // 2
-    out = []
-    for part in (packet.records[:half], packet.records[half:]):
-        out += encode_checked(veh, link, make_packet(veh, link, list(part), packet.imei))
-    return out
+def make_packet(veh: Vehicle, rows: list[tuple], lays: list, pid: int | None, apid: int | None,
+                imei: str | None = None) -> AvlPacket:
+    """The AvlPacket that rows stand for (what encode_checked encoded)."""
+    records = tuple(record_from_row(lay, r) for r, lay in zip(rows, lays))
+    if veh.transport == "udp":
+        return AvlPacket(veh.codec, records, "udp", imei or veh.imei, pid, apid, 1)
+    return AvlPacket(veh.codec, records, "tcp")
 
 
 def latency_array(rng: np.random.Generator, n: int) -> list[int]:

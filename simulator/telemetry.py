@@ -1,6 +1,7 @@
 """From a device-day Track to AVL records: GNSS fields, noise, fix loss and IO values.
 
-Vectorised per device-day (numpy), then one cheap loop builds the AvlRecord objects.
+Vectorised per device-day (numpy), then zipped into rows (int tuples) that the encoder
+packs as they are; AvlRecord objects are made only on demand (DayRecords).
 
 GNSS (protocol notes 4.1): coordinates quantised to 1e-7 degrees exactly as the wire
 holds them (so decode(encode(r)) == r); GPS noise ~2 m per axis on every fix; a record
@@ -18,9 +19,11 @@ Event records name the IO that triggered them (event_io_id); periodic ones have 
 """
 from __future__ import annotations
 
+from collections.abc import Sequence
+
 import numpy as np
 
-from ..codecs.avl import IoWidths
+from ..codecs.avl import IoWidths, record_from_row, row_layout
 from ..codecs.packets import CODEC_8E, CODEC_16, AvlRecord
 from .fleet import Fleet, Vehicle
 from .trips import EV_DRIVER, DeviceState, Track
@@ -53,8 +56,8 @@ class RecordFactory:
         # identity instead of looking every id up per record.
         self.width_plain = IoWidths(w)
         self.width_card = IoWidths(w | {self.card_ios[0]: 8, self.card_ios[1]: 8})
-        self._loop = _record_loop(tuple(self.width_plain), tuple(self.width_card),
-                                  self.width_plain, self.width_card)
+        self.lay_plain = row_layout(self.codec, self.width_plain)
+        self.lay_card = row_layout(self.codec, self.width_card)
         phase = self.tenant.road_theta * 1000.0
         self._terrain = (float(40 + 300 * (self.tenant.index % 3)), phase)
 
@@ -62,10 +65,10 @@ class RecordFactory:
         base, ph = self._terrain
         return np.rint(base + 35.0 * np.sin(x / 4100.0 + ph) + 22.0 * np.cos(y / 2700.0 - ph)).astype(np.int64)
 
-    def build(self, rng: np.random.Generator, tr: Track, state: DeviceState) -> list[AvlRecord]:
+    def build(self, rng: np.random.Generator, tr: Track, state: DeviceState) -> "DayRecords":
         n = len(tr)
         if n == 0:
-            return []
+            return DayRecords(self.codec, [], [], self.lay_plain, self.lay_card, [], [])
         geo = self.tenant.geo
         fix = tr.fix
         x = tr.x + rng.normal(0.0, 2.0, n)
@@ -101,62 +104,63 @@ class RecordFactory:
             event = np.where(event == EV_DRIVER, self.driver_io, event)
         ms = tr.t * 1000
 
-        # IO values as columns, in the order of the record's IO keys (the card halves
-        # last); the generated loop turns each row into the record's IO dict.
+        # Rows (plain int tuples, as fleetcloak.codecs.encode_rows takes them): the GPS
+        # part, the event id (+ generation type), then the IO values in the layout's key
+        # order, the card halves last and only on rows whose driver has a card.
         drv = tr.drv.tolist()
         keys, cards = self.keys, self.cards
         dkey = [keys[d] if d >= 0 else 0 for d in drv]
-        card = [cards.get(d) if d >= 0 else None for d in drv]
-        has = [c is not None for c in card]
-        c1 = [c[0] if c else 0 for c in card]
-        c2 = [c[1] if c else 0 for c in card]
         spd = speed.tolist()
-        cols = [tr.ign.tolist(), tr.mov.tolist(), gsm.tolist()]
+        cols = [ms.tolist(), prio.tolist(), lon_i.tolist(), lat_i.tolist(), alt.tolist(),
+                angle.tolist(), sats.tolist(), spd, event.tolist()]
+        if self.codec == CODEC_16:
+            cols.append(np.where(event != 0, 5, 7).tolist())
+        cols += [tr.ign.tolist(), tr.mov.tolist(), gsm.tolist()]
         if not self.fam64:
             cols.append(np.where(fix, 1, 2).tolist())
         if self.has_private:
             cols.append(tr.priv.tolist())
-        cols += [spd, ext.tolist(), batt.tolist(), cell.tolist(), lac.tolist(), odo.tolist(), dkey, c1, c2]
-        gen = np.where(event != 0, 5, 7).tolist() if self.codec == CODEC_16 else [None] * n
-        return self._loop(ms.tolist(), prio.tolist(), (lon_i / 1e7).tolist(), (lat_i / 1e7).tolist(),
-                          alt.tolist(), angle.tolist(), sats.tolist(), spd, event.tolist(), gen, has,
-                          *cols)
+        cols += [spd, ext.tolist(), batt.tolist(), cell.tolist(), lac.tolist(), odo.tolist(), dkey]
+        rows = list(zip(*cols))
+        card_of = [cards.get(d) if d >= 0 else None for d in drv]
+        has = [c is not None for c in card_of]
+        if any(has):
+            rows = [r + c if c else r for r, c in zip(rows, card_of)]
+        return DayRecords(self.codec, rows, has, self.lay_plain, self.lay_card, cols[0], cols[9 + (self.codec == CODEC_16)])
 
 
-_LOOPS: dict[tuple, object] = {}
+class DayRecords(Sequence):
+    """A device-day's records as rows (what the encoder packs) plus the columns the
+    packetiser reads (timestamps, ignition). Indexing or iterating gives AvlRecords,
+    made on demand (tests; the CLI never needs them)."""
 
+    __slots__ = ("codec", "rows", "has_card", "lay_plain", "lay_card", "ms", "ign", "_recs")
 
-def _record_loop(kp: tuple[int, ...], kc: tuple[int, ...], wp: dict, wc: dict):
-    """The loop for this layout, compiled once per process (io_width dicts differ per
-    device but are equal per layout, so the first device's ones are shared)."""
-    key = (kp, kc)
-    loop = _LOOPS.get(key)
-    if loop is None:
-        loop = _LOOPS[key] = _compile_loop(kp, kc, wp, wc)
-    return loop
+    def __init__(self, codec, rows, has_card, lay_plain, lay_card, ms, ign):
+        self.codec, self.rows, self.has_card = codec, rows, has_card
+        self.lay_plain, self.lay_card = lay_plain, lay_card
+        self.ms, self.ign = ms, ign
+        self._recs = None
 
+    def lays(self, has_card) -> list:
+        p, c = self.lay_plain, self.lay_card
+        return [c if h else p for h in has_card]
 
-def _compile_loop(kp: tuple[int, ...], kc: tuple[int, ...], wp: dict, wc: dict):
-    """A record-building loop specialised for one IO layout.
+    def records(self) -> list[AvlRecord]:
+        if self._recs is None:
+            p, c = self.lay_plain, self.lay_card
+            self._recs = [record_from_row(c if h else p, r) for r, h in zip(self.rows, self.has_card)]
+        return self._recs
 
-    Generated once per device (like namedtuple does), so each record's IO dict is a
-    literal: about twice as fast as dict(zip(keys, row)) on this hot path.
-    """
-    names = [f"c{i}" for i in range(len(kc))]
-    plain = ", ".join(f"{k}: {v}" for k, v in zip(kp, names))
-    card = ", ".join(f"{k}: {v}" for k, v in zip(kc, names))
-    src = (
-        f"def loop(ms, prio, lon, lat, alt, ang, sats, spd, ev, gen, has, {', '.join(names)}):\n"
-        f"    out = []\n"
-        f"    append = out.append\n"
-        f"    for t, p, lo, la, al, an, sa, sp, e, g, hc, {', '.join(names)} in zip(\n"
-        f"            ms, prio, lon, lat, alt, ang, sats, spd, ev, gen, has, {', '.join(names)}):\n"
-        f"        if hc:\n"
-        f"            append(R(t, p, lo, la, al, an, sa, sp, e, {{{card}}}, WC, g))\n"
-        f"        else:\n"
-        f"            append(R(t, p, lo, la, al, an, sa, sp, e, {{{plain}}}, WP, g))\n"
-        f"    return out\n"
-    )
-    ns = {"R": AvlRecord, "WP": wp, "WC": wc}
-    exec(compile(src, f"<record loop {kc}>", "exec"), ns)
-    return ns["loop"]
+    def head(self, k: int) -> "DayRecords":
+        return DayRecords(self.codec, self.rows[:k], self.has_card[:k], self.lay_plain, self.lay_card,
+                          self.ms[:k], self.ign[:k])
+
+    def __len__(self) -> int:
+        return len(self.rows)
+
+    def __getitem__(self, i):
+        return self.records()[i]
+
+    def __iter__(self):
+        return iter(self.records())
