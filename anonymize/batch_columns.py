@@ -18,6 +18,7 @@ forms treat alike (canonical.py).
 """
 from __future__ import annotations
 
+import operator
 from collections.abc import Iterable
 
 import numpy as np
@@ -94,7 +95,7 @@ def record_contents(batch) -> list[bytes]:
     buf = el.tobytes()
     size = _ELEMENT.itemsize
     off = (np.asarray(batch.io_offsets) * size).tolist()
-    out = [b + buf[off[i]:off[i + 1]] for i, b in enumerate(base)]
+    out = list(map(operator.add, base, map(buf.__getitem__, map(slice, off[:-1], off[1:]))))
     if nx.size:
         rows = np.repeat(np.arange(n), np.diff(np.asarray(batch.io_offsets)))[nx].tolist()
         data = batch.nx_data
@@ -112,4 +113,4 @@ def _fixed_bytes(batch) -> list[bytes]:
     for field, column in _FIXED_COLUMNS:
         rows[field] = getattr(batch, column)
     buf, size = rows.tobytes(), _FIXED.itemsize
-    return [buf[i:i + size] for i in range(0, n * size, size)]
+    return list(map(buf.__getitem__, map(slice, range(0, n * size, size), range(size, n * size + size, size))))

@@ -221,6 +221,23 @@ class Pseudonymizer:
                 out[idx] = res_arr[inv]
         return out
 
+    def canonicals_indexed(self, kind: str, values: Sequence[bytes | None], index: np.ndarray,
+                           timestamps_ms: np.ndarray, *, on_erased: str = "raise") -> np.ndarray:
+        """`canonicals(kind, [values[i] for i in index], timestamps_ms)` without building
+        the per-record list: when the records share one epoch (the usual batch), one
+        lookup per distinct canonical; otherwise the per-record path."""
+        ts = np.asarray(timestamps_ms)
+        labels, _ = epoch_ids(ts, self.rotation)
+        index = np.asarray(index, dtype=np.intp)
+        if len(labels) != 1 or index.shape[0] != ts.shape[0]:
+            arr = np.empty(len(values), dtype=object)
+            arr[:] = list(values)
+            return self.canonicals(kind, arr[index].tolist(), ts, on_erased=on_erased)
+        uniq, inv = _canon_index(list(values))  # equal canonicals of different raw values: once
+        res = np.empty(len(uniq), dtype=object)
+        res[:] = self._lookup_unique(kind, uniq, labels[0], on_erased)
+        return res[inv][index]
+
     def canonicals(self, kind: str, canonicals: Sequence[bytes | None], timestamps_ms: np.ndarray, *, on_erased: str = "raise") -> np.ndarray:
         """Pseudonyms of already-canonical identifiers; None (absent) stays None."""
         arr = np.empty(len(canonicals), dtype=object)
@@ -237,6 +254,11 @@ class Pseudonymizer:
             else:
                 out[idx] = res_arr[inv]
         return out
+
+
+def _canon_index(canon: list) -> tuple[list, np.ndarray]:
+    index = {c: i for i, c in enumerate(dict.fromkeys(canon))}
+    return list(index), np.fromiter(map(index.__getitem__, canon), dtype=np.intp, count=len(canon))
 
 
 def _unique_objects(arr: np.ndarray) -> tuple[np.ndarray, np.ndarray]:

@@ -146,17 +146,17 @@ def _identifiers(cols: Columns, pseudo: Pseudonymizer, pseudonymise: frozenset[s
                     out = shown[inv]
                     present = vals != 0
             else:
-                rowvals = list(zip(*[(p.tolist() if p is not None else [None] * m) for p in parts]))
-                tup_arr = np.empty(m, dtype=object)
-                tup_arr[:] = rowvals
-                uniq, inv = _unique_objects(tup_arr)
-                canon = [canonical_group(group, t, fam) for t in uniq.tolist()]
+                lists = [(p.tolist() if p is not None else [None] * m) for p in parts]
+                # distinct values (tuples of the parts) by a dict pass, tuples built only
+                # per distinct value when the group has one part
+                rowvals = lists[0] if len(lists) == 1 else list(zip(*lists))
+                index = {v: i for i, v in enumerate(dict.fromkeys(rowvals))}
+                inv = np.fromiter(map(index.__getitem__, rowvals), dtype=np.intp, count=m)
+                uniq_l = [(v,) for v in index] if len(lists) == 1 else list(index)
+                canon = [canonical_group(group, t, fam) for t in uniq_l]
                 if hide:
-                    # expand to one canonical per record (epochs are per record); the
-                    # pseudonymizer dedupes again and its cache holds the rest
-                    canon_arr = np.empty(len(canon), dtype=object)
-                    canon_arr[:] = canon
-                    out = pseudo.canonicals(group.kind, canon_arr[inv].tolist(), sub_ts, on_erased=on_erased)
+                    # one pseudonym per distinct canonical and epoch (epochs are per record)
+                    out = pseudo.canonicals_indexed(group.kind, canon, inv, sub_ts, on_erased=on_erased)
                 else:
                     shown = np.empty(len(canon), dtype=object)
                     shown[:] = [display_canonical(group, c) if c is not None else None for c in canon]

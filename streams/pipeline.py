@@ -155,8 +155,13 @@ def output_io(batch, rows: np.ndarray, proc) -> list[dict[str, object]]:
     counts = ends - starts
     el = np.repeat(starts - np.concatenate(([0], np.cumsum(counts)[:-1])), counts) + np.arange(int(counts.sum()))
     ids = batch.io_id[el]
-    uniq, inv = np.unique(ids, return_inverse=True)
-    inv = inv.reshape(-1)
+    # distinct ids by a lookup table (ids are 16-bit): no sort
+    seen = np.zeros(int(ids.max()) + 1 if ids.size else 1, dtype=bool)
+    seen[ids] = True
+    uniq = np.flatnonzero(seen)
+    lut = np.zeros(seen.size, dtype=np.intp)
+    lut[uniq] = np.arange(uniq.size)
+    inv = lut[ids]
     ulist = uniq.tolist()
     keep = np.array([proc.io_keep(i) for i in ulist], dtype=bool)[inv]
     local = None
@@ -418,13 +423,13 @@ def dump_records(records: list[dict]) -> list[bytes]:
         return []
     buf = orjson.dumps(records, option=orjson.OPT_SERIALIZE_NUMPY)
     a = np.frombuffer(buf, dtype=np.uint8)
-    commas = np.flatnonzero(a[:-4] == 0x2C)  # ','
-    cuts = commas[(a[commas + 1] == 0x7B) & (a[commas + 2] == 0x22) & (a[commas + 3] == 0x72)]  # '{"r'
-    if len(cuts) != len(records) - 1 or not buf.startswith(b'[{"record_id":'):
+    braces = np.flatnonzero(a[1:-3] == 0x7B) + 1  # '{': a record's or an IO dict's
+    braces = braces[(a[braces - 1] == 0x2C) & (a[braces + 1] == 0x22) & (a[braces + 2] == 0x72)]  # ',{"r'
+    if len(braces) != len(records) - 1 or not buf.startswith(b'[{"record_id":'):
         return [_dumps(rec) for rec in records]  # not the shape this relies on
-    starts = [1, *(cuts + 1).tolist()]
-    ends = [*cuts.tolist(), len(buf) - 1]
-    return [buf[a:b] for a, b in zip(starts, ends)]
+    starts = [1, *braces.tolist()]
+    ends = [*(braces - 1).tolist(), len(buf) - 1]
+    return list(map(buf.__getitem__, map(slice, starts, ends)))
 
 
 def _imei_of(key: bytes | None) -> str | None:
