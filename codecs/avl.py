@@ -35,7 +35,9 @@ configurations, so the caches stay small; they are bounded against hostile input
 """
 from __future__ import annotations
 
+import operator
 import struct
+from itertools import starmap
 
 from .errors import DecodeError, EncodeError
 from .errors import check_int as _check
@@ -865,42 +867,46 @@ def _rows_error(codec: int, rows, lays) -> EncodeError:
     return EncodeError("rows do not encode")  # not reached: struct and the slow path agree
 
 
+_PRIORITIES = frozenset(range(4))
+_GENERATIONS = frozenset(range(8))
+_COL1 = operator.itemgetter(1)
+_COL9 = operator.itemgetter(9)
+
+
+def _pack_rows(codec: int, lay: _Layout, rows) -> bytes:
+    """Rows of one layout: one pack per row at C speed (starmap; struct checks each row's
+    length and ranges), the template OR-ed over the lot once."""
+    if lay.codec != codec or not set(map(_COL1, rows)) <= _PRIORITIES or (
+            codec == CODEC_16 and not set(map(_COL9, rows)) <= _GENERATIONS):
+        raise ValueError
+    k = len(rows)
+    _, tpl, size = lay.multi.get(k) or lay.packer(k)
+    return (int.from_bytes(b"".join(starmap(lay.one.pack, rows)), "big") | tpl).to_bytes(size, "big")
+
+
 def encode_rows(codec: int, rows, lays) -> bytes:
     """Number of Data 1 + the rows' records + Number of Data 2 (as encode_records()).
 
     `lays`: one layout (from row_layout) for every row, or a sequence, one per row."""
     n = len(rows)
+    single = type(lays) is _Layout
     if not 0 < n <= 255 or codec not in _HEAD:
-        if isinstance(lays, _Layout):
-            lays = [lays] * n
-        return encode_records(codec, [record_from_row(lay, r) for r, lay in zip(rows, lays)])
-    if isinstance(lays, _Layout):
-        one = lays
-        lays = None
-    else:
-        one = lays[0]
-        for lay in lays:
-            if lay is not one:
-                one = None
-                break
+        return encode_records(codec, [record_from_row(lay, r) for r, lay in
+                                      zip(rows, [lays] * n if single else lays)])
     try:
-        if one is not None:
-            if one.codec != codec or set(map(len, rows)) != {one.row_len}:
-                raise ValueError
-            args = [v for r in rows for v in r]
-            if min(args[1::one.row_len]) < 0 or max(args[1::one.row_len]) > 3:
-                raise ValueError
-            if codec == CODEC_16 and (min(args[9::one.row_len]) < 0 or max(args[9::one.row_len]) > 7):
-                raise ValueError
-            body = _pack(one, n, args)
+        if single:
+            body = _pack_rows(codec, lays, rows)
         else:
-            out = []
-            for r, lay in zip(rows, lays):
-                if lay.codec != codec or len(r) != lay.row_len or not 0 <= r[1] <= 3 or (
-                        codec == CODEC_16 and not 0 <= r[9] <= 7):
-                    raise ValueError
-                out.append(_pack(lay, 1, r))
-            body = b"".join(out)
-    except (struct.error, TypeError, ValueError, OverflowError):
-        raise _rows_error(codec, rows, lays or [one] * n) from None
+            parts = []
+            i = 0
+            while i < n:  # runs of one layout
+                lay = lays[i]
+                j = i + 1
+                while j < n and lays[j] is lay:
+                    j += 1
+                parts.append(_pack_rows(codec, lay, rows[i:j]))
+                i = j
+            body = b"".join(parts)
+    except (struct.error, TypeError, ValueError, OverflowError, IndexError):
+        raise _rows_error(codec, rows, [lays] * n if single else lays) from None
     return b"%c%c%b%c" % (codec, n, body, n)

@@ -146,7 +146,8 @@ class Simulation:
                 rows, has, ms = rows + extra, has + [has[j] for j in src], ms + [r[0] for r in extra]
             t_ms = tick * 1000 + lat[gi]
             for ca, cb in chunk(veh, has, size_p, size_c, max_record):
-                lays = [lay_c if h else lay_p for h in has[ca:cb]]
+                hs = has[ca:cb]
+                lays = (lay_c if all(hs) else [lay_c if h else lay_p for h in hs]) if any(hs) else lay_p
                 for prows, plays, pid, apid, frame in encode_checked(veh, link, rows[ca:cb], lays):
                     n = len(prows)
                     pms = [r[0] for r in prows] if rfault else None

@@ -128,9 +128,10 @@ def chunk(veh: Vehicle, has_card: list[bool], size_plain: int, size_card: int,
     return out
 
 
-def encode_checked(veh: Vehicle, link: DeviceLink, rows: list[tuple], lays: list,
+def encode_checked(veh: Vehicle, link: DeviceLink, rows: list[tuple], lays,
                    imei: str | None = None) -> list[tuple[list, list, int | None, int | None, bytes]]:
-    """Encode rows as one packet (fleetcloak.codecs.encode_rows; UDP takes the device's
+    """Encode rows as one packet (fleetcloak.codecs.encode_rows; `lays` one row layout
+    for all, or a list, one per row; UDP takes the device's
     next packet ids); if the frame is over the limit after all, split it in two (never
     expected). [(rows, lays, packet_id, avl_packet_id, frame)]."""
     if veh.transport == "udp":
@@ -142,13 +143,16 @@ def encode_checked(veh: Vehicle, link: DeviceLink, rows: list[tuple], lays: list
     if len(frame) <= veh.max_packet or len(rows) == 1:
         return [(rows, lays, pid, apid, frame)]
     half = len(rows) // 2
-    return (encode_checked(veh, link, rows[:half], lays[:half], imei)
-            + encode_checked(veh, link, rows[half:], lays[half:], imei))
+    one = not isinstance(lays, list)
+    return (encode_checked(veh, link, rows[:half], lays if one else lays[:half], imei)
+            + encode_checked(veh, link, rows[half:], lays if one else lays[half:], imei))
 
 
-def make_packet(veh: Vehicle, rows: list[tuple], lays: list, pid: int | None, apid: int | None,
+def make_packet(veh: Vehicle, rows: list[tuple], lays, pid: int | None, apid: int | None,
                 imei: str | None = None) -> AvlPacket:
     """The AvlPacket that rows stand for (what encode_checked encoded)."""
+    if not isinstance(lays, list):  # one layout for every row
+        lays = [lays] * len(rows)
     records = tuple(record_from_row(lay, r) for r, lay in zip(rows, lays))
     if veh.transport == "udp":
         return AvlPacket(veh.codec, records, "udp", imei or veh.imei, pid, apid, 1)

@@ -96,3 +96,69 @@ def test_fast_path_matches_the_reference_on_odd_io(p, data):
     _same(p.codec, recs)
     # the same IO on a clean record first, so a layout for int keys is cached already
     _same(p.codec, [dataclasses.replace(p.records[0], io={1: 5}, io_width={1: 1})] + recs)
+
+
+# ------------------------------------------------------------------ encode_rows
+
+from fleetcloak.codecs import AvlPacket, decode, encode  # noqa: E402
+from fleetcloak.codecs.teltonika import encode_rows  # noqa: E402
+
+
+@st.composite
+def _row_packets(draw):
+    codec = draw(st.sampled_from([8, 0x8E, 16]))
+    id_max = 0xFF if codec == 8 else 0xFFFF
+    ids = draw(st.lists(st.integers(0, id_max), unique=True, max_size=10))
+    widths = [draw(st.sampled_from([1, 2, 4, 8])) for _ in ids]
+    iow = dict(sorted(zip(ids, widths), key=lambda kv: kv[1]))  # grouped by width: the wire order
+    lay = avl.row_layout(codec, iow)
+    n = draw(st.integers(1, 6))
+    rows = []
+    for _ in range(n):
+        head = [draw(st.integers(0, (1 << 64) - 1)), draw(st.integers(0, 3)),
+                draw(st.integers(-(1 << 31), (1 << 31) - 1)), draw(st.integers(-(1 << 31), (1 << 31) - 1)),
+                draw(st.integers(-32768, 32767)), draw(st.integers(0, 0xFFFF)), draw(st.integers(0, 255)),
+                draw(st.integers(0, 0xFFFF)), draw(st.integers(0, id_max))]
+        if codec == 16:
+            head.append(draw(st.integers(0, 7)))
+        rows.append(tuple(head + [draw(st.integers(0, (1 << (8 * w)) - 1)) for w in iow.values()]))
+    return codec, lay, rows
+
+
+@PROPS
+@given(_row_packets(), st.sampled_from(["tcp", "udp"]))
+def test_encode_rows_is_encode_of_the_records_the_rows_stand_for(case, transport):
+    codec, lay, rows = case
+    recs = tuple(avl.record_from_row(lay, r) for r in rows)
+    imei = "356307042441013" if transport == "udp" else None
+    pkt = AvlPacket(codec, recs, transport, imei, 7 if imei else None, 9 if imei else None, 1 if imei else None)
+    frame = encode_rows(codec, rows, lay, transport, imei, pkt.packet_id, pkt.avl_packet_id, pkt.packet_type)
+    assert frame == encode(pkt)
+    assert encode_rows(codec, rows, [lay] * len(rows), transport, imei, pkt.packet_id, pkt.avl_packet_id,
+                       pkt.packet_type) == frame
+    assert decode(frame, transport) == pkt
+
+
+@PROPS
+@given(_row_packets(), st.data())
+def test_encode_rows_refuses_what_encode_refuses(case, data):
+    codec, lay, rows = case
+    i = data.draw(st.integers(0, len(rows) - 1))
+    col = data.draw(st.integers(0, len(rows[i]) - 1))
+    bad = data.draw(st.sampled_from([-1, 4, 8, 256, 1 << 16, 1 << 32, 1 << 64, -(1 << 31) - 1, 1 << 31, 1.0, None]))
+    row = list(rows[i])
+    row[col] = bad
+    rows = rows[:i] + [tuple(row)] + rows[i + 1:]
+    try:
+        want = encode(AvlPacket(codec, tuple(avl.record_from_row(lay, r) for r in rows)))
+    except Exception:  # noqa: BLE001
+        want = None
+    if want is not None and all(type(v) is int for v in row):
+        assert encode_rows(codec, rows, lay) == want
+    else:
+        try:
+            encode_rows(codec, rows, lay)
+        except EncodeError:
+            pass
+        else:
+            raise AssertionError(f"row {row} encoded")
