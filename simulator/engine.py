@@ -124,8 +124,8 @@ class Simulation:
         # Draws in bulk (one array per device-day): uniforms for the fault decisions,
         # latencies and in-send spacing from the network stream.
         n_max = len(day_recs) + 2 * len(groups) + 8
-        u_rec = frng.random(len(groups)) if self._rec_faults else None
-        u_pkt = frng.random(n_max) if self._pkt_faults else None
+        u_rec = frng.random(len(groups)).tolist() if self._rec_faults else None
+        u_pkt = frng.random(n_max).tolist() if self._pkt_faults else None
         lat = latency_array(nrng, len(groups))
         gaps = nrng.integers(3, 43, n_max).tolist()
         out: list[Emission] = []
@@ -135,8 +135,10 @@ class Simulation:
         lo, hi = self._lo, self._hi
         imei, transport = veh.imei, veh.transport
         pick = rates.pick
+        # pick() is None for a draw at or above the kinds' summed rate (most draws).
+        rec_top, pkt_top = rates.top(F.RECORD_FAULTS), rates.top(F.PACKET_FAULTS)
         for gi, (tick, a, b) in enumerate(groups):
-            rfault = pick(u_rec[gi], F.RECORD_FAULTS) if u_rec is not None else None
+            rfault = pick(u_rec[gi], F.RECORD_FAULTS) if u_rec is not None and u_rec[gi] < rec_top else None
             rows, has, ms = rows_all[a:b], has_all[a:b], ms_all[a:b]
             if rfault == "backlog":
                 extra, src = F.backlog_rows(frng, rows, span)
@@ -158,7 +160,8 @@ class Simulation:
                                   (prows, plays, pid, apid), fates, None, "original", vi, n, apid)
                     link.seq += 1
                     t_ms += gaps[k % n_max]
-                    pfault = pick(u_pkt[k % n_max], F.PACKET_FAULTS) if u_pkt is not None else None
+                    u = u_pkt[k % n_max] if u_pkt is not None else 1.0
+                    pfault = pick(u, F.PACKET_FAULTS) if u < pkt_top else None
                     k += 1
                     if pfault is None and not tags:
                         out.append(em)

@@ -82,6 +82,11 @@ class FaultRates:
                 return k
         return None
 
+    def top(self, kinds: tuple[str, ...]) -> float:
+        """The summed rate of `kinds`: pick() is None for any draw at or above it."""
+        c = self._cumulative[kinds]
+        return c[-1][1] if c else 0.0
+
     @cached_property
     def _cumulative(self) -> dict[tuple[str, ...], list[tuple[str, float]]]:
         d = dict(self.rates)

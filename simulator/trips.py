@@ -73,12 +73,27 @@ class _Cols:
             self.last_t = int(t[-1])
 
     def arrays(self) -> dict[str, np.ndarray]:
+        """Most pieces are single records (events) or parked runs whose columns other than
+        `t` are scalars: a column is the scalars repeated by piece length (one np.repeat),
+        then the few array pieces written over their slices."""
+        pieces = self.pieces
         out = {name: np.empty(self.n, dtype=dt) for name, dt in _COLS}
-        cols = [out[name] for name, _ in _COLS]
-        for i, n, t, values in self.pieces:
-            cols[0][i:i + n] = t
-            for c, v in zip(cols[1:], values):
-                c[i:i + n] = v
+        if not pieces:
+            return out
+        ns = [p[1] for p in pieces]
+        out["t"] = np.concatenate([np.asarray(p[2], dtype=np.int64) for p in pieces]) if len(pieces) > 1 \
+            else np.asarray(pieces[0][2], dtype=np.int64).copy()
+        for j, (name, dt) in enumerate(_COLS[1:]):
+            vals = [p[3][j] for p in pieces]
+            arr = [k for k, v in enumerate(vals) if isinstance(v, np.ndarray)]
+            if arr:
+                for k in arr:
+                    vals[k] = 0
+            c = out[name]
+            c[:] = np.repeat(np.array(vals, dtype=dt), ns)
+            for k in arr:
+                i, n = pieces[k][0], pieces[k][1]
+                c[i:i + n] = pieces[k][3][j]
         return out
 
 
