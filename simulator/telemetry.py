@@ -46,6 +46,11 @@ class RecordFactory:
                       int.from_bytes(d.tacho_card[8:].encode(), "big"))
             for d in fleet.drivers if d.tacho_card
         }
+        # The same as lists indexed by driver index, -1 (no driver) hitting the last entry.
+        n_drv = len(fleet.drivers)
+        self._key_at = [self.keys.get(i, 0) for i in range(n_drv)] + [0]
+        self._card_at = [self.cards.get(i) for i in range(n_drv)] + [None]
+        self._cards_possible = any(i in self.cards for i in (veh.primary, veh.secondary) if i is not None)
         # io_width dicts are shared by every record of a layout (AvlRecord never mutates
         # them); they must list exactly the fixed-size ids present, as decode returns.
         # Key order = the column order in build().
@@ -108,8 +113,8 @@ class RecordFactory:
         # part, the event id (+ generation type), then the IO values in the layout's key
         # order, the card halves last and only on rows whose driver has a card.
         drv = tr.drv.tolist()
-        keys, cards = self.keys, self.cards
-        dkey = [keys[d] if d >= 0 else 0 for d in drv]
+        key_at = self._key_at
+        dkey = [key_at[d] for d in drv]
         spd = speed.tolist()
         cols = [ms.tolist(), prio.tolist(), lon_i.tolist(), lat_i.tolist(), alt.tolist(),
                 angle.tolist(), sats.tolist(), spd, event.tolist()]
@@ -122,10 +127,14 @@ class RecordFactory:
             cols.append(tr.priv.tolist())
         cols += [spd, ext.tolist(), batt.tolist(), cell.tolist(), lac.tolist(), odo.tolist(), dkey]
         rows = list(zip(*cols))
-        card_of = [cards.get(d) if d >= 0 else None for d in drv]
-        has = [c is not None for c in card_of]
-        if any(has):
-            rows = [r + c if c else r for r, c in zip(rows, card_of)]
+        if self._cards_possible:
+            card_at = self._card_at
+            card_of = [card_at[d] for d in drv]
+            has = [c is not None for c in card_of]
+            if any(has):
+                rows = [r + c if c else r for r, c in zip(rows, card_of)]
+        else:
+            has = [False] * n
         return DayRecords(self.codec, rows, has, self.lay_plain, self.lay_card, cols[0], cols[9 + (self.codec == CODEC_16)])
 
 

@@ -55,16 +55,19 @@ class Truth:
     def add(self, em: Emission, fates: dict[str, int]) -> None:
         """Count one delivered emission (`fates`: as planned, or as a device sink saw it)."""
         c = self.counts[em.imei]
+        totals = self.totals
+        records = 0
         for f, n in fates.items():
             if n:
                 c[f] += n
-                self.totals[f] += n
+                totals[f] += n
+                records += n
         self.messages[em.imei][em.copy] += 1
-        self.totals["messages"] += 1
+        totals["messages"] += 1
         if fates.get("corrupt"):
-            self.totals["corrupt_messages"] += 1
-        self.totals["records"] += sum(fates.values())
-        self.totals["bytes"] += len(em.frame)
+            totals["corrupt_messages"] += 1
+        totals["records"] += records
+        totals["bytes"] += len(em.frame)
         if em.fault:
             for tag in em.fault.split(","):
                 self.faults[tag] += 1
