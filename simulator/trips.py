@@ -74,21 +74,27 @@ class _Cols:
 
     def arrays(self) -> dict[str, np.ndarray]:
         """Most pieces are single records (events) or parked runs whose columns other than
-        `t` are scalars: a column is the scalars repeated by piece length (one np.repeat),
-        then the few array pieces written over their slices."""
+        `t` are scalars: a column is the pieces' first values repeated by piece length (one
+        np.repeat), then the few pieces holding arrays written over their slices."""
         pieces = self.pieces
         out = {name: np.empty(self.n, dtype=dt) for name, dt in _COLS}
         if not pieces:
             return out
         ns = [p[1] for p in pieces]
-        out["t"] = np.concatenate([np.asarray(p[2], dtype=np.int64) for p in pieces]) if len(pieces) > 1 \
-            else np.asarray(pieces[0][2], dtype=np.int64).copy()
+        multi = [k for k, n in enumerate(ns) if n > 1]  # t varies inside these
+        # Pieces with array columns (the drive samples; events have a tuple t).
+        vector = [k for k, p in enumerate(pieces)
+                  if type(p[2]) is not tuple and any(type(v) is np.ndarray for v in p[3])]
+        t = out["t"]
+        t[:] = np.repeat(np.array([p[2][0] for p in pieces], dtype=np.int64), ns)
+        for k in multi:
+            i, n, tk, _ = pieces[k]
+            t[i:i + n] = tk
         for j, (name, dt) in enumerate(_COLS[1:]):
             vals = [p[3][j] for p in pieces]
-            arr = [k for k, v in enumerate(vals) if isinstance(v, np.ndarray)]
-            if arr:
-                for k in arr:
-                    vals[k] = 0
+            arr = [k for k in vector if type(vals[k]) is np.ndarray]
+            for k in arr:
+                vals[k] = 0
             c = out[name]
             c[:] = np.repeat(np.array(vals, dtype=dt), ns)
             for k in arr:
