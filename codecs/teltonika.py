@@ -17,6 +17,8 @@ encode_udp_ack = udp.encode_udp_ack
 udp_ack_for = udp.udp_ack_for
 _decode_tcp = tcp.decode
 _decode_udp = udp.decode
+_frame_data = tcp.frame_data
+_avl_rows = tcp.avl.encode_rows
 
 
 def decode(frame: bytes, transport: str = "tcp", *, lenient: bool = False,
@@ -69,7 +71,7 @@ def encode_rows(codec: int, rows, lays, transport: str = "tcp", imei: str | None
     imei, packet_id, avl_packet_id, packet_type)); see avl.encode_rows for the row shape
     and avl.row_layout for `lays` (one layout, or one per row)."""
     if transport == "tcp":
-        return tcp.encode_avl_rows(codec, rows, lays)
+        return _frame_data(_avl_rows(codec, rows, lays))
     if transport == "udp":
         return udp.encode_rows(codec, rows, lays, imei, 0 if packet_id is None else packet_id,
                                0 if avl_packet_id is None else avl_packet_id,

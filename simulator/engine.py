@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import bisect
 import gc
+import operator
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 
@@ -280,5 +281,5 @@ class Simulation:
                 gc.enable()
 
 
-def _arrival(em: Emission) -> tuple:
-    return (em.received_at, em.order)
+# An emission's arrival key, (received_at, order), at C speed.
+_arrival = operator.attrgetter("received_at", "order")
