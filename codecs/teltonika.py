@@ -7,7 +7,7 @@ avl.py and gprs.py.
 """
 from __future__ import annotations
 
-from . import tcp, udp
+from . import avl, tcp, udp
 from .errors import EncodeError
 from .packets import (AvlPacket, GprsPacket, ImeiLogin, KeepAlive, Packet, TcpAck, UdpAck)
 
@@ -76,4 +76,19 @@ def encode_rows(codec: int, rows, lays, transport: str = "tcp", imei: str | None
         return udp.encode_rows(codec, rows, lays, imei, 0 if packet_id is None else packet_id,
                                0 if avl_packet_id is None else avl_packet_id,
                                1 if packet_type is None else packet_type)
+    raise EncodeError(f"transport must be 'tcp' or 'udp', not {transport!r}")
+
+
+def frame_records(codec: int, n: int, records: bytes, transport: str = "tcp", imei: str | None = None,
+                  packet_id: int | None = None, avl_packet_id: int | None = None,
+                  packet_type: int | None = None) -> bytes:
+    """The frame (TCP) or datagram (UDP) around n records already encoded by
+    avl.encode_columns (a slice of its bytes): what encode_rows gives for their rows."""
+    if transport == "tcp":
+        return _frame_data(avl.avl_part(codec, n, records))
+    if transport == "udp":
+        return udp.datagram_checked(avl.avl_part(codec, n, records), imei,
+                                    0 if packet_id is None else packet_id,
+                                    1 if packet_type is None else packet_type,
+                                    0 if avl_packet_id is None else avl_packet_id)
     raise EncodeError(f"transport must be 'tcp' or 'udp', not {transport!r}")

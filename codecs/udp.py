@@ -92,12 +92,18 @@ def datagram(body: bytes, imei: str, pid: int, ptype: int, apid: int) -> bytes:
 def encode_rows(codec: int, rows, lays, imei: str, packet_id: int = 0, avl_packet_id: int = 0,
                 packet_type: int = 1) -> bytes:
     """The datagram of AvlPacket(codec, records_from_rows, "udp", imei, ...) (avl.encode_rows)."""
+    return datagram_checked(avl.encode_rows(codec, rows, lays), imei, packet_id, packet_type,
+                            avl_packet_id)
+
+
+def datagram_checked(body: bytes, imei: str, packet_id: int, packet_type: int, avl_packet_id: int) -> bytes:
+    """datagram() with the IMEI and the ids checked as encode() checks them."""
     if not isinstance(imei, str) or len(imei) != 15 or not imei.isascii() or not imei.isdigit():
         raise EncodeError(f"a UDP packet needs its IMEI as 15 ASCII digits, got {imei!r}")
     pid = check_int("packet_id", packet_id, 0, 0xFFFF)
     ptype = check_int("packet_type", packet_type, 0, 0xFF)
     apid = check_int("avl_packet_id", avl_packet_id, 0, 0xFF)
-    return datagram(avl.encode_rows(codec, rows, lays), imei, pid, ptype, apid)
+    return datagram(body, imei, pid, ptype, apid)
 
 
 def udp_ack_for(packet: AvlPacket, accepted: int | None = None) -> UdpAck:
