@@ -24,8 +24,8 @@ from ..codecs.packets import AvlPacket
 from . import faults as F
 from .fleet import Fleet, build_fleet
 from ..codecs.teltonika import encode_rows
-from .packetiser import (DeviceLink, Emission, chunk, encode_checked, latency_array, make_packet,
-                         record_layout_size, send_groups)
+from .packetiser import (DeviceLink, Emission, chunk, encode_checked, encode_checked_bytes,
+                         latency_array, make_packet, record_layout_size, send_groups)
 from .telemetry import RecordFactory
 from .trips import DAY_S, DayPlanner, DeviceState
 
@@ -122,6 +122,8 @@ class Simulation:
         lay_p, lay_c = day_recs.lay_plain, day_recs.lay_card
         size_p, size_c = lay_p.size, lay_c.size
         groups = send_groups(veh, ms_all, day_recs.ign)
+        enc = day_recs.encoded()  # every record's bytes at once (numpy), sliced per packet
+        blob, off = enc if enc is not None else (None, None)
         # Draws in bulk (one array per device-day): uniforms for the fault decisions,
         # latencies and in-send spacing from the network stream.
         n_max = len(day_recs) + 2 * len(groups) + 8
@@ -151,7 +153,11 @@ class Simulation:
             for ca, cb in chunk(veh, has, size_p, size_c, max_record):
                 hs = has[ca:cb]
                 lays = (lay_c if all(hs) else [lay_c if h else lay_p for h in hs]) if any(hs) else lay_p
-                for prows, plays, pid, apid, frame in encode_checked(veh, link, rows[ca:cb], lays):
+                if blob is not None and not rfault:  # the day's own records: a slice of its bytes
+                    packets = encode_checked_bytes(veh, link, blob[off[a + ca]:off[a + cb]], rows[ca:cb], lays)
+                else:
+                    packets = encode_checked(veh, link, rows[ca:cb], lays)
+                for prows, plays, pid, apid, frame in packets:
                     n = len(prows)
                     pms = [r[0] for r in prows] if rfault else None
                     tags = (rfault,) if rfault and self._has_shifted(pms) else ()

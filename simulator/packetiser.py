@@ -20,7 +20,7 @@ import numpy as np
 
 from ..codecs.avl import record_from_row
 from ..codecs.packets import CODEC_8, CODEC_8E, AvlPacket
-from ..codecs.teltonika import encode_rows
+from ..codecs.teltonika import encode_rows, frame_records
 from .fleet import Vehicle
 
 # Record bytes before the IO pairs, and bytes per IO pair beyond its value (id width).
@@ -146,6 +146,25 @@ def encode_checked(veh: Vehicle, link: DeviceLink, rows: list[tuple], lays,
     one = not isinstance(lays, list)
     return (encode_checked(veh, link, rows[:half], lays if one else lays[:half], imei)
             + encode_checked(veh, link, rows[half:], lays if one else lays[half:], imei))
+
+
+def encode_checked_bytes(veh: Vehicle, link: DeviceLink, records: bytes, rows: list[tuple], lays
+                         ) -> list[tuple[list, list, int | None, int | None, bytes]]:
+    """encode_checked() for rows whose bytes are already encoded (a slice of the day's
+    fleetcloak.codecs.avl.encode_columns): the same frame, ids and split."""
+    n = len(rows)
+    if veh.transport == "udp":
+        pid, apid = link.next_udp_ids()
+        frame = frame_records(veh.codec, n, records, "udp", veh.imei, pid, apid, 1)
+    else:
+        pid = apid = None
+        frame = frame_records(veh.codec, n, records)
+    if len(frame) <= veh.max_packet or n == 1:
+        return [(rows, lays, pid, apid, frame)]
+    half = n // 2
+    one = not isinstance(lays, list)
+    return (encode_checked(veh, link, rows[:half], lays if one else lays[:half])
+            + encode_checked(veh, link, rows[half:], lays if one else lays[half:]))
 
 
 def make_packet(veh: Vehicle, rows: list[tuple], lays, pid: int | None, apid: int | None,

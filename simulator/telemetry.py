@@ -23,7 +23,7 @@ from collections.abc import Sequence
 
 import numpy as np
 
-from ..codecs.avl import IoWidths, record_from_row, row_layout
+from ..codecs.avl import IoWidths, encode_columns, record_from_row, row_layout
 from ..codecs.packets import CODEC_8E, CODEC_16, AvlRecord
 from .fleet import Fleet, Vehicle
 from .trips import EV_DRIVER, DeviceState, Track
@@ -127,15 +127,31 @@ class RecordFactory:
             cols.append(tr.priv.tolist())
         cols += [spd, ext.tolist(), batt.tolist(), cell.tolist(), lac.tolist(), odo.tolist(), dkey]
         rows = list(zip(*cols))
+        # The same as numpy columns, for encode_columns (the whole day's bytes at once).
+        np_cols = [ms, prio, lon_i, lat_i, alt, angle, sats, speed, event]
+        if self.codec == CODEC_16:
+            np_cols.append(np.where(event != 0, 5, 7))
+        np_cols += [tr.ign, tr.mov, gsm]
+        if not self.fam64:
+            np_cols.append(np.where(fix, 1, 2))
+        if self.has_private:
+            np_cols.append(tr.priv)
+        np_cols += [speed, ext, batt, cell, lac, odo, np.array(dkey, dtype=np.uint64)]
+        card_of = None
         if self._cards_possible:
             card_at = self._card_at
             card_of = [card_at[d] for d in drv]
             has = [c is not None for c in card_of]
             if any(has):
                 rows = [r + c if c else r for r, c in zip(rows, card_of)]
+                np_cols += [np.array([c[0] if c else 0 for c in card_of], dtype=np.uint64),
+                            np.array([c[1] if c else 0 for c in card_of], dtype=np.uint64)]
         else:
             has = [False] * n
-        return DayRecords(self.codec, rows, has, self.lay_plain, self.lay_card, cols[0], cols[9 + (self.codec == CODEC_16)])
+        day = DayRecords(self.codec, rows, has, self.lay_plain, self.lay_card, cols[0],
+                         cols[9 + (self.codec == CODEC_16)])
+        day.np_cols = np_cols
+        return day
 
 
 class DayRecords(Sequence):
@@ -143,13 +159,28 @@ class DayRecords(Sequence):
     packetiser reads (timestamps, ignition). Indexing or iterating gives AvlRecords,
     made on demand (tests; the CLI never needs them)."""
 
-    __slots__ = ("codec", "rows", "has_card", "lay_plain", "lay_card", "ms", "ign", "_recs")
+    __slots__ = ("codec", "rows", "has_card", "lay_plain", "lay_card", "ms", "ign", "_recs", "np_cols")
 
     def __init__(self, codec, rows, has_card, lay_plain, lay_card, ms, ign):
         self.codec, self.rows, self.has_card = codec, rows, has_card
         self.lay_plain, self.lay_card = lay_plain, lay_card
         self.ms, self.ign = ms, ign
         self._recs = None
+        self.np_cols = None
+
+    def encoded(self) -> tuple[bytes, list[int]] | None:
+        """Every record's bytes back to back and where each starts (fleetcloak.codecs
+        avl.encode_columns), or None without the numpy columns."""
+        cols = self.np_cols
+        if cols is None or not self.rows:
+            return None
+        n = len(self.rows)
+        if len(cols[0]) != n:  # head(): cut the columns too
+            cols = [c[:n] for c in cols]
+        if len(cols) == self.lay_card.row_len and any(self.has_card):
+            return encode_columns(self.codec, (self.lay_plain, self.lay_card),
+                                  np.array(self.has_card, dtype=np.int8), cols)
+        return encode_columns(self.codec, (self.lay_plain,), None, cols[:self.lay_plain.row_len])
 
     def lays(self, has_card) -> list:
         p, c = self.lay_plain, self.lay_card
@@ -162,8 +193,10 @@ class DayRecords(Sequence):
         return self._recs
 
     def head(self, k: int) -> "DayRecords":
-        return DayRecords(self.codec, self.rows[:k], self.has_card[:k], self.lay_plain, self.lay_card,
-                          self.ms[:k], self.ign[:k])
+        d = DayRecords(self.codec, self.rows[:k], self.has_card[:k], self.lay_plain, self.lay_card,
+                       self.ms[:k], self.ign[:k])
+        d.np_cols = self.np_cols
+        return d
 
     def __len__(self) -> int:
         return len(self.rows)
