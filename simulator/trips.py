@@ -126,7 +126,9 @@ class Track:
 
 # ----------------------------------------------------------------------------- paths
 def _seg_starts(counts: np.ndarray) -> np.ndarray:
-    return np.concatenate([[0], np.cumsum(counts)[:-1]]).astype(np.int64)
+    out = np.zeros(len(counts), dtype=np.int64)
+    np.cumsum(counts[:-1], out=out[1:])
+    return out
 
 
 def _within(counts: np.ndarray) -> np.ndarray:
