@@ -9,10 +9,13 @@ Measured in the same run, medians of --runs:
   encode alone       fleetcloak.codecs.encode of exactly the packets that run produced,
                      as AvlPacket/AvlRecord objects: the baseline (what any producer of
                      packets pays per record)
-  encode_rows        fleetcloak.codecs.encode_rows of the same packets as int tuples, the
-                     encode the simulator itself calls (its records never become objects)
+  encode_rows        fleetcloak.codecs.encode_rows of the same packets as int tuples: about
+                     what the simulator pays to encode (its records never become objects;
+                     most of its packets are slices of a device-day's encode_columns bytes
+                     plus framing, ~30 % cheaper than this, sends with fault copies go
+                     through encode_rows)
   model only         trips + telemetry (the simulator's own generation, no packets)
-  simulator's share  (simulate -> file) with the encode_rows time taken out
+  simulator's share  (simulate -> file) with the encode_rows time taken out (an estimate)
 Rates are records per CPU second of this process (time.process_time), so other load on
 a shared machine does not distort them; wall-clock rates are printed beside.
 """
@@ -112,7 +115,7 @@ def main() -> None:
           f"{r0['bytes'] / 1e6:.1f} MB of JSON lines; median of {args.runs} runs")
     print(f"  simulate -> file     {full:>10,.0f} records/s CPU   ({full_wall:,.0f}/s wall)")
     print(f"  encode alone         {enc:>10,.0f} records/s CPU   (baseline: fleetcloak.codecs.encode of the same packets)")
-    print(f"  encode_rows          {enc_rows:>10,.0f} records/s CPU   (the same packets as int tuples: the encode the simulator calls)")
+    print(f"  encode_rows          {enc_rows:>10,.0f} records/s CPU   (the same packets as int tuples: about what the simulator pays)")
     print(f"  model only           {model:>10,.0f} records/s CPU   (trips + telemetry, no packets)")
     print(f"  simulator's share    {share:>10,.0f} records/s CPU   (simulate -> file without the encode_rows time)")
     print(f"  encode_rows is {enc_frac:.0%} of the CPU time of a run; target 200,000 records/s "
