@@ -511,12 +511,24 @@ static PyObject *raise_decode_error(const Err *e) {
  * record_cls is called positionally as
  *   record_cls(timestamp_ms, priority, lon, lat, altitude, angle, satellites, speed,
  *              event_io_id, io, io_width, generation_type)
- * with io = {id: int | bytes} in wire order and io_width = {id: width} for fixed-size values. */
+ * with io = {id: int | bytes} in wire order and io_width = {id: width} for fixed-size values.
+ * With widths_cls (codecs.avl.IoWidths, read-only), io_width is widths_cls(dict) and one
+ * object is shared by consecutive records of the same layout, as the Python decoder does. */
+static int same_layout(const Cols *c, Py_ssize_t a, Py_ssize_t b) {
+    int64_t na = c->io_offsets[a + 1] - c->io_offsets[a], nb = c->io_offsets[b + 1] - c->io_offsets[b];
+    if (na != nb) return 0;
+    int64_t oa = c->io_offsets[a], ob = c->io_offsets[b];
+    return memcmp(c->io_id + oa, c->io_id + ob, (size_t)na * sizeof *c->io_id) == 0
+        && memcmp(c->io_width + oa, c->io_width + ob, (size_t)na) == 0;
+}
+
 static PyObject *parse_frame(PyObject *self, PyObject *args, PyObject *kw) {
-    static char *kwlist[] = {"frame", "record_cls", "cap", "check_crc", NULL};
-    Py_buffer fb; PyObject *rcls; Py_ssize_t cap = 1280; int check_crc = 1;
-    if (!PyArg_ParseTupleAndKeywords(args, kw, "y*O|np:parse_frame", kwlist, &fb, &rcls, &cap, &check_crc))
+    static char *kwlist[] = {"frame", "record_cls", "cap", "check_crc", "widths_cls", NULL};
+    Py_buffer fb; PyObject *rcls; Py_ssize_t cap = 1280; int check_crc = 1; PyObject *wcls = NULL;
+    if (!PyArg_ParseTupleAndKeywords(args, kw, "y*O|npO:parse_frame", kwlist, &fb, &rcls, &cap, &check_crc, &wcls))
         return NULL;
+    if (wcls == Py_None) wcls = NULL;
+    PyObject *prev_iow = NULL;  /* borrowed from the previous record (which the tuple owns) */
     PyObject *result = NULL, *recs = NULL;
     Cols c; memset(&c, 0, sizeof c);
     IdSet *seen = NULL; void *mem = NULL;
@@ -566,7 +578,8 @@ static PyObject *parse_frame(PyObject *self, PyObject *args, PyObject *kw) {
     recs = PyTuple_New(c.n_rec);
     if (!recs) goto done;
     for (Py_ssize_t i = 0; i < c.n_rec; i++) {
-        PyObject *io = PyDict_New(), *iow = PyDict_New();
+        int reuse = wcls && prev_iow && same_layout(&c, i - 1, i);
+        PyObject *io = PyDict_New(), *iow = reuse ? Py_NewRef(prev_iow) : PyDict_New();
         PyObject *argv[12] = {0};
         PyObject *rec = NULL;
         if (!io || !iow) goto rec_fail;
@@ -576,7 +589,7 @@ static PyObject *parse_frame(PyObject *self, PyObject *args, PyObject *kw) {
                 ? PyLong_FromUnsignedLongLong(c.io_value[j])
                 : PyBytes_FromStringAndSize((const char *)c.nx + c.io_value[j], c.io_nx_len[j]);
             int bad = !key || !val || PyDict_SetItem(io, key, val) < 0;
-            if (!bad && c.io_width[j]) {
+            if (!bad && c.io_width[j] && !reuse) {
                 PyObject *w = PyLong_FromLong(c.io_width[j]);
                 bad = !w || PyDict_SetItem(iow, key, w) < 0;
                 Py_XDECREF(w);
@@ -584,6 +597,12 @@ static PyObject *parse_frame(PyObject *self, PyObject *args, PyObject *kw) {
             Py_XDECREF(key); Py_XDECREF(val);
             if (bad) goto rec_fail;
         }
+        if (wcls && !reuse) {  /* the shared, read-only kind */
+            PyObject *shared = PyObject_CallOneArg(wcls, iow);
+            Py_SETREF(iow, shared);
+            if (!iow) goto rec_fail;
+        }
+        prev_iow = iow;  /* the record built below holds a reference */
         argv[0] = PyLong_FromUnsignedLongLong(c.timestamp_ms[i]);
         argv[1] = PyLong_FromLong(c.priority[i]);
         argv[2] = PyFloat_FromDouble(c.lon[i]);

@@ -17,11 +17,11 @@ from __future__ import annotations
 
 import struct
 
-from . import avl, gprs
+from . import _avlbatch, avl, gprs
 from .crc import crc16
 from .errors import DecodeError, EncodeError, check_int
-from .packets import (AVL_CODECS, GPRS_CODECS, AvlPacket, GprsPacket, ImeiLogin, KeepAlive,
-                      TcpAck)
+from .packets import (AVL_CODECS, GPRS_CODECS, AvlPacket, AvlRecord, GprsPacket, ImeiLogin,
+                      KeepAlive, TcpAck)
 
 _FRAME_HEAD = struct.Struct(
     ">I"  # preamble, 0
@@ -33,6 +33,8 @@ KEEPALIVE_BYTE = b"\xff"
 _AVL_CODECS = AVL_CODECS
 _GPRS_CODECS = GPRS_CODECS
 _AVL_STRICT = avl.STRICT
+_NO_CAP = 1 << 40  # the framer caps sizes; decode() of a whole frame does not
+_parse_avl_frame = _avlbatch.parse_frame  # the C twin of the strict path below (docs/decode_batch.md)
 
 
 def check_imei(raw: bytes, pos: int) -> str:
@@ -60,7 +62,20 @@ def decode_login(frame: bytes) -> ImeiLogin:
 
 
 def decode(frame: bytes, lenient: bool = False, check_crc: bool = True):
-    """One TCP frame -> ImeiLogin | KeepAlive | AvlPacket | GprsPacket."""
+    """One TCP frame -> ImeiLogin | KeepAlive | AvlPacket | GprsPacket.
+
+    Strict AVL frames (the bulk of the traffic) are parsed by the C extension, which
+    makes the same checks in the same order with the same reasons and offsets (the
+    tests hold the two against each other on every vector, property and fuzz case);
+    everything else, and lenient mode, is parsed here.
+    """
+    if not lenient and len(frame) > 9 and frame[8] in _AVL_CODECS and not frame[0] | frame[1]:
+        codec, records = _parse_avl_frame(frame, AvlRecord, _NO_CAP, check_crc, avl.IoWidths)
+        return AvlPacket(codec, records)
+    return _decode(frame, lenient, check_crc)
+
+
+def _decode(frame: bytes, lenient: bool, check_crc: bool):
     n = len(frame)
     if n == 0:
         raise DecodeError("empty", 0, "no bytes")
