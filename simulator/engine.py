@@ -118,7 +118,8 @@ class Simulation:
         self.model_records += len(day_recs)
         rates = cfg.faults
         span = cfg.end_ms - cfg.start_ms
-        ms_all, rows_all, has_all = day_recs.ms, day_recs.rows, day_recs.has_card
+        ms_all, has_all = day_recs.ms, day_recs.has_card
+        rows_at = day_recs.rows_range
         lay_p, lay_c = day_recs.lay_plain, day_recs.lay_card
         size_p, size_c = lay_p.size, lay_c.size
         groups = send_groups(veh, ms_all, day_recs.ign)
@@ -142,7 +143,9 @@ class Simulation:
         rec_top, pkt_top = rates.top(F.RECORD_FAULTS), rates.top(F.PACKET_FAULTS)
         for gi, (tick, a, b) in enumerate(groups):
             rfault = pick(u_rec[gi], F.RECORD_FAULTS) if u_rec is not None and u_rec[gi] < rec_top else None
-            rows, has, ms = rows_all[a:b], has_all[a:b], ms_all[a:b]
+            has = has_all[a:b]
+            if rfault:
+                rows, ms = rows_at(a, b), ms_all[a:b]
             if rfault == "backlog":
                 extra, src = F.backlog_rows(frng, rows, span)
                 rows, has, ms = extra + rows, [has[j] for j in src] + has, [r[0] for r in extra] + ms
@@ -153,16 +156,28 @@ class Simulation:
             for ca, cb in chunk(veh, has, size_p, size_c, max_record):
                 hs = has[ca:cb]
                 lays = (lay_c if all(hs) else [lay_c if h else lay_p for h in hs]) if any(hs) else lay_p
-                if blob is not None and not rfault:  # the day's own records: a slice of its bytes
-                    packets = encode_checked_bytes(veh, link, blob[off[a + ca]:off[a + cb]], rows[ca:cb], lays)
+                if not rfault:  # the day's own records: a slice of its bytes
+                    # prows is slice(first, end) into the day until the rows are needed
+                    packets = encode_checked_bytes(veh, link, blob[off[a + ca]:off[a + cb]], a + ca, a + cb,
+                                                   rows_at, lays)
                 else:
                     packets = encode_checked(veh, link, rows[ca:cb], lays)
                 for prows, plays, pid, apid, frame in packets:
-                    n = len(prows)
-                    pms = [r[0] for r in prows] if rfault else None
-                    tags = (rfault,) if rfault and self._has_shifted(pms) else ()
-                    t0, t1 = prows[0][0], prows[-1][0]
-                    fates = {"valid": n} if t0 >= lo and t1 <= hi else self._fates_of(pms or [r[0] for r in prows])
+                    if rfault:
+                        n = len(prows)
+                        pms = [r[0] for r in prows]
+                        tags = (rfault,) if self._has_shifted(pms) else ()
+                        t0, t1 = pms[0], pms[-1]
+                    else:
+                        if type(prows) is slice:
+                            i0, i1 = prows.start, prows.stop
+                        else:  # split by encode_checked_bytes (never expected)
+                            i0 = bisect.bisect_left(ms_all, prows[0][0])
+                            i1 = i0 + len(prows)
+                        n = i1 - i0
+                        pms, tags = None, ()
+                        t0, t1 = ms_all[i0], ms_all[i1 - 1]
+                    fates = {"valid": n} if t0 >= lo and t1 <= hi else self._fates_of(pms or ms_all[i0:i1])
                     em = Emission(t_ms, (vi, link.seq), imei, transport, frame,
                                   (prows, plays, pid, apid), fates, None, "original", vi, n, apid)
                     link.seq += 1
@@ -173,7 +188,7 @@ class Simulation:
                     if pfault is None and not tags:
                         out.append(em)
                     else:
-                        out += self._packet_fault(pfault, em, tags, frng, link, ooo, len(out))
+                        out += self._packet_fault(pfault, em, tags, frng, link, ooo, len(out), rows_at)
         for i in ooo:  # deliver after the device's next original packet
             nxt = next((e.received_at for e in out[i + 1:] if e.copy == "original"), None)
             out[i].received_at = (nxt if nxt is not None else out[i].received_at + 60_000) + int(frng.integers(1, 500))
@@ -185,7 +200,8 @@ class Simulation:
                 pk = e.packet
                 p = made.get(id(pk))
                 if p is None:
-                    p = made[id(pk)] = make_packet(veh, pk[0], pk[1], pk[2], pk[3], e.imei if e.device < 0 else None)
+                    rows = rows_at(pk[0].start, pk[0].stop) if type(pk[0]) is slice else pk[0]
+                    p = made[id(pk)] = make_packet(veh, rows, pk[1], pk[2], pk[3], e.imei if e.device < 0 else None)
                 e.packet = p
         else:
             for e in out:
@@ -213,7 +229,7 @@ class Simulation:
         return any(not lo <= t < hi for t in ms)
 
     def _packet_fault(self, pfault, em: Emission, tags, frng, link: DeviceLink, ooo: list[int],
-                      pos: int) -> list[Emission]:
+                      pos: int, rows_at=None) -> list[Emission]:
         em.fault = ",".join(tags) or None
         n = em.n_records
         if pfault is None:
@@ -244,6 +260,8 @@ class Simulation:
             imeis = self.fleet.unknown_imeis
             imei = imeis[int(frng.integers(0, len(imeis)))]
             rows, lays, pid, apid = em.packet
+            if type(rows) is slice:
+                rows = rows_at(rows.start, rows.stop)
             pk = em.packet
             frame = em.frame
             if em.transport == "udp":  # the datagram carries the IMEI; TCP's frame is the same
@@ -280,7 +298,10 @@ class Simulation:
                 cut = bisect.bisect_left(pending, (horizon,), key=key)
                 ready, pending = pending[:cut], pending[cut:]
                 yield from ready
-                gc.collect(1)  # whatever cycles the sink made (asyncio futures) meanwhile
+                # Whatever cycles the sink made (asyncio futures) meanwhile; the day's
+                # emissions are released first, so the pass walks only what survives.
+                ready = None
+                gc.collect(1)
             yield from pending
         finally:
             if was_enabled:

@@ -148,11 +148,13 @@ def encode_checked(veh: Vehicle, link: DeviceLink, rows: list[tuple], lays,
             + encode_checked(veh, link, rows[half:], lays if one else lays[half:], imei))
 
 
-def encode_checked_bytes(veh: Vehicle, link: DeviceLink, records: bytes, rows: list[tuple], lays
-                         ) -> list[tuple[list, list, int | None, int | None, bytes]]:
-    """encode_checked() for rows whose bytes are already encoded (a slice of the day's
-    fleetcloak.codecs.avl.encode_columns): the same frame, ids and split."""
-    n = len(rows)
+def encode_checked_bytes(veh: Vehicle, link: DeviceLink, records: bytes, first: int, end: int,
+                         rows_at, lays) -> list[tuple[slice | list, list, int | None, int | None, bytes]]:
+    """encode_checked() for the day's records first..end-1 whose bytes are already encoded
+    (a slice of the day's fleetcloak.codecs.avl.encode_columns): the same frame, ids and
+    split. The rows are not made: the packet's are given as slice(first, end) (rows_at
+    makes them when needed: for the split, never expected)."""
+    n = end - first
     if veh.transport == "udp":
         pid, apid = link.next_udp_ids()
         frame = frame_records(veh.codec, n, records, "udp", veh.imei, pid, apid, 1)
@@ -160,7 +162,8 @@ def encode_checked_bytes(veh: Vehicle, link: DeviceLink, records: bytes, rows: l
         pid = apid = None
         frame = frame_records(veh.codec, n, records)
     if len(frame) <= veh.max_packet or n == 1:
-        return [(rows, lays, pid, apid, frame)]
+        return [(slice(first, end), lays, pid, apid, frame)]
+    rows = rows_at(first, end)
     half = n // 2
     one = not isinstance(lays, list)
     return (encode_checked(veh, link, rows[:half], lays if one else lays[:half])

@@ -50,6 +50,10 @@ class RecordFactory:
         n_drv = len(fleet.drivers)
         self._key_at = [self.keys.get(i, 0) for i in range(n_drv)] + [0]
         self._card_at = [self.cards.get(i) for i in range(n_drv)] + [None]
+        self._key_np = np.array(self._key_at, dtype=np.uint64)
+        self._has_np = np.array([c is not None for c in self._card_at], dtype=bool)
+        self._card_np = (np.array([c[0] if c else 0 for c in self._card_at], dtype=np.uint64),
+                         np.array([c[1] if c else 0 for c in self._card_at], dtype=np.uint64))
         self._cards_possible = any(i in self.cards for i in (veh.primary, veh.secondary) if i is not None)
         # io_width dicts are shared by every record of a layout (AvlRecord never mutates
         # them); they must list exactly the fixed-size ids present, as decode returns.
@@ -73,7 +77,7 @@ class RecordFactory:
     def build(self, rng: np.random.Generator, tr: Track, state: DeviceState) -> "DayRecords":
         n = len(tr)
         if n == 0:
-            return DayRecords(self.codec, [], [], self.lay_plain, self.lay_card, [], [])
+            return DayRecords(self.codec, None, [], self.lay_plain, self.lay_card, [], [])
         geo = self.tenant.geo
         fix = tr.fix
         x = tr.x + rng.normal(0.0, 2.0, n)
@@ -109,25 +113,12 @@ class RecordFactory:
             event = np.where(event == EV_DRIVER, self.driver_io, event)
         ms = tr.t * 1000
 
-        # Rows (plain int tuples, as fleetcloak.codecs.encode_rows takes them): the GPS
-        # part, the event id (+ generation type), then the IO values in the layout's key
-        # order, the card halves last and only on rows whose driver has a card.
-        drv = tr.drv.tolist()
-        key_at = self._key_at
-        dkey = [key_at[d] for d in drv]
-        spd = speed.tolist()
-        cols = [ms.tolist(), prio.tolist(), lon_i.tolist(), lat_i.tolist(), alt.tolist(),
-                angle.tolist(), sats.tolist(), spd, event.tolist()]
-        if self.codec == CODEC_16:
-            cols.append(np.where(event != 0, 5, 7).tolist())
-        cols += [tr.ign.tolist(), tr.mov.tolist(), gsm.tolist()]
-        if not self.fam64:
-            cols.append(np.where(fix, 1, 2).tolist())
-        if self.has_private:
-            cols.append(tr.priv.tolist())
-        cols += [spd, ext.tolist(), batt.tolist(), cell.tolist(), lac.tolist(), odo.tolist(), dkey]
-        rows = list(zip(*cols))
-        # The same as numpy columns, for encode_columns (the whole day's bytes at once).
+        # Columns in row order (rows are plain int tuples, as fleetcloak.codecs.encode_rows
+        # takes them): the GPS part, the event id (+ generation type), then the IO values
+        # in the layout's key order, the card halves last and only on rows whose driver has
+        # a card. encode_columns packs the whole day from them at once; the rows themselves
+        # are made only when asked for (faults, tests), by DayRecords.
+        drv = tr.drv
         np_cols = [ms, prio, lon_i, lat_i, alt, angle, sats, speed, event]
         if self.codec == CODEC_16:
             np_cols.append(np.where(event != 0, 5, 7))
@@ -136,50 +127,69 @@ class RecordFactory:
             np_cols.append(np.where(fix, 1, 2))
         if self.has_private:
             np_cols.append(tr.priv)
-        np_cols += [speed, ext, batt, cell, lac, odo, np.array(dkey, dtype=np.uint64)]
-        card_of = None
+        np_cols += [speed, ext, batt, cell, lac, odo, self._key_np[drv]]  # -1 (no driver) -> 0
+        has_np = None
         if self._cards_possible:
-            card_at = self._card_at
-            card_of = [card_at[d] for d in drv]
-            has = [c is not None for c in card_of]
-            if any(has):
-                rows = [r + c if c else r for r, c in zip(rows, card_of)]
-                np_cols += [np.array([c[0] if c else 0 for c in card_of], dtype=np.uint64),
-                            np.array([c[1] if c else 0 for c in card_of], dtype=np.uint64)]
-        else:
-            has = [False] * n
-        day = DayRecords(self.codec, rows, has, self.lay_plain, self.lay_card, cols[0],
-                         cols[9 + (self.codec == CODEC_16)])
-        day.np_cols = np_cols
-        return day
+            has_np = self._has_np[drv]
+            if has_np.any():
+                np_cols += [self._card_np[0][drv], self._card_np[1][drv]]
+            else:
+                has_np = None
+        has = has_np.tolist() if has_np is not None else [False] * n
+        return DayRecords(self.codec, np_cols, has, self.lay_plain, self.lay_card, ms.tolist(),
+                          tr.ign.tolist(), has_np)
 
 
 class DayRecords(Sequence):
-    """A device-day's records as rows (what the encoder packs) plus the columns the
-    packetiser reads (timestamps, ignition). Indexing or iterating gives AvlRecords,
-    made on demand (tests; the CLI never needs them)."""
+    """A device-day's records as numpy columns in row order (what encode_columns packs)
+    plus the lists the packetiser reads (timestamps, ignition, which rows carry the card
+    halves). Rows (int tuples, as encode_rows takes them) are made on demand, for a range
+    (rows_range) or all of them (rows); indexing or iterating gives AvlRecords, made on
+    demand too (tests; the CLI never needs them)."""
 
-    __slots__ = ("codec", "rows", "has_card", "lay_plain", "lay_card", "ms", "ign", "_recs", "np_cols")
+    __slots__ = ("codec", "np_cols", "has_card", "lay_plain", "lay_card", "ms", "ign", "n",
+                 "_has_np", "_rows", "_recs")
 
-    def __init__(self, codec, rows, has_card, lay_plain, lay_card, ms, ign):
-        self.codec, self.rows, self.has_card = codec, rows, has_card
+    def __init__(self, codec, np_cols, has_card, lay_plain, lay_card, ms, ign, has_np=None, n=None):
+        self.codec, self.np_cols, self.has_card = codec, np_cols, has_card
         self.lay_plain, self.lay_card = lay_plain, lay_card
         self.ms, self.ign = ms, ign
+        self.n = len(ms) if n is None else n
+        self._has_np = has_np          # bool array when some row carries the card halves
+        self._rows = None
         self._recs = None
-        self.np_cols = None
+
+    def rows_range(self, a: int, b: int) -> list[tuple]:
+        """Rows a..b-1 as int tuples (card halves only on the rows that have them)."""
+        b = min(b, self.n)
+        if a >= b:
+            return []
+        cols = self.np_cols
+        if self._has_np is None:
+            return list(zip(*[c[a:b].tolist() for c in cols]))
+        plain = self.lay_plain.row_len
+        rows = list(zip(*[c[a:b].tolist() for c in cols[:plain]]))
+        cards = zip(cols[plain][a:b].tolist(), cols[plain + 1][a:b].tolist())
+        return [r + c if h else r for r, c, h in zip(rows, cards, self.has_card[a:b])]
+
+    @property
+    def rows(self) -> list[tuple]:
+        if self._rows is None:
+            self._rows = self.rows_range(0, self.n)
+        return self._rows
 
     def encoded(self) -> tuple[bytes, list[int]] | None:
         """Every record's bytes back to back and where each starts (fleetcloak.codecs
-        avl.encode_columns), or None without the numpy columns."""
+        avl.encode_columns), or None without records."""
         cols = self.np_cols
-        if cols is None or not self.rows:
+        n = self.n
+        if cols is None or not n:
             return None
-        n = len(self.rows)
         if len(cols[0]) != n:  # head(): cut the columns too
             cols = [c[:n] for c in cols]
-        if len(cols) == self.lay_card.row_len and any(self.has_card):
+        if self._has_np is not None and any(self.has_card[:n]):
             return encode_columns(self.codec, (self.lay_plain, self.lay_card),
-                                  np.array(self.has_card, dtype=np.int8), cols)
+                                  self._has_np[:n].astype(np.int8), cols)
         return encode_columns(self.codec, (self.lay_plain,), None, cols[:self.lay_plain.row_len])
 
     def lays(self, has_card) -> list:
@@ -193,13 +203,11 @@ class DayRecords(Sequence):
         return self._recs
 
     def head(self, k: int) -> "DayRecords":
-        d = DayRecords(self.codec, self.rows[:k], self.has_card[:k], self.lay_plain, self.lay_card,
-                       self.ms[:k], self.ign[:k])
-        d.np_cols = self.np_cols
-        return d
+        return DayRecords(self.codec, self.np_cols, self.has_card[:k], self.lay_plain, self.lay_card,
+                          self.ms[:k], self.ign[:k], self._has_np, min(k, self.n))
 
     def __len__(self) -> int:
-        return len(self.rows)
+        return self.n
 
     def __getitem__(self, i):
         return self.records()[i]
