@@ -27,7 +27,7 @@ from ..codecs.teltonika import encode_rows
 from .packetiser import (DeviceLink, Emission, chunk, encode_checked, encode_checked_bytes,
                          latency_array, make_packet, record_layout_size, send_groups)
 from .telemetry import RecordFactory
-from .trips import DAY_S, DayPlanner, DeviceState
+from .trips import DAY_S, DayPlanner, DeviceState, plan_drives_many
 
 DAY_MS = DAY_S * 1000
 YEAR_MS = 365 * DAY_MS
@@ -105,13 +105,37 @@ class Simulation:
     def _rng(self, stream: int, veh: int, day: int) -> np.random.Generator:
         return np.random.default_rng([self.cfg.seed, stream, veh, day])
 
-    def device_day(self, vi: int, day: int) -> list[Emission]:
-        """One device's emissions for one simulated day (unordered across devices)."""
+    def begin_day(self, day: int) -> list[tuple]:
+        """Every device's itinerary for the day, then all the day's drives planned in one
+        vectorised pass (plan_drives_many; each device's draws from its own model stream,
+        so the drives are those a device-by-device plan makes): [(model rng, Drives|None)]
+        for device_day."""
+        day_t0 = self.cfg.start_s + day * DAY_S
+        pre, jobs, who = [], [], []
+        for vi in range(len(self.fleet.vehicles)):
+            mrng = self._rng(_MODEL, vi, day)
+            job = self.planners[vi].begin(mrng, day_t0, self.states[vi])
+            pre.append([mrng, None])
+            if job is not None:
+                jobs.append(job)
+                who.append(vi)
+        if jobs:
+            for vi, dr in zip(who, plan_drives_many(jobs)):
+                pre[vi][1] = dr
+        return pre
+
+    def device_day(self, vi: int, day: int, pre: tuple | None = None) -> list[Emission]:
+        """One device's emissions for one simulated day (unordered across devices).
+        `pre`: its (model rng, Drives) from begin_day, else planned here."""
         cfg, veh = self.cfg, self.fleet.vehicles[vi]
         state, link = self.states[vi], self.links[vi]
-        mrng, nrng, frng = self._rng(_MODEL, vi, day), self._rng(_NET, vi, day), self._rng(_FAULT, vi, day)
-        day_t0 = cfg.start_s + day * DAY_S
-        track = self.planners[vi].plan(mrng, day_t0, state)
+        nrng, frng = self._rng(_NET, vi, day), self._rng(_FAULT, vi, day)
+        if pre is None:
+            mrng = self._rng(_MODEL, vi, day)
+            track = self.planners[vi].plan(mrng, cfg.start_s + day * DAY_S, state)
+        else:
+            mrng, dr = pre
+            track = self.planners[vi].complete(mrng, state, dr)
         day_recs = self.factories[vi].build(mrng, track, state)
         if day == cfg.days - 1 and day_recs.ms and day_recs.ms[-1] >= cfg.end_ms:
             day_recs = day_recs.head(bisect.bisect_left(day_recs.ms, cfg.end_ms))  # ms increase
@@ -291,8 +315,9 @@ class Simulation:
         try:
             for day in range(self.cfg.days):
                 self.day = day
+                pre = self.begin_day(day)
                 for vi in range(n_veh):
-                    pending += self.device_day(vi, day)
+                    pending += self.device_day(vi, day, pre[vi])
                 pending.sort(key=key)
                 horizon = self.cfg.start_ms + (day + 1) * DAY_MS
                 cut = bisect.bisect_left(pending, (horizon,), key=key)

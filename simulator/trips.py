@@ -208,30 +208,133 @@ class Drives:
 
 def plan_drives(rng: np.random.Generator, a: np.ndarray, b: np.ndarray, theta: float) -> Drives:
     """Geometry, speed profile and timing of L drives in one vectorised pass."""
+    return plan_drives_many([(rng, a, b, theta)])[0]
+
+
+def _bounds(counts) -> list[int]:
+    out = [0]
+    for c in counts:
+        out.append(out[-1] + c)
+    return out
+
+
+def plan_drives_many(jobs: list[tuple[np.random.Generator, np.ndarray, np.ndarray, float]]) -> list[Drives]:
+    """plan_drives for several devices at once: [(rng, a, b, theta)] -> [Drives].
+
+    Every device's draws come from its own generator in the same order as a call of its
+    own (so the drives are exactly plan_drives' for it), and every element-wise step runs
+    once over the drives of all the devices; only the steps that run along a device's
+    arrays (cumulative sums and minima, np.interp, the draws) loop over the devices.
+    """
+    G = len(jobs)
+    Ls = [len(j[1]) for j in jobs]
+    a = np.concatenate([j[1] for j in jobs]) if G > 1 else jobs[0][1]
+    b = np.concatenate([j[2] for j in jobs]) if G > 1 else jobs[0][2]
     L = len(a)
-    pts, leg = road_paths(rng, a, b, theta)
-    # Arc length per drive, then resample every ~STEP_M on a coordinate that increases
-    # across drives (drive k's arc length + offset_k), so one np.interp serves them all.
+    dev = np.repeat(np.arange(G), Ls)                    # device per drive
+    lb = _bounds(Ls)                                     # drive ranges per device
+    # ---- road_paths, over all drives
+    d = b - a
+    uv = [(np.array([math.cos(j[3]), math.sin(j[3])]), np.array([-math.sin(j[3]), math.cos(j[3])]))
+          for j in jobs]
+    pu, pv = np.empty(L), np.empty(L)
+    for g in range(G):
+        pu[lb[g]:lb[g + 1]] = d[lb[g]:lb[g + 1]] @ uv[g][0]
+        pv[lb[g]:lb[g + 1]] = d[lb[g]:lb[g + 1]] @ uv[g][1]
+    m = np.clip((np.hypot(d[:, 0], d[:, 1]) / 1800).astype(np.int64), 1, 8)
+    leg_of_w = np.repeat(np.arange(L), m)
+    n = 2 * m + 1
+    mid_n = (n - 2).tolist()                             # jittered corners per drive
+    m_l = m.tolist()
+    wb = _bounds([sum(m_l[lb[g]:lb[g + 1]]) for g in range(G)])
+    wu, wv = np.empty(len(leg_of_w)), np.empty(len(leg_of_w))
+    jit, factor, ph = [], [], []
+    for g, (rng, *_rest) in enumerate(jobs):             # the draws, device by device
+        wu[wb[g]:wb[g + 1]] = rng.random(wb[g + 1] - wb[g])
+        wv[wb[g]:wb[g + 1]] = rng.random(wb[g + 1] - wb[g])
+        jit.append(rng.normal(0.0, 25.0, size=(sum(mid_n[lb[g]:lb[g + 1]]), 2)))
+        factor.append(rng.uniform(0.85, 1.1, Ls[g]))
+        ph.append(rng.uniform(0, 2 * math.pi, (2, Ls[g])))
+    wu += 0.05
+    wv += 0.05
+    wu = wu / np.bincount(leg_of_w, wu)[leg_of_w] * pu[leg_of_w]
+    wv = wv / np.bincount(leg_of_w, wv)[leg_of_w] * pv[leg_of_w]
+    leg = np.repeat(np.arange(L), n)
+    k = _within(n)
+    steps = np.zeros((len(leg), 2))
+    inner = k > 0
+    j = k[inner] - 1
+    w_idx = np.repeat(_seg_starts(m), 2 * m) + j // 2
+    along_u = (j % 2) == 0
+    if G == 1:
+        u, v = uv[0]
+        steps[inner] = np.where(along_u[:, None], wu[w_idx][:, None] * u, wv[w_idx][:, None] * v)
+    else:
+        U = np.array([q[0] for q in uv])[dev][leg][inner]
+        V = np.array([q[1] for q in uv])[dev][leg][inner]
+        steps[inner] = np.where(along_u[:, None], wu[w_idx][:, None] * U, wv[w_idx][:, None] * V)
+    steps[k == 0] = a
+    n_l = n.tolist()
+    pb = _bounds([sum(n_l[lb[g]:lb[g + 1]]) for g in range(G)])   # point ranges per device
+    pts = np.empty_like(steps)
+    for g in range(G):
+        np.cumsum(steps[pb[g]:pb[g + 1]], axis=0, out=pts[pb[g]:pb[g + 1]])
+    # cumsum runs over a device's drives: remove what its earlier drives added.
+    ends = np.cumsum(n) - 1
+    carry = np.zeros((L, 2))
+    later = np.ones(L, dtype=bool)
+    later[lb[:-1]] = False                               # first drive of each device: nothing
+    carry[later] = pts[ends[np.flatnonzero(later) - 1]]
+    pts -= np.repeat(carry, n, axis=0)
+    last = k == (n - 1)[leg]
+    pts[last] = b
+    mid = inner & ~last
+    pts[mid] += np.concatenate(jit) if G > 1 else jit[0]
+    for _ in range(3):  # Chaikin, per drive; the first Q and last R are the endpoints
+        same = leg[1:] == leg[:-1]
+        p0, p1, lg = pts[:-1][same], pts[1:][same], leg[:-1][same]
+        q = np.empty((2 * len(p0), 2))
+        q[0::2] = 0.75 * p0 + 0.25 * p1
+        q[1::2] = 0.25 * p0 + 0.75 * p1
+        first_pair = np.concatenate([[True], lg[1:] != lg[:-1]])
+        last_pair = np.concatenate([lg[1:] != lg[:-1], [True]])
+        q[0::2][first_pair] = p0[first_pair]
+        q[1::2][last_pair] = p1[last_pair]
+        pts, leg = q, np.repeat(lg, 2)
+    # ---- plan_drives: arc length per drive, resampled every ~STEP_M
+    total = np.bincount(leg, minlength=L).astype(np.int64)
+    t_l = total.tolist()
+    pb = _bounds([sum(t_l[lb[g]:lb[g + 1]]) for g in range(G)])
     seg = np.hypot(*np.diff(pts, axis=0).T)
     seg[leg[1:] != leg[:-1]] = 0.0
-    cum = np.concatenate([[0.0], np.cumsum(seg)])
+    cum = np.empty(len(leg))
+    for g in range(G):
+        cum[pb[g]] = 0.0
+        np.cumsum(seg[pb[g]:pb[g + 1] - 1], out=cum[pb[g] + 1:pb[g + 1]])
     first = np.flatnonzero(np.concatenate([[True], leg[1:] != leg[:-1]]))
     s_pts = cum - np.repeat(cum[first], np.diff(np.append(first, len(leg))))
-    total = np.bincount(leg, minlength=L).astype(np.int64)
     length = s_pts[first + total - 1]
-    offset = np.concatenate([[0.0], np.cumsum(length + 1.0)[:-1]])
+    offset = np.empty(L)
+    for g in range(G):
+        offset[lb[g]] = 0.0
+        np.cumsum(length[lb[g]:lb[g + 1] - 1] + 1.0, out=offset[lb[g] + 1:lb[g + 1]])
     g_pts = s_pts + offset[leg]
     count = np.maximum(2, np.ceil(length / STEP_M).astype(np.int64) + 1)
     start = _seg_starts(count)
     node_leg = np.repeat(np.arange(L), count)
     kk = _within(count)
     s = kk / (count - 1)[node_leg] * length[node_leg]
-    x = np.interp(s + offset[node_leg], g_pts, pts[:, 0])
-    y = np.interp(s + offset[node_leg], g_pts, pts[:, 1])
+    c_l = count.tolist()
+    nb = _bounds([sum(c_l[lb[g]:lb[g + 1]]) for g in range(G)])   # node ranges per device
     N = len(s)
+    sg = s + offset[node_leg]
+    x, y = np.empty(N), np.empty(N)
+    for g in range(G):
+        ns, ps = slice(nb[g], nb[g + 1]), slice(pb[g], pb[g + 1])
+        x[ns] = np.interp(sg[ns], g_pts[ps], pts[ps, 0])
+        y[ns] = np.interp(sg[ns], g_pts[ps], pts[ps, 1])
     is_last = kk == (count - 1)[node_leg]
     is_first = kk == 0
-    # Heading leaving each node (the last node keeps the previous segment's).
     dx, dy = np.diff(x), np.diff(y)
     h = np.arctan2(dx, dy)
     head_rad = np.empty(N)
@@ -240,11 +343,10 @@ def plan_drives(rng: np.random.Generator, a: np.ndarray, b: np.ndarray, theta: f
     ds = np.zeros(N)
     ds[1:] = np.diff(s)
     ds[is_first] = 0.0
-    # Speed limits: road class by distance from the ends, a slow wobble, corners.
     d_end = np.minimum(s, length[node_leg] - s)
     fast = 13.9 + (27.0 - 13.9) * np.clip((d_end - 1500.0) / 3000.0, 0.0, 1.0)
-    factor = rng.uniform(0.85, 1.1, L)[node_leg]
-    ph = rng.uniform(0, 2 * math.pi, (2, L))
+    factor = (np.concatenate(factor) if G > 1 else factor[0])[node_leg]
+    ph = np.concatenate(ph, axis=1) if G > 1 else ph[0]
     wob = np.sin(s / 700.0 + ph[0][node_leg]) * np.sin(s / 2300.0 + ph[1][node_leg])
     vc = np.clip(fast * factor * (1.0 + 0.08 * wob), 3.0, V_MAX)
     turn = np.zeros(N)
@@ -254,33 +356,52 @@ def plan_drives(rng: np.random.Generator, a: np.ndarray, b: np.ndarray, theta: f
     vlim = np.minimum(vc, np.maximum(np.sqrt(A_LAT / np.maximum(kappa, 1e-6)), 3.0))
     # Red lights / give-ways: about one per 1.5 km, never in the first or last 100 m.
     dwell = np.zeros(N)
-    lights = rng.poisson(length / 1500.0) * (count > 12)
-    if lights.sum():
-        lleg = np.repeat(np.arange(L), lights)
-        idx = start[lleg] + 5 + (rng.random(len(lleg)) * (count[lleg] - 10)).astype(np.int64)
-        vlim[idx] = 0.0
-        dwell[idx] = rng.uniform(5.0, 45.0, len(idx))
+    lam = length / 1500.0
+    long_ = count > 12
+    for g, (rng, *_rest) in enumerate(jobs):
+        ls = slice(lb[g], lb[g + 1])
+        lights = rng.poisson(lam[ls]) * long_[ls]
+        if lights.sum():
+            lleg = np.repeat(np.arange(lb[g], lb[g + 1]), lights)
+            idx = start[lleg] + 5 + (rng.random(len(lleg)) * (count[lleg] - 10)).astype(np.int64)
+            vlim[idx] = 0.0
+            dwell[idx] = rng.uniform(5.0, 45.0, len(idx))
     vlim[is_first | is_last] = 0.0
     # Acceleration and braking limits, reset per drive: v_i^2 <= min_j<=i (v_j^2 + 2a(s_i - s_j)).
-    big = 1e7 * node_leg
+    big = 1e7 * (node_leg - np.repeat(np.asarray(lb[:-1]), [nb[g + 1] - nb[g] for g in range(G)]))
     v2 = vlim ** 2
-    v2 = np.minimum(v2, np.minimum.accumulate(v2 - 2 * A_ACC * s - big) + 2 * A_ACC * s + big)
-    back = (v2 + 2 * A_DEC * s + big)[::-1]
-    v2 = np.minimum(v2, np.minimum.accumulate(back)[::-1] - 2 * A_DEC * s - big)
+    acc = v2 - 2 * A_ACC * s - big
+    for g in range(G):
+        ns = slice(nb[g], nb[g + 1])
+        acc[ns] = np.minimum.accumulate(acc[ns])
+    v2 = np.minimum(v2, acc + 2 * A_ACC * s + big)
+    acc = v2 + 2 * A_DEC * s + big
+    for g in range(G):
+        ns = slice(nb[g], nb[g + 1])
+        acc[ns] = np.minimum.accumulate(acc[ns][::-1])[::-1]
+    v2 = np.minimum(v2, acc - 2 * A_DEC * s - big)
     v = np.sqrt(np.maximum(v2, 0.0))
     vm = np.empty(N)
     vm[1:] = np.maximum(0.5 * (v[1:] + v[:-1]), 0.3)
     vm[0] = 1.0
     dt = ds / vm
-    # Arrival time at each node: the drive's travel time plus the dwells before it.
     step = dt.copy()
     step[1:] += dwell[:-1]
     step[is_first] = 0.0
-    c = np.cumsum(step)
+    c = np.empty(N)
+    for g in range(G):
+        np.cumsum(step[nb[g]:nb[g + 1]], out=c[nb[g]:nb[g + 1]])
     arrive = c - np.repeat(c[start], count)
     duration = arrive[start + count - 1]
     head = np.rint(np.degrees(head_rad)).astype(np.int64) % 360
-    return Drives(start, count, s, x, y, v, head, arrive, dwell, length, duration)
+    if G == 1:
+        return [Drives(start, count, s, x, y, v, head, arrive, dwell, length, duration)]
+    out = []
+    for g in range(G):
+        ls, ns = slice(lb[g], lb[g + 1]), slice(nb[g], nb[g + 1])
+        out.append(Drives(start[ls] - nb[g], count[ls], s[ns], x[ns], y[ns], v[ns], head[ns],
+                          arrive[ns], dwell[ns], length[ls], duration[ls]))
+    return out
 
 
 # -------------------------------------------------------------------------- day plan
@@ -356,16 +477,28 @@ class DayPlanner:
 
     # -- pass 3: timeline ----------------------------------------------------------
     def plan(self, rng: np.random.Generator, day_t0: int, state: DeviceState) -> Track:
-        veh = self.veh
+        job = self.begin(rng, day_t0, state)
+        return self.complete(rng, state, plan_drives(*job) if job else None)
+
+    def begin(self, rng: np.random.Generator, day_t0: int, state: DeviceState):
+        """Pass 1 (the itinerary): plan_drives' arguments for the day's legs, or None.
+        The caller plans the drives (plan_drives, or plan_drives_many over several
+        devices) and hands them to complete() with the same generator."""
         self._cols, self._st = _Cols(state.t_last), state
         self._t = float(max(day_t0, state.t_last))   # time up to which records exist
         self._drv, self._priv = -1, 0
-        steps = self._itinerary(rng, day_t0, state)
+        self._steps = steps = self._itinerary(rng, day_t0, state)
         legs = [s for s in steps if s[0] == "leg"]
-        dr = None
-        if legs:
-            dr = plan_drives(rng, np.array([s[1] for s in legs], dtype=float),
-                             np.array([s[2] for s in legs], dtype=float), self.tenant.road_theta)
+        if not legs:
+            return None
+        return (rng, np.array([s[1] for s in legs], dtype=float),
+                np.array([s[2] for s in legs], dtype=float), self.tenant.road_theta)
+
+    def complete(self, rng: np.random.Generator, state: DeviceState, dr: "Drives | None") -> Track:
+        """Passes 2-3 after begin(): the timeline around the planned drives."""
+        veh = self.veh
+        steps, self._steps = self._steps, None
+        legs = dr is not None
         go, drvs, privs, odo0, nofix = [], [], [], [], []
         li = 0
         P, phase = veh.move_period_s, veh.phase_s
