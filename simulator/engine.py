@@ -26,7 +26,7 @@ from .fleet import Fleet, build_fleet
 from ..codecs.teltonika import encode_rows
 from .packetiser import (DeviceLink, Emission, chunk, encode_checked, encode_checked_bytes,
                          latency_array, make_packet, record_layout_size, send_groups)
-from .telemetry import RecordFactory
+from .telemetry import DayRecords, RecordFactory, encode_days
 from .trips import DAY_S, DayPlanner, DeviceState, plan_drives_many
 
 DAY_MS = DAY_S * 1000
@@ -124,12 +124,10 @@ class Simulation:
                 pre[vi][1] = dr
         return pre
 
-    def device_day(self, vi: int, day: int, pre: tuple | None = None) -> list[Emission]:
-        """One device's emissions for one simulated day (unordered across devices).
-        `pre`: its (model rng, Drives) from begin_day, else planned here."""
-        cfg, veh = self.cfg, self.fleet.vehicles[vi]
-        state, link = self.states[vi], self.links[vi]
-        nrng, frng = self._rng(_NET, vi, day), self._rng(_FAULT, vi, day)
+    def model_day(self, vi: int, day: int, pre: tuple | None = None) -> DayRecords:
+        """One device's records for one simulated day. `pre`: its (model rng, Drives)
+        from begin_day, else planned here."""
+        cfg, state = self.cfg, self.states[vi]
         if pre is None:
             mrng = self._rng(_MODEL, vi, day)
             track = self.planners[vi].plan(mrng, cfg.start_s + day * DAY_S, state)
@@ -140,6 +138,20 @@ class Simulation:
         if day == cfg.days - 1 and day_recs.ms and day_recs.ms[-1] >= cfg.end_ms:
             day_recs = day_recs.head(bisect.bisect_left(day_recs.ms, cfg.end_ms))  # ms increase
         self.model_records += len(day_recs)
+        return day_recs
+
+    def device_day(self, vi: int, day: int, pre: tuple | None = None, day_recs: DayRecords | None = None,
+                   enc: tuple | None = None) -> list[Emission]:
+        """One device's emissions for one simulated day (unordered across devices).
+        `day_recs` and `enc` (its (blob, offsets, base) from encode_days): the day's
+        records and their bytes when the caller made them (emissions() does, for all
+        devices at once), else made here."""
+        cfg, veh = self.cfg, self.fleet.vehicles[vi]
+        link = self.links[vi]
+        nrng, frng = self._rng(_NET, vi, day), self._rng(_FAULT, vi, day)
+        if day_recs is None:
+            day_recs = self.model_day(vi, day, pre)
+            enc = encode_days([day_recs])[0]
         rates = cfg.faults
         span = cfg.end_ms - cfg.start_ms
         ms_all, has_all = day_recs.ms, day_recs.has_card
@@ -147,8 +159,8 @@ class Simulation:
         lay_p, lay_c = day_recs.lay_plain, day_recs.lay_card
         size_p, size_c = lay_p.size, lay_c.size
         groups = send_groups(veh, ms_all, day_recs.ign)
-        enc = day_recs.encoded()  # every record's bytes at once (numpy), sliced per packet
-        blob, off = enc if enc is not None else (None, None)
+        # every record's bytes at once (numpy), sliced per packet
+        blob, off, base = enc if enc is not None else (None, None, 0)
         # Draws in bulk (one array per device-day): uniforms for the fault decisions,
         # latencies and in-send spacing from the network stream.
         n_max = len(day_recs) + 2 * len(groups) + 8
@@ -182,8 +194,8 @@ class Simulation:
                 lays = (lay_c if all(hs) else [lay_c if h else lay_p for h in hs]) if any(hs) else lay_p
                 if not rfault:  # the day's own records: a slice of its bytes
                     # prows is slice(first, end) into the day until the rows are needed
-                    packets = encode_checked_bytes(veh, link, blob[off[a + ca]:off[a + cb]], a + ca, a + cb,
-                                                   rows_at, lays)
+                    packets = encode_checked_bytes(veh, link, blob[off[base + a + ca]:off[base + a + cb]],
+                                                   a + ca, a + cb, rows_at, lays)
                 else:
                     packets = encode_checked(veh, link, rows[ca:cb], lays)
                 for prows, plays, pid, apid, frame in packets:
@@ -316,8 +328,12 @@ class Simulation:
             for day in range(self.cfg.days):
                 self.day = day
                 pre = self.begin_day(day)
+                days = [self.model_day(vi, day, pre[vi]) for vi in range(n_veh)]
+                encs = encode_days(days)
+                pre = None
                 for vi in range(n_veh):
-                    pending += self.device_day(vi, day, pre[vi])
+                    pending += self.device_day(vi, day, None, days[vi], encs[vi])
+                days = encs = None
                 pending.sort(key=key)
                 horizon = self.cfg.start_ms + (day + 1) * DAY_MS
                 cut = bisect.bisect_left(pending, (horizon,), key=key)

@@ -214,3 +214,44 @@ class DayRecords(Sequence):
 
     def __iter__(self):
         return iter(self.records())
+
+
+def encode_days(days: Sequence["DayRecords"]) -> list[tuple[bytes, list[int], int] | None]:
+    """DayRecords.encoded() for several device-days at once: one encode_columns call per
+    codec and layout pair over the concatenated columns (a record's bytes depend on its
+    own values and layout only, so they are the same bytes). Per day: (blob, offsets,
+    base), the day's record i starting at blob[offsets[base + i]], or None without records."""
+    groups: dict[tuple, list[int]] = {}
+    for i, d in enumerate(days):
+        if d.np_cols is not None and d.n:
+            groups.setdefault((d.codec, id(d.lay_plain), id(d.lay_card)), []).append(i)
+    out: list = [None] * len(days)
+    for idx in groups.values():
+        first = days[idx[0]]
+        if len(idx) == 1:
+            blob, off = first.encoded()
+            out[idx[0]] = (blob, off, 0)
+            continue
+        plain, card = first.lay_plain.row_len, first.lay_card.row_len
+        cut = [d.np_cols if len(d.np_cols[0]) == d.n else [c[:d.n] for c in d.np_cols]
+               for d in (days[i] for i in idx)]
+        with_card = any(days[i]._has_np is not None and any(days[i].has_card) for i in idx)
+        width = card if with_card else plain
+        cols = []
+        for j in range(width):
+            if j < plain:
+                cols.append(np.concatenate([c[j] for c in cut]))
+            else:
+                cols.append(np.concatenate([c[j] if len(c) > j else np.zeros(days[i].n, dtype=np.uint64)
+                                            for c, i in zip(cut, idx)]))
+        if with_card:
+            which = np.concatenate([days[i]._has_np[:days[i].n].astype(np.int8) if days[i]._has_np is not None
+                                    else np.zeros(days[i].n, dtype=np.int8) for i in idx])
+            blob, off = encode_columns(first.codec, (first.lay_plain, first.lay_card), which, cols)
+        else:
+            blob, off = encode_columns(first.codec, (first.lay_plain,), None, cols)
+        base = 0
+        for i in idx:
+            out[i] = (blob, off, base)
+            base += days[i].n
+    return out
