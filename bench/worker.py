@@ -2,7 +2,8 @@
 plain aiokafka consume -> produce passthrough of the same raw messages, in the same run.
 
     .venv/bin/python bench/worker.py             # 3 tenants, 200 vehicles, 3 days (~277k records), 3 runs
-    .venv/bin/python bench/worker.py --quick     # 200 vehicles, 1 day (~35k records), 1 run
+    .venv/bin/python bench/worker.py --quick     # 200 vehicles, 1 day (~35k records), 1 run: a smoke
+                                                 # run (2-3 batches: read "busy", not the timed rate)
 
 What it does, once: start Tansu (fleetcloak.streams.broker.EmbeddedBroker), simulate a
 fleet straight into `telematics.raw` (`fleetcloak simulate --sink kafka://`, 4 partitions,
