@@ -44,25 +44,44 @@ def iso(ms: int) -> str:
 class Truth:
     def __init__(self, fleet: Fleet, cfg: SimConfig):
         self.fleet, self.cfg = fleet, cfg
-        self.counts: dict[str, Counter] = defaultdict(Counter)
-        self.messages: dict[str, Counter] = defaultdict(Counter)
+        self._counts: dict[str, Counter] = defaultdict(Counter)
+        self._messages: dict[str, Counter] = defaultdict(Counter)
         self.faults: Counter = Counter()
-        self.totals: Counter = Counter()
+        self._totals: Counter = Counter()
+        # The common message (an original, all records valid, no fault) is counted in
+        # plain ints per IMEI, [records, messages], and bytes, folded into the Counters
+        # when they are read.
+        self._plain: dict[str, list[int]] = {}
+        self._plain_bytes = 0
         self.first_ms: int | None = None
         self.last_ms: int | None = None
         self.interrupted = False
 
     def add(self, em: Emission, fates: dict[str, int]) -> None:
         """Count one delivered emission (`fates`: as planned, or as a device sink saw it)."""
-        c = self.counts[em.imei]
-        totals = self.totals
+        if em.fault is None and em.copy == "original" and len(fates) == 1:
+            n = fates.get("valid")
+            if n:
+                p = self._plain.get(em.imei)
+                if p is None:
+                    p = self._plain[em.imei] = [0, 0]
+                    self._counts[em.imei], self._messages[em.imei]  # IMEI order as first seen
+                p[0] += n
+                p[1] += 1
+                self._plain_bytes += len(em.frame)
+                if self.first_ms is None:
+                    self.first_ms = em.received_at
+                self.last_ms = em.received_at
+                return
+        c = self._counts[em.imei]
+        totals = self._totals
         records = 0
         for f, n in fates.items():
             if n:
                 c[f] += n
                 totals[f] += n
                 records += n
-        self.messages[em.imei][em.copy] += 1
+        self._messages[em.imei][em.copy] += 1
         totals["messages"] += 1
         if fates.get("corrupt"):
             totals["corrupt_messages"] += 1
@@ -74,6 +93,39 @@ class Truth:
         if self.first_ms is None:
             self.first_ms = em.received_at
         self.last_ms = em.received_at
+
+    def _fold(self) -> None:
+        if not self._plain:
+            return
+        counts, messages, totals = self._counts, self._messages, self._totals
+        records = msgs = 0
+        for imei, (n, m) in self._plain.items():
+            counts[imei]["valid"] += n
+            messages[imei]["original"] += m
+            records += n
+            msgs += m
+        totals["valid"] += records
+        totals["records"] += records
+        totals["messages"] += msgs
+        totals["bytes"] += self._plain_bytes
+        self._plain, self._plain_bytes = {}, 0
+
+    @property
+    def counts(self) -> dict[str, Counter]:
+        """Records by fate per IMEI."""
+        self._fold()
+        return self._counts
+
+    @property
+    def messages(self) -> dict[str, Counter]:
+        """Messages by copy kind per IMEI."""
+        self._fold()
+        return self._messages
+
+    @property
+    def totals(self) -> Counter:
+        self._fold()
+        return self._totals
 
     def zones(self) -> dict[str, list[dict]]:
         """Privacy zones per tenant: a square around each driver's home and the depot."""

@@ -20,8 +20,8 @@ class FileSink:
         self._write = self._f.write
 
     def send(self, em: Emission):
-        self._write('{"imei":"%s","transport":"%s","frame_hex":"%s","received_at":%d}\n'
-                    % (em.imei, em.transport, em.frame.hex(), em.received_at))
+        self._write(f'{{"imei":"{em.imei}","transport":"{em.transport}","frame_hex":"{em.frame.hex()}",'
+                    f'"received_at":{em.received_at}}}\n')
         return ((em, em.fates),)
 
     def close(self):
