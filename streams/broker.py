@@ -11,6 +11,7 @@ import os
 import signal
 import socket
 import subprocess
+import sys
 import time
 from pathlib import Path
 
@@ -57,6 +58,15 @@ def wait_until_answering(host: str, port: int, timeout: float, proc: subprocess.
     raise BrokerError(f"broker at {host}:{port} did not answer within {timeout:.0f}s ({last})")
 
 
+def _die_with_parent() -> None:
+    """In the child, before exec: ask Linux to SIGTERM it when its parent dies."""
+    if sys.platform.startswith("linux"):
+        import ctypes
+
+        PR_SET_PDEATHSIG = 1
+        ctypes.CDLL(None, use_errno=True).prctl(PR_SET_PDEATHSIG, signal.SIGTERM)
+
+
 class EmbeddedBroker:
     """A Tansu broker process on a loopback port. Use as a context manager."""
 
@@ -83,6 +93,7 @@ class EmbeddedBroker:
         self._proc = subprocess.Popen(
             cmd, stdout=self._log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
             start_new_session=True,  # a Ctrl-C in the terminal reaches us, not tansu
+            preexec_fn=_die_with_parent,  # and a SIGKILLed parent (a test runner) leaves no broker behind
         )
         try:
             wait_until_answering(self.host, self.port, timeout, self._proc)

@@ -23,3 +23,27 @@ def test_tansu_is_recognised_by_its_cluster_id():
 
     assert is_tansu("tansu_cluster")
     assert not is_tansu("xTN8tH1gWM-GUGBFrup4jA") and not is_tansu(None)
+
+
+def test_a_killed_parent_leaves_no_broker_behind(tmp_path):
+    import os
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    script = ("from fleetcloak.streams.broker import EmbeddedBroker\n"
+              "b = EmbeddedBroker().start(); print(b.port, flush=True)\n"
+              "import time; time.sleep(60)\n")
+    parent = subprocess.Popen([sys.executable, "-c", script], stdout=subprocess.PIPE, text=True)
+    port = int(parent.stdout.readline())
+    os.kill(parent.pid, signal.SIGKILL)
+    parent.wait()
+    deadline = time.monotonic() + 10
+    while time.monotonic() < deadline:
+        try:
+            socket.create_connection(("127.0.0.1", port), timeout=0.5).close()
+        except OSError:
+            return
+        time.sleep(0.1)
+    raise AssertionError("the broker outlived its SIGKILLed parent")
