@@ -24,8 +24,9 @@ from ..codecs.packets import AvlPacket
 from . import faults as F
 from .fleet import Fleet, build_fleet
 from ..codecs.teltonika import encode_rows
-from .packetiser import (DeviceLink, Emission, chunk, encode_checked, encode_checked_bytes,
-                         latency_array, make_packet, record_layout_size, send_groups)
+from ..codecs.teltonika import frame_records
+from .packetiser import (TCP_OVERHEAD, UDP_OVERHEAD, DeviceLink, Emission, chunk, encode_checked,
+                         encode_checked_bytes, latency_array, make_packet, record_layout_size, send_groups)
 from .telemetry import DayRecords, RecordFactory, encode_days
 from .trips import DAY_S, DayPlanner, DeviceState, plan_drives_many
 
@@ -177,8 +178,46 @@ class Simulation:
         pick = rates.pick
         # pick() is None for a draw at or above the kinds' summed rate (most draws).
         rec_top, pkt_top = rates.top(F.RECORD_FAULTS), rates.top(F.PACKET_FAULTS)
+        codec, udp, max_packet = veh.codec, transport == "udp", veh.max_packet
+        # Up to this many records, a send is one packet whatever its layouts (chunk()).
+        one_max = min(255, (max_packet - (UDP_OVERHEAD if udp else TCP_OVERHEAD)) // max_record)
+
+        def resolve(pk):
+            """A packet's (rows, layouts): slices of the day are made into rows here."""
+            rows, lays = pk[0], pk[1]
+            if type(rows) is slice:
+                if lays is None:
+                    hs = has_all[rows]
+                    lays = (lay_c if all(hs) else [lay_c if h else lay_p for h in hs]) if any(hs) else lay_p
+                rows = rows_at(rows.start, rows.stop)
+            return rows, lays
+
         for gi, (tick, a, b) in enumerate(groups):
             rfault = pick(u_rec[gi], F.RECORD_FAULTS) if u_rec is not None and u_rec[gi] < rec_top else None
+            nb = b - a
+            if not rfault and nb <= one_max:
+                # The common case, as the general path below makes it: the day's own
+                # records in one packet, its bytes a slice of the day's; the packet's
+                # records stay slice(a, b) and its layouts None until needed (resolve).
+                if udp:
+                    pid, apid = link.next_udp_ids()
+                    frame = frame_records(codec, nb, blob[off[base + a]:off[base + b]], "udp", imei, pid, apid, 1)
+                else:
+                    pid = apid = None
+                    frame = frame_records(codec, nb, blob[off[base + a]:off[base + b]])
+                if len(frame) > max_packet and nb > 1:
+                    raise AssertionError("a record is larger than its layout size")
+                fates = {"valid": nb} if ms_all[a] >= lo and ms_all[b - 1] <= hi else self._fates_of(ms_all[a:b])
+                em = Emission(tick * 1000 + lat[gi], (vi, link.seq), imei, transport, frame,
+                              (slice(a, b), None, pid, apid), fates, None, "original", vi, nb, apid)
+                link.seq += 1
+                u = u_pkt[k % n_max] if u_pkt is not None else 1.0
+                k += 1
+                if u < pkt_top and (pfault := pick(u, F.PACKET_FAULTS)) is not None:
+                    out += self._packet_fault(pfault, em, (), frng, link, ooo, len(out), resolve)
+                else:
+                    out.append(em)
+                continue
             has = has_all[a:b]
             if rfault:
                 rows, ms = rows_at(a, b), ms_all[a:b]
@@ -224,7 +263,7 @@ class Simulation:
                     if pfault is None and not tags:
                         out.append(em)
                     else:
-                        out += self._packet_fault(pfault, em, tags, frng, link, ooo, len(out), rows_at)
+                        out += self._packet_fault(pfault, em, tags, frng, link, ooo, len(out), resolve)
         for i in ooo:  # deliver after the device's next original packet
             nxt = next((e.received_at for e in out[i + 1:] if e.copy == "original"), None)
             out[i].received_at = (nxt if nxt is not None else out[i].received_at + 60_000) + int(frng.integers(1, 500))
@@ -236,8 +275,8 @@ class Simulation:
                 pk = e.packet
                 p = made.get(id(pk))
                 if p is None:
-                    rows = rows_at(pk[0].start, pk[0].stop) if type(pk[0]) is slice else pk[0]
-                    p = made[id(pk)] = make_packet(veh, rows, pk[1], pk[2], pk[3], e.imei if e.device < 0 else None)
+                    rows, lays = resolve(pk)
+                    p = made[id(pk)] = make_packet(veh, rows, lays, pk[2], pk[3], e.imei if e.device < 0 else None)
                 e.packet = p
         else:
             for e in out:
@@ -265,7 +304,7 @@ class Simulation:
         return any(not lo <= t < hi for t in ms)
 
     def _packet_fault(self, pfault, em: Emission, tags, frng, link: DeviceLink, ooo: list[int],
-                      pos: int, rows_at=None) -> list[Emission]:
+                      pos: int, resolve=None) -> list[Emission]:
         em.fault = ",".join(tags) or None
         n = em.n_records
         if pfault is None:
@@ -295,9 +334,8 @@ class Simulation:
         if pfault == "unknown_imei":
             imeis = self.fleet.unknown_imeis
             imei = imeis[int(frng.integers(0, len(imeis)))]
-            rows, lays, pid, apid = em.packet
-            if type(rows) is slice:
-                rows = rows_at(rows.start, rows.stop)
+            _, _, pid, apid = em.packet
+            rows, lays = resolve(em.packet)
             pk = em.packet
             frame = em.frame
             if em.transport == "udp":  # the datagram carries the IMEI; TCP's frame is the same

@@ -80,26 +80,28 @@ class _Cols:
         out = {name: np.empty(self.n, dtype=dt) for name, dt in _COLS}
         if not pieces:
             return out
-        ns = [p[1] for p in pieces]
-        multi = [k for k, n in enumerate(ns) if n > 1]  # t varies inside these
+        starts, ns, ts, values = zip(*pieces)
+        ns_a = np.array(ns, dtype=np.int64)
+        by_col = list(zip(*values))                     # one tuple per column after t
         # Pieces with array columns (the drive samples; events have a tuple t).
         vector = [k for k, p in enumerate(pieces)
                   if type(p[2]) is not tuple and any(type(v) is np.ndarray for v in p[3])]
         t = out["t"]
-        t[:] = np.repeat(np.array([p[2][0] for p in pieces], dtype=np.int64), ns)
-        for k in multi:
-            i, n, tk, _ = pieces[k]
-            t[i:i + n] = tk
+        t[:] = np.repeat(np.array([tk[0] for tk in ts], dtype=np.int64), ns_a)
+        for k, n in enumerate(ns):
+            if n > 1:  # t varies inside these
+                t[starts[k]:starts[k] + n] = ts[k]
         for j, (name, dt) in enumerate(_COLS[1:]):
-            vals = [p[3][j] for p in pieces]
+            vals = by_col[j]
             arr = [k for k in vector if type(vals[k]) is np.ndarray]
-            for k in arr:
-                vals[k] = 0
+            if arr:
+                vals = list(vals)
+                for k in arr:
+                    vals[k] = 0
             c = out[name]
-            c[:] = np.repeat(np.array(vals, dtype=dt), ns)
+            c[:] = np.repeat(np.array(vals, dtype=dt), ns_a)
             for k in arr:
-                i, n = pieces[k][0], pieces[k][1]
-                c[i:i + n] = pieces[k][3][j]
+                c[starts[k]:starts[k] + ns[k]] = by_col[j][k]
         return out
 
 
