@@ -230,7 +230,8 @@ def write_summary(path: str, totals, batch_loop, *, failed: bool) -> None:
     body = {
         "received": totals.received, "forwarded": flat(totals.forwarded),
         "deadlettered": flat(totals.deadlettered), "dropped": flat(totals.dropped),
-        "copies": flat(totals.copies), "balanced": totals.balanced(), "failed": failed,
+        "copies": flat(totals.copies), "analytics_skipped": flat(totals.skipped),
+        "balanced": totals.balanced(), "failed": failed,
         "consumed": getattr(batch_loop, "consumed", 0), "produced": getattr(batch_loop, "produced", 0),
         "busy_s": getattr(batch_loop, "busy", 0.0),
     }

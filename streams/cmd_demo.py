@@ -157,7 +157,8 @@ def _summary(bootstrap: str, totals: dict, truth: dict) -> dict:
     return {
         "records": {"in": totals["received"], "forwarded": totals["forwarded"],
                     "deadlettered": totals["deadlettered"], "dropped": totals["dropped"],
-                    "analytics_copies": totals["copies"], "balanced": totals["balanced"]},
+                    "analytics_copies": totals["copies"], "analytics_skipped": totals.get("analytics_skipped", {}),
+                    "balanced": totals["balanced"]},
         "truth": {k: truth["totals"][k] for k in ("valid", "corrupt", "too_old", "future", "duplicate", "unknown_device")},
         "messages_per_topic": per_topic,
         "throughput": {"messages": totals["consumed"], "seconds_busy": round(totals["busy_s"], 3),
@@ -173,6 +174,7 @@ def _print(out: dict) -> None:
     print(f"records in: {r['in']}   balanced: {r['balanced']}")
     print("  forwarded  " + _fmt(r["forwarded"]))
     print("  analytics  " + _fmt(r["analytics_copies"]))
+    print("  kept off analytics by rule  " + _fmt(r["analytics_skipped"]))
     print("  dead letters by reason  " + _fmt(r["deadlettered"]))
     print("  dropped by rule  " + _fmt(r["dropped"]))
     t = out["truth"]

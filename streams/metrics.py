@@ -36,6 +36,9 @@ class WorkerMetrics:
         self.records_copied = PCounter("fleetcloak_records_copied",
                                        "extra copies of forwarded records on a second route (outside the identity)",
                                        ["route", "tenant"], registry=r)
+        self.records_skipped = PCounter("fleetcloak_records_analytics_skipped",
+                                        "forwarded records kept off the analytics route, by rule (outside the identity)",
+                                        ["rule", "tenant"], registry=r)
         self.accounting_imbalance = PCounter("fleetcloak_accounting_imbalance_batches",
                                              "batches whose counts did not balance (a pipeline bug)", registry=r)
         # Transport, in Kafka messages.
@@ -73,6 +76,8 @@ class WorkerMetrics:
             self.records_dropped.labels(rule, tenant).inc(n)
         for (route, tenant), n in counts.copies.items():
             self.records_copied.labels(route, tenant).inc(n)
+        for (rule, tenant), n in counts.skipped.items():
+            self.records_skipped.labels(rule, tenant).inc(n)
         if not counts.balanced():
             self.accounting_imbalance.inc()
             return False

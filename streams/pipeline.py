@@ -25,7 +25,6 @@ import gc
 import logging
 import os
 import time
-from collections import Counter
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from itertools import repeat
@@ -248,7 +247,6 @@ class TelemetryPipeline:
     duplicates: DuplicateWindow = field(default_factory=DuplicateWindow)
     clock: Callable[[], float] = time.time
     future_tolerance_ms: int = FUTURE_TOLERANCE_MS
-    skipped: Counter = field(default_factory=Counter)  # controller-route exclusions, cumulative
 
     # --- the seam ---------------------------------------------------------------------
     def process(self, batch: Sequence[RawMessage]) -> ProcessResult:
@@ -389,7 +387,7 @@ class TelemetryPipeline:
         # controller route: fresh records the subjects allow
         cmask = fresh & allow_ctrl
         if not cmask.any():
-            self.skipped[("objected", t)] += int(fresh.sum())
+            counts.skipped[("objected", t)] += int(fresh.sum())
             return
         hints = {"private": proc.private_raw, "zone": proc.zone}
         if cmask.all():
@@ -398,10 +396,10 @@ class TelemetryPipeline:
             idx = np.flatnonzero(cmask)
             ccols = _select_columns(cols, idx)
             hints = {k: (None if v is None else v[idx]) for k, v in hints.items()}
-            self.skipped[("objected", t)] += int((fresh & ~allow_ctrl).sum())
+            counts.skipped[("objected", t)] += int((fresh & ~allow_ctrl).sum())
         ctrl = route.controller.apply(ccols, **hints)
         for rule, n in ctrl.drops.items():
-            self.skipped[(rule, t)] += n
+            counts.skipped[(rule, t)] += n
         crecs = ctrl.records()
         if crecs:
             counts.copies[("controller", t)] += len(crecs)

@@ -65,13 +65,16 @@ class Counts:
 
     Note on the controller route: one record may be forwarded to both routes. Count its
     fate once, under the processor route, and count the analytics copy in `copies`
-    (keyed like `forwarded`) so the identity above still holds.
+    (keyed like `forwarded`) so the identity above still holds. A forwarded record kept
+    off the analytics route is counted in `skipped` by rule ("objected", "private_mode",
+    "analytics_refused", "subject_erased"), also outside the identity.
     """
     received: int = 0
     forwarded: Counter = field(default_factory=Counter)     # (route, tenant) -> n
     deadlettered: Counter = field(default_factory=Counter)  # reason -> n
     dropped: Counter = field(default_factory=Counter)       # (rule, tenant) -> n
     copies: Counter = field(default_factory=Counter)        # (route, tenant) -> n, outside the identity
+    skipped: Counter = field(default_factory=Counter)       # (rule, tenant) -> n: kept off the analytics route
 
     def accounted(self) -> int:
         return sum(self.forwarded.values()) + sum(self.deadlettered.values()) + sum(self.dropped.values())
@@ -85,6 +88,7 @@ class Counts:
         self.deadlettered.update(other.deadlettered)
         self.dropped.update(other.dropped)
         self.copies.update(other.copies)
+        self.skipped.update(other.skipped)
 
 
 @dataclass

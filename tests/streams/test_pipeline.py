@@ -88,6 +88,17 @@ def test_accounting_matches_the_ground_truth(fleet):
         c.get("phantom", 0) for c in fleet["truth"]["messages"].values())
 
 
+def test_records_kept_off_analytics_are_counted_by_rule(fleet):
+    counts, outputs, _ = run(fleet)
+    refusing = {t for t, p in fleet["pset"].tenants.items() if not p.analytics}
+    for t in refusing:
+        assert counts.skipped[("analytics_refused", t)] == counts.forwarded[("processor", t)]
+    analytics = sum(1 for o in outputs if o[0] == "analytics.telemetry")
+    assert analytics == sum(counts.copies.values())
+    # every forwarded record is either copied to analytics or kept off it by a named rule
+    assert sum(counts.forwarded.values()) == sum(counts.copies.values()) + sum(counts.skipped.values())
+
+
 def test_outputs_match_their_json_schemas(fleet):
     _, outputs, _ = run(fleet)
     proc, ana = _validator("processor_record"), _validator("analytics_record")
