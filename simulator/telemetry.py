@@ -216,6 +216,36 @@ class DayRecords(Sequence):
         return iter(self.records())
 
 
+def _encode_mixed(first: "DayRecords", card: np.ndarray, cols: list) -> tuple[bytes, list[int]]:
+    """encode_columns of records of two layouts (`card`: which carry the card halves) as
+    two one-layout calls, the plain records' and the card records', whose bytes are then
+    laid back in record order run by run (a driver's card rows come in long runs): the
+    same bytes as one call with both layouts, without its per-byte scatter."""
+    plain_n = first.lay_plain.row_len
+    sp, sc = first.lay_plain.size, first.lay_card.size
+    pb = cb = b""
+    if not card.all():
+        pb, _ = encode_columns(first.codec, (first.lay_plain,), None, [c[~card] for c in cols[:plain_n]])
+    if card.any():
+        cb, _ = encode_columns(first.codec, (first.lay_card,), None, [c[card] for c in cols])
+    sizes = np.where(card, sc, sp)
+    off = np.zeros(len(card) + 1, dtype=np.int64)
+    np.cumsum(sizes, out=off[1:])
+    cuts = [0, *(np.flatnonzero(card[1:] != card[:-1]) + 1).tolist(), len(card)]
+    parts = []
+    ip = ic = 0
+    is_card = bool(card[0]) if len(card) else False
+    for r0, r1 in zip(cuts[:-1], cuts[1:]):
+        if is_card:
+            parts.append(cb[ic:ic + (r1 - r0) * sc])
+            ic += (r1 - r0) * sc
+        else:
+            parts.append(pb[ip:ip + (r1 - r0) * sp])
+            ip += (r1 - r0) * sp
+        is_card = not is_card
+    return b"".join(parts), off.tolist()
+
+
 def encode_days(days: Sequence["DayRecords"]) -> list[tuple[bytes, list[int], int] | None]:
     """DayRecords.encoded() for several device-days at once: one encode_columns call per
     codec and layout pair over the concatenated columns (a record's bytes depend on its
@@ -245,9 +275,9 @@ def encode_days(days: Sequence["DayRecords"]) -> list[tuple[bytes, list[int], in
                 cols.append(np.concatenate([c[j] if len(c) > j else np.zeros(days[i].n, dtype=np.uint64)
                                             for c, i in zip(cut, idx)]))
         if with_card:
-            which = np.concatenate([days[i]._has_np[:days[i].n].astype(np.int8) if days[i]._has_np is not None
-                                    else np.zeros(days[i].n, dtype=np.int8) for i in idx])
-            blob, off = encode_columns(first.codec, (first.lay_plain, first.lay_card), which, cols)
+            which = np.concatenate([days[i]._has_np[:days[i].n] if days[i]._has_np is not None
+                                    else np.zeros(days[i].n, dtype=bool) for i in idx])
+            blob, off = _encode_mixed(first, which, cols)
         else:
             blob, off = encode_columns(first.codec, (first.lay_plain,), None, cols)
         base = 0
