@@ -9,12 +9,13 @@ Measured in the same run, medians of --runs:
   encode alone       fleetcloak.codecs.encode of exactly the packets that run produced,
                      as AvlPacket/AvlRecord objects: the baseline (what any producer of
                      packets pays per record)
-  encode_rows        fleetcloak.codecs.encode_rows of the same packets as int tuples: about
-                     what the simulator pays to encode (its records never become objects;
-                     most of its packets are slices of a device-day's encode_columns bytes
-                     plus framing, ~30 % cheaper than this, sends with fault copies go
-                     through encode_rows)
-  model only         trips + telemetry (the simulator's own generation, no packets)
+  encode_rows        fleetcloak.codecs.encode_rows of the same packets as int tuples: an upper
+                     bound on what the simulator pays to encode (its records never become
+                     objects; most of its packets are slices of the bytes of one
+                     encode_columns call per codec and layout pair per simulated day, plus
+                     framing; sends with record faults go through encode_rows)
+  model only         trips + telemetry (the simulator's own generation, no packets), as
+                     emissions() runs it: each day's drives planned for all devices at once
   simulator's share  (simulate -> file) with the encode_rows time taken out (an estimate)
 Rates are records per CPU second of this process (time.process_time), so other load on
 a shared machine does not distort them; wall-clock rates are printed beside.
@@ -79,10 +80,9 @@ def one_run(args, path: str):
     c0 = time.process_time()
     m = 0
     for day in range(cfg.days):
+        pre = sim2.begin_day(day)
         for vi in range(len(sim2.fleet.vehicles)):
-            rng = sim2._rng(1, vi, day)
-            tr = sim2.planners[vi].plan(rng, START_S + day * 86400, sim2.states[vi])
-            m += len(sim2.factories[vi].build(rng, tr, sim2.states[vi]))
+            m += len(sim2.model_day(vi, day, pre[vi]))
     model = time.process_time() - c0
     gc.enable()
     return {"records": n, "cpu": cpu, "wall": wall, "encode": enc, "encode_rows": enc_rows,

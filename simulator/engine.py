@@ -27,7 +27,7 @@ from ..codecs.teltonika import encode_rows
 from ..codecs.teltonika import frame_records
 from .packetiser import (TCP_OVERHEAD, UDP_OVERHEAD, DeviceLink, Emission, chunk, encode_checked,
                          encode_checked_bytes, latency_array, make_packet, record_layout_size, send_groups)
-from .telemetry import DayRecords, RecordFactory, encode_days
+from .telemetry import DayRecords, RecordFactory, build_many, encode_days
 from .trips import DAY_S, DayPlanner, DeviceState, plan_drives_many
 
 DAY_MS = DAY_S * 1000
@@ -135,7 +135,19 @@ class Simulation:
         else:
             mrng, dr = pre
             track = self.planners[vi].complete(mrng, state, dr)
-        day_recs = self.factories[vi].build(mrng, track, state)
+        return self._cut(day, self.factories[vi].build(mrng, track, state))
+
+    def model_days(self, day: int, pre: list[tuple]) -> list[DayRecords]:
+        """model_day for every device, from begin_day's plans: the timelines device by
+        device, then the records of all of them in one vectorised build (build_many)."""
+        jobs = []
+        for vi, (mrng, dr) in enumerate(pre):
+            state = self.states[vi]
+            jobs.append((self.factories[vi], mrng, self.planners[vi].complete(mrng, state, dr), state))
+        return [self._cut(day, d) for d in build_many(jobs)]
+
+    def _cut(self, day: int, day_recs: DayRecords) -> DayRecords:
+        cfg = self.cfg
         if day == cfg.days - 1 and day_recs.ms and day_recs.ms[-1] >= cfg.end_ms:
             day_recs = day_recs.head(bisect.bisect_left(day_recs.ms, cfg.end_ms))  # ms increase
         self.model_records += len(day_recs)
@@ -366,7 +378,7 @@ class Simulation:
             for day in range(self.cfg.days):
                 self.day = day
                 pre = self.begin_day(day)
-                days = [self.model_day(vi, day, pre[vi]) for vi in range(n_veh)]
+                days = self.model_days(day, pre)
                 encs = encode_days(days)
                 pre = None
                 for vi in range(n_veh):

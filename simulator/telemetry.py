@@ -25,7 +25,7 @@ import numpy as np
 
 from ..codecs.avl import IoWidths, encode_columns, record_from_row, row_layout
 from ..codecs.packets import CODEC_8E, CODEC_16, AvlRecord
-from .fleet import Fleet, Vehicle
+from .fleet import M_PER_DEG_LAT, Fleet, Vehicle
 from .trips import EV_DRIVER, DeviceState, Track
 
 
@@ -75,59 +75,12 @@ class RecordFactory:
         return np.rint(base + 35.0 * np.sin(x / 4100.0 + ph) + 22.0 * np.cos(y / 2700.0 - ph)).astype(np.int64)
 
     def build(self, rng: np.random.Generator, tr: Track, state: DeviceState) -> "DayRecords":
-        n = len(tr)
-        if n == 0:
-            return DayRecords(self.codec, None, [], self.lay_plain, self.lay_card, [], [])
-        geo = self.tenant.geo
-        fix = tr.fix
-        x = tr.x + rng.normal(0.0, 2.0, n)
-        y = tr.y + rng.normal(0.0, 2.0, n)
-        lat, lon = geo.to_deg(x, y)
-        lat_i = np.rint(lat * 1e7).astype(np.int64)
-        lon_i = np.rint(lon * 1e7).astype(np.int64)
-        alt = self.altitude(tr.x, tr.y)
-        # No fix: carry the last fix (from an earlier day if need be; 0 if never).
-        idx = np.where(fix, np.arange(n), -1)
-        last = np.maximum.accumulate(idx)
-        lf = state.last_fix or (0, 0, 0)
-        lat_i = np.where(last >= 0, lat_i[np.maximum(last, 0)], lf[0])
-        lon_i = np.where(last >= 0, lon_i[np.maximum(last, 0)], lf[1])
-        alt = np.where(last >= 0, alt[np.maximum(last, 0)], lf[2])
-        if fix.any():
-            j = int(np.flatnonzero(fix)[-1])
-            state.last_fix = (int(lat_i[j]), int(lon_i[j]), int(alt[j]))
-        sats = np.where(fix, rng.integers(6, 17, n), 0)
-        angle = np.where(fix, tr.angle, 0)
-        speed = np.where(fix, np.rint(tr.speed), 0).astype(np.int64)
-        ign = tr.ign.astype(bool)
-        ext = np.where(ign, 13900 + rng.normal(0, 180, n), 12480 + rng.normal(0, 60, n))
-        ext = np.clip(np.rint(ext), 11000, 14800).astype(np.int64)
-        batt = rng.integers(3950, 4150, n)
-        gsm = np.clip(np.rint(3.5 + 1.2 * np.sin(tr.x / 3000.0) + rng.normal(0, 0.6, n)), 1, 5).astype(np.int64)
-        cell = ((np.floor(tr.x / 1500).astype(np.int64) * 73856093) ^ (np.floor(tr.y / 1500).astype(np.int64) * 19349663)) & 0xFFFF
-        lac = (1000 + 97 * self.tenant.index + (np.floor(tr.x / 12000).astype(np.int64) * 7 + np.floor(tr.y / 12000).astype(np.int64)) % 50)
-        odo = np.rint(tr.odo).astype(np.int64)
-        prio = (tr.event != 0).astype(np.int64)
-        event = tr.event.astype(np.int64)
-        if self.fam64:
-            event = np.where(event == EV_DRIVER, self.driver_io, event)
-        ms = tr.t * 1000
+        return build_many([(self, rng, tr, state)])[0]
 
-        # Columns in row order (rows are plain int tuples, as fleetcloak.codecs.encode_rows
-        # takes them): the GPS part, the event id (+ generation type), then the IO values
-        # in the layout's key order, the card halves last and only on rows whose driver has
-        # a card. encode_columns packs the whole day from them at once; the rows themselves
-        # are made only when asked for (faults, tests), by DayRecords.
-        drv = tr.drv
-        np_cols = [ms, prio, lon_i, lat_i, alt, angle, sats, speed, event]
-        if self.codec == CODEC_16:
-            np_cols.append(np.where(event != 0, 5, 7))
-        np_cols += [tr.ign, tr.mov, gsm]
-        if not self.fam64:
-            np_cols.append(np.where(fix, 1, 2))
-        if self.has_private:
-            np_cols.append(tr.priv)
-        np_cols += [speed, ext, batt, cell, lac, odo, self._key_np[drv]]  # -1 (no driver) -> 0
+    def _day(self, np_cols: list, drv: np.ndarray, n: int) -> "DayRecords":
+        """A device-day's DayRecords from its columns up to the IO values before the
+        driver key (row order; see build_many), adding the key and card halves."""
+        np_cols.append(self._key_np[drv])  # -1 (no driver) -> 0
         has_np = None
         if self._cards_possible:
             has_np = self._has_np[drv]
@@ -136,8 +89,105 @@ class RecordFactory:
             else:
                 has_np = None
         has = has_np.tolist() if has_np is not None else [False] * n
-        return DayRecords(self.codec, np_cols, has, self.lay_plain, self.lay_card, ms.tolist(),
-                          tr.ign.tolist(), has_np)
+        return DayRecords(self.codec, np_cols, has, self.lay_plain, self.lay_card, np_cols[0].tolist(),
+                          np_cols[9 + (self.codec == CODEC_16)].tolist(), has_np)
+
+
+def build_many(jobs: list[tuple["RecordFactory", np.random.Generator, Track, DeviceState]]) -> list["DayRecords"]:
+    """RecordFactory.build for several device-days at once: [(factory, model rng, track,
+    state)] -> [DayRecords]. Each device's draws come from its own generator in the order
+    of a build of its own; every other step is element-wise over all the records (the
+    per-device constants as per-record arrays), so the records are the same."""
+    out: list = [None] * len(jobs)
+    live = []
+    for k, (f, rng, tr, state) in enumerate(jobs):
+        if len(tr):
+            live.append(k)
+        else:
+            out[k] = DayRecords(f.codec, None, [], f.lay_plain, f.lay_card, [], [])
+    if not live:
+        return out
+    J = [jobs[k] for k in live]
+    ns = [len(j[2]) for j in J]
+    bounds = [0]
+    for n in ns:
+        bounds.append(bounds[-1] + n)
+    N = bounds[-1]
+    cat = (lambda arrs: np.concatenate(arrs)) if len(J) > 1 else (lambda arrs: arrs[0])
+    col = lambda name: cat([getattr(j[2], name) for j in J])
+    rep = lambda vals, dtype=None: np.repeat(np.array(vals, dtype=dtype), ns)
+    # The draws, device by device, in a build's order.
+    d = [[] for _ in range(7)]
+    for (f, rng, tr, state), n in zip(J, ns):
+        d[0].append(rng.normal(0.0, 2.0, n))
+        d[1].append(rng.normal(0.0, 2.0, n))
+        d[2].append(rng.integers(6, 17, n))
+        d[3].append(rng.normal(0, 180, n))
+        d[4].append(rng.normal(0, 60, n))
+        d[5].append(rng.integers(3950, 4150, n))
+        d[6].append(rng.normal(0, 0.6, n))
+    nx, ny, sats_d, ext1, ext2, batt, gsm_d = (cat(a) for a in d)
+    tx, ty, fix = col("x"), col("y"), col("fix")
+    geos = [j[0].tenant.geo for j in J]
+    x = tx + nx
+    y = ty + ny
+    lat = rep([g.lat0 for g in geos]) + y / M_PER_DEG_LAT
+    lon = rep([g.lon0 for g in geos]) + x / rep([g.m_per_deg_lon for g in geos])
+    lat_i = np.rint(lat * 1e7).astype(np.int64)
+    lon_i = np.rint(lon * 1e7).astype(np.int64)
+    base, ph = rep([j[0]._terrain[0] for j in J]), rep([j[0]._terrain[1] for j in J])
+    alt = np.rint(base + 35.0 * np.sin(tx / 4100.0 + ph) + 22.0 * np.cos(ty / 2700.0 - ph)).astype(np.int64)
+    # No fix: carry the last fix (from an earlier day if need be; 0 if never).
+    idx = np.where(fix, np.arange(N), -1)
+    last = np.maximum.accumulate(idx)
+    found = last >= rep(bounds[:-1], np.int64)          # a fix of the same device-day
+    lfs = [j[3].last_fix or (0, 0, 0) for j in J]
+    src = np.maximum(last, 0)
+    lat_i = np.where(found, lat_i[src], rep([q[0] for q in lfs], np.int64))
+    lon_i = np.where(found, lon_i[src], rep([q[1] for q in lfs], np.int64))
+    alt = np.where(found, alt[src], rep([q[2] for q in lfs], np.int64))
+    for (f, rng, tr, state), e in zip(J, bounds[1:]):
+        if found[e - 1]:
+            state.last_fix = (int(lat_i[e - 1]), int(lon_i[e - 1]), int(alt[e - 1]))
+    sats = np.where(fix, sats_d, 0)
+    angle = np.where(fix, col("angle"), 0)
+    speed = np.where(fix, np.rint(col("speed")), 0).astype(np.int64)
+    ign8, mov8, priv8 = col("ign"), col("mov"), col("priv")
+    ign = ign8.astype(bool)
+    ext = np.where(ign, 13900 + ext1, 12480 + ext2)
+    ext = np.clip(np.rint(ext), 11000, 14800).astype(np.int64)
+    gsm = np.clip(np.rint(3.5 + 1.2 * np.sin(tx / 3000.0) + gsm_d), 1, 5).astype(np.int64)
+    cell = ((np.floor(tx / 1500).astype(np.int64) * 73856093) ^ (np.floor(ty / 1500).astype(np.int64) * 19349663)) & 0xFFFF
+    lac = (rep([1000 + 97 * j[0].tenant.index for j in J], np.int64)
+           + (np.floor(tx / 12000).astype(np.int64) * 7 + np.floor(ty / 12000).astype(np.int64)) % 50)
+    odo = np.rint(col("odo")).astype(np.int64)
+    ev = col("event")
+    prio = (ev != 0).astype(np.int64)
+    event = ev.astype(np.int64)
+    if any(j[0].fam64 for j in J):
+        event = np.where(rep([j[0].fam64 for j in J], bool) & (event == EV_DRIVER), 217, event)
+    ms = col("t") * 1000
+    gen = np.where(event != 0, 5, 7)
+    gnss = np.where(fix, 1, 2)
+    drv_all = col("drv")
+    # Per device: its columns in row order (rows are plain int tuples, as
+    # fleetcloak.codecs.encode_rows takes them): the GPS part, the event id (+ generation
+    # type), then the IO values in the layout's key order, the card halves last and only
+    # on rows whose driver has a card. encode_columns packs them; the rows themselves are
+    # made only when asked for (faults, tests), by DayRecords.
+    for k, (f, rng, tr, state), a, b in zip(live, J, bounds[:-1], bounds[1:]):
+        sl = slice(a, b)
+        np_cols = [ms[sl], prio[sl], lon_i[sl], lat_i[sl], alt[sl], angle[sl], sats[sl], speed[sl], event[sl]]
+        if f.codec == CODEC_16:
+            np_cols.append(gen[sl])
+        np_cols += [ign8[sl], mov8[sl], gsm[sl]]
+        if not f.fam64:
+            np_cols.append(gnss[sl])
+        if f.has_private:
+            np_cols.append(priv8[sl])
+        np_cols += [speed[sl], ext[sl], batt[sl], cell[sl], lac[sl], odo[sl]]
+        out[k] = f._day(np_cols, drv_all[sl], b - a)
+    return out
 
 
 class DayRecords(Sequence):
