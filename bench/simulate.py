@@ -15,7 +15,8 @@ Measured in the same run, medians of --runs:
                      encode_columns call per codec and layout pair per simulated day, plus
                      framing; sends with record faults go through encode_rows)
   model only         trips + telemetry (the simulator's own generation, no packets), as
-                     emissions() runs it: each day's drives planned for all devices at once
+                     emissions() runs it: each day's drives planned and records built for all
+                     devices at once
   simulator's share  (simulate -> file) with the encode_rows time taken out (an estimate)
 Rates are records per CPU second of this process (time.process_time), so other load on
 a shared machine does not distort them; wall-clock rates are printed beside.
@@ -80,9 +81,7 @@ def one_run(args, path: str):
     c0 = time.process_time()
     m = 0
     for day in range(cfg.days):
-        pre = sim2.begin_day(day)
-        for vi in range(len(sim2.fleet.vehicles)):
-            m += len(sim2.model_day(vi, day, pre[vi]))
+        m += sum(len(d) for d in sim2.model_days(day, sim2.begin_day(day)))
     model = time.process_time() - c0
     gc.enable()
     return {"records": n, "cpu": cpu, "wall": wall, "encode": enc, "encode_rows": enc_rows,
