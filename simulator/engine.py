@@ -27,7 +27,7 @@ from ..codecs.teltonika import encode_rows
 from ..codecs.teltonika import frame_records
 from .packetiser import (TCP_OVERHEAD, UDP_OVERHEAD, DeviceLink, Emission, chunk, encode_checked,
                          encode_checked_bytes, latency_array, make_packet, record_layout_size, send_groups)
-from .telemetry import DayRecords, RecordFactory, build_many, encode_days
+from .telemetry import DayRecords, DriverTables, RecordFactory, build_many, encode_days
 from .trips import DAY_S, DayPlanner, DeviceState, plan_drives_many
 
 DAY_MS = DAY_S * 1000
@@ -93,7 +93,8 @@ class Simulation:
                 v.transport = cfg.transport
         self.states = [DeviceState(*self.fleet.drivers[v.primary].home_xy) for v in self.fleet.vehicles]
         self.planners = [DayPlanner(self.fleet, v) for v in self.fleet.vehicles]
-        self.factories = [RecordFactory(self.fleet, v) for v in self.fleet.vehicles]
+        tables = DriverTables(self.fleet)
+        self.factories = [RecordFactory(self.fleet, v, tables) for v in self.fleet.vehicles]
         self.links = [DeviceLink() for _ in self.fleet.vehicles]
         self.max_record = [record_layout_size(v.codec, f.width_card) for v, f in
                            zip(self.fleet.vehicles, self.factories)]

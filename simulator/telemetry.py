@@ -29,8 +29,29 @@ from .fleet import M_PER_DEG_LAT, Fleet, Vehicle
 from .trips import EV_DRIVER, DeviceState, Track
 
 
+class DriverTables:
+    """Every driver's iButton value and card halves (dicts by driver index, and lists and
+    arrays indexed by driver index where -1, no driver, hits the last entry): the same
+    for every vehicle of a fleet, so made once and shared."""
+
+    def __init__(self, fleet: Fleet):
+        self.keys = {d.index: d.ibutton_int for d in fleet.drivers}
+        self.cards = {
+            d.index: (int.from_bytes(d.tacho_card[:8].encode(), "big"),
+                      int.from_bytes(d.tacho_card[8:].encode(), "big"))
+            for d in fleet.drivers if d.tacho_card
+        }
+        n_drv = len(fleet.drivers)
+        self.key_at = [self.keys.get(i, 0) for i in range(n_drv)] + [0]
+        self.card_at = [self.cards.get(i) for i in range(n_drv)] + [None]
+        self.key_np = np.array(self.key_at, dtype=np.uint64)
+        self.has_np = np.array([c is not None for c in self.card_at], dtype=bool)
+        self.card_np = (np.array([c[0] if c else 0 for c in self.card_at], dtype=np.uint64),
+                        np.array([c[1] if c else 0 for c in self.card_at], dtype=np.uint64))
+
+
 class RecordFactory:
-    def __init__(self, fleet: Fleet, veh: Vehicle):
+    def __init__(self, fleet: Fleet, veh: Vehicle, tables: DriverTables | None = None):
         self.veh = veh
         self.codec = veh.codec
         self.tenant = fleet.tenant(veh.tenant)
@@ -39,21 +60,12 @@ class RecordFactory:
         self.driver_io = 217 if self.fam64 else 78
         self.card_ios = (195, 196) if self.fam64 else (147, 148)
         self.has_private = self.codec == CODEC_8E
-        # The ibutton value and card halves of each driver, by driver index.
-        self.keys = {d.index: d.ibutton_int for d in fleet.drivers}
-        self.cards = {
-            d.index: (int.from_bytes(d.tacho_card[:8].encode(), "big"),
-                      int.from_bytes(d.tacho_card[8:].encode(), "big"))
-            for d in fleet.drivers if d.tacho_card
-        }
-        # The same as lists indexed by driver index, -1 (no driver) hitting the last entry.
-        n_drv = len(fleet.drivers)
-        self._key_at = [self.keys.get(i, 0) for i in range(n_drv)] + [0]
-        self._card_at = [self.cards.get(i) for i in range(n_drv)] + [None]
-        self._key_np = np.array(self._key_at, dtype=np.uint64)
-        self._has_np = np.array([c is not None for c in self._card_at], dtype=bool)
-        self._card_np = (np.array([c[0] if c else 0 for c in self._card_at], dtype=np.uint64),
-                         np.array([c[1] if c else 0 for c in self._card_at], dtype=np.uint64))
+        # The ibutton value and card halves of each driver, by driver index (`tables`:
+        # the fleet's, shared by its factories; made here if not given).
+        t = tables if tables is not None else DriverTables(fleet)
+        self.keys, self.cards = t.keys, t.cards
+        self._key_at, self._card_at = t.key_at, t.card_at
+        self._key_np, self._has_np, self._card_np = t.key_np, t.has_np, t.card_np
         self._cards_possible = any(i in self.cards for i in (veh.primary, veh.secondary) if i is not None)
         # io_width dicts are shared by every record of a layout (AvlRecord never mutates
         # them); they must list exactly the fixed-size ids present, as decode returns.
