@@ -20,7 +20,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from ..codecs.packets import AvlPacket
+from ..codecs.packets import CODEC_16, AvlPacket
 from . import faults as F
 from .fleet import Fleet, build_fleet
 from ..codecs.teltonika import encode_rows
@@ -184,7 +184,11 @@ class Simulation:
         rows_at = day_recs.rows_range
         lay_p, lay_c = day_recs.lay_plain, day_recs.lay_card
         size_p, size_c = lay_p.size, lay_c.size
-        groups = send_groups(veh, ms_all, day_recs.ign)
+        if day_recs.n:  # the numpy columns (timestamps, ignition) of the day's records
+            cols = day_recs.np_cols
+            groups = send_groups(veh, cols[0][:day_recs.n], cols[9 + (veh.codec == CODEC_16)][:day_recs.n])
+        else:
+            groups = []
         # every record's bytes at once (numpy), sliced per packet
         blob, off, base = enc if enc is not None else (None, None, 0)
         # Draws in bulk (one array per device-day): uniforms for the fault decisions,

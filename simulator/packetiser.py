@@ -75,29 +75,29 @@ def record_layout_size(codec: int, io_width: dict[int, int]) -> int:
     return _RECORD_BASE[codec] + sum(_ID_W[codec] + w for w in io_width.values())
 
 
-def send_groups(veh: Vehicle, ms: list[int], ign: list[int]) -> list[tuple[int, int, int]]:
-    """Group a device-day's records (timestamps `ms`, ignition `ign`) by the send tick
-    that carries them: [(send time s, first, end)], index ranges into the day.
+def send_groups(veh: Vehicle, ms, ign) -> list[tuple[int, int, int]]:
+    """Group a device-day's records (timestamps `ms`, ignition `ign`: lists or numpy
+    arrays) by the send tick that carries them: [(send time s, first, end)], index
+    ranges into the day.
 
     The day's last buffer is sent at its tick (devices do not carry it over midnight).
     """
     n = len(ms)
     if not n:
         return []
-    t = np.array(ms, dtype=np.int64) // 1000
+    t = np.asarray(ms, dtype=np.int64) // 1000
     p = veh.send_period_s
     tick = np.ceil((t - veh.phase_s) / p).astype(np.int64) * p + veh.phase_s
     cuts = np.flatnonzero(np.diff(tick)) + 1
-    bounds = [0, *cuts.tolist(), n]
-    ticks = tick.tolist()
+    before = cuts - 1
     out: list[tuple[int, int, int]] = []
     start, need = 0, veh.min_records
-    for a, b in zip(bounds[1:-1], bounds[2:]):
-        # A tick at a: the records [start, a) are buffered; send if enough or parked.
-        if a - start >= need or not ign[a - 1]:
-            out.append((ticks[a - 1], start, a))
+    # A tick at each cut a: the records [start, a) are buffered; send if enough or parked.
+    for a, ta, on in zip(cuts.tolist(), tick[before].tolist(), np.asarray(ign)[before].tolist()):
+        if a - start >= need or not on:
+            out.append((ta, start, a))
             start = a
-    out.append((ticks[-1], start, n))
+    out.append((int(tick[-1]), start, n))
     return out
 
 
