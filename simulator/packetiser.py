@@ -7,9 +7,11 @@ is split into as many packets as the byte limit needs (1280 bytes per frame, 512
 computed from the layout (a record's size depends only on the codec and which IO widths
 it carries), and the encoder has the last word: a chunk that encodes too large is split.
 
-Bytes always come from fleetcloak.codecs (encode_rows: the records as plain int tuples,
-as telemetry.py makes them, packed with one cached Struct per packet): the simulator
-never writes its own encoder. An `Emission` is one message as it reaches the raw topic (or the gateway).
+Bytes always come from fleetcloak.codecs: a day's records are encoded at once by
+avl.encode_columns (telemetry.encode_days) and a packet is a slice of those bytes framed
+by teltonika.frame_records; packets with record faults (rows with new timestamps) go
+through encode_rows (the records as plain int tuples). The simulator never writes its
+own encoder. An `Emission` is one message as it reaches the raw topic (or the gateway).
 """
 from __future__ import annotations
 

@@ -1,7 +1,9 @@
 """From a device-day Track to AVL records: GNSS fields, noise, fix loss and IO values.
 
-Vectorised per device-day (numpy), then zipped into rows (int tuples) that the encoder
-packs as they are; AvlRecord objects are made only on demand (DayRecords).
+Vectorised over all the device-days of a simulated day (build_many, numpy; each device's
+draws from its own stream): a device-day is numpy columns in row order, encoded at once
+(encode_days); rows (int tuples, for encode_rows) and AvlRecord objects are made only on
+demand (DayRecords).
 
 GNSS (protocol notes 4.1): coordinates quantised to 1e-7 degrees exactly as the wire
 holds them (so decode(encode(r)) == r); GPS noise ~2 m per axis on every fix; a record

@@ -1,7 +1,8 @@
 """Where a vehicle is, second by second: road-like paths, speed profiles and day plans.
 
 A drive from A to B (local metres) is built in three steps, vectorised over every drive
-of a device-day at once (plan_drives):
+of a device-day at once (plan_drives), or of every device of a simulated day
+(plan_drives_many: the same drives, each device's draws from its own generator):
   1. path   a street-grid route (legs along the tenant's grid orientation, random
             splits, a little jitter), corners rounded by Chaikin cutting, resampled
             every 80 m (STEP_M);
