@@ -31,20 +31,15 @@ import struct
 import sys
 import time
 
+from fleetcloak.codecs.crc import crc16_py
+
 # ----------------------------------------------------------------------------- corpus
 
 _GPS = struct.Struct(">QBiihHBH")  # timestamp, priority, lon, lat, alt, angle, sats, speed
 _VAL = {1: "B", 2: "H", 4: "I", 8: "Q"}
 
 
-def crc16_bitwise(data: bytes) -> int:
-    """CRC-16/IBM exactly as in the protocol notes 2.3 (the baseline's CRC)."""
-    crc = 0
-    for b in data:
-        crc ^= b
-        for _ in range(8):
-            crc = (crc >> 1) ^ 0xA001 if crc & 1 else crc >> 1
-    return crc
+crc16_bitwise = crc16_py  # CRC-16/IBM exactly as in the protocol notes 2.3 (the baseline's CRC)
 
 
 def _make_table() -> list[int]:

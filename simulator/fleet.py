@@ -20,6 +20,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
+from ..anonymize.policy import luhn_check_digit  # one Luhn for the IMEIs we make and the policies check
 from ..codecs.iodict import family_of_model
 
 # Codec per model (protocol notes 1): FMB920 speaks Codec 8, FMB130/FMC130 Codec 8E,
@@ -48,19 +49,6 @@ COUNTRY = {"berlin": "D", "stockholm": "S", "vilnius": "LT", "madrid": "E", "war
 
 M_PER_DEG_LAT = 110_540.0
 M_PER_DEG_LON_EQ = 111_320.0
-
-
-def luhn_check_digit(body: str) -> int:
-    """Luhn check digit of a digit string (an IMEI's first 14 digits)."""
-    total = 0
-    for i, ch in enumerate(reversed(body)):
-        d = ord(ch) - 48
-        if i % 2 == 0:
-            d *= 2
-            if d > 9:
-                d -= 9
-        total += d
-    return (10 - total % 10) % 10
 
 
 def luhn_valid(imei: str) -> bool:
