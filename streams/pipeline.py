@@ -396,10 +396,13 @@ class TelemetryPipeline:
             idx = np.flatnonzero(cmask)
             ccols = _select_columns(cols, idx)
             hints = {k: (None if v is None else v[idx]) for k, v in hints.items()}
-            counts.skipped[("objected", t)] += int((fresh & ~allow_ctrl).sum())
+            objected = int((fresh & ~allow_ctrl).sum())
+            if objected:
+                counts.skipped[("objected", t)] += objected
         ctrl = route.controller.apply(ccols, **hints)
         for rule, n in ctrl.drops.items():
-            counts.skipped[(rule, t)] += n
+            if n:
+                counts.skipped[(rule, t)] += n
         crecs = ctrl.records()
         if crecs:
             counts.copies[("controller", t)] += len(crecs)
