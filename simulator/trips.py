@@ -140,58 +140,6 @@ def _within(counts: np.ndarray) -> np.ndarray:
     return np.arange(total) - np.repeat(_seg_starts(counts), counts)
 
 
-def road_paths(rng: np.random.Generator, a: np.ndarray, b: np.ndarray, theta: float):
-    """Street-grid-like polylines for L drives at once: (points (N,2), drive id per point).
-
-    Each drive alternates m steps along the grid's two axes (random splits of the
-    displacement), interior corners jittered ~25 m, then 3 rounds of Chaikin corner
-    cutting with the endpoints kept.
-    """
-    L = len(a)
-    d = b - a
-    u = np.array([math.cos(theta), math.sin(theta)])
-    v = np.array([-math.sin(theta), math.cos(theta)])
-    pu, pv = d @ u, d @ v
-    m = np.clip((np.hypot(d[:, 0], d[:, 1]) / 1800).astype(np.int64), 1, 8)
-    leg_of_w = np.repeat(np.arange(L), m)
-    wu = rng.random(len(leg_of_w)) + 0.05
-    wv = rng.random(len(leg_of_w)) + 0.05
-    wu = wu / np.bincount(leg_of_w, wu)[leg_of_w] * pu[leg_of_w]
-    wv = wv / np.bincount(leg_of_w, wv)[leg_of_w] * pv[leg_of_w]
-    # Points per drive: a, then 2m corners; the last one is b.
-    n = 2 * m + 1
-    leg = np.repeat(np.arange(L), n)
-    k = _within(n)
-    steps = np.zeros((len(leg), 2))
-    inner = k > 0
-    j = k[inner] - 1                                    # step index within the drive
-    w_idx = np.repeat(_seg_starts(m), 2 * m) + j // 2   # which split
-    along_u = (j % 2) == 0
-    steps[inner] = np.where(along_u[:, None], wu[w_idx][:, None] * u, wv[w_idx][:, None] * v)
-    steps[k == 0] = a
-    pts = np.cumsum(steps, axis=0)
-    # cumsum runs over all drives: remove what earlier drives added.
-    ends = np.cumsum(n) - 1
-    carry = np.concatenate([[np.zeros(2)], pts[ends[:-1]]])
-    pts -= np.repeat(carry, n, axis=0)
-    last = k == (n - 1)[leg]
-    pts[last] = b
-    mid = inner & ~last
-    pts[mid] += rng.normal(0.0, 25.0, size=(int(mid.sum()), 2))
-    for _ in range(3):  # Chaikin, per drive; the first Q and last R are the endpoints
-        same = leg[1:] == leg[:-1]
-        p0, p1, lg = pts[:-1][same], pts[1:][same], leg[:-1][same]
-        q = np.empty((2 * len(p0), 2))
-        q[0::2] = 0.75 * p0 + 0.25 * p1
-        q[1::2] = 0.25 * p0 + 0.75 * p1
-        first_pair = np.concatenate([[True], lg[1:] != lg[:-1]])
-        last_pair = np.concatenate([lg[1:] != lg[:-1], [True]])
-        q[0::2][first_pair] = p0[first_pair]
-        q[1::2][last_pair] = p1[last_pair]
-        pts, leg = q, np.repeat(lg, 2)
-    return pts, leg
-
-
 @dataclass
 class Drives:
     """L drives' nodes (every ~STEP_M), concatenated; node arrays are indexed by `start`."""
@@ -236,7 +184,7 @@ def plan_drives_many(jobs: list[tuple[np.random.Generator, np.ndarray, np.ndarra
     L = len(a)
     dev = np.repeat(np.arange(G), Ls)                    # device per drive
     lb = _bounds(Ls)                                     # drive ranges per device
-    # ---- road_paths, over all drives
+    # ---- road-like paths (street grid, rounded corners), over all drives
     d = b - a
     uv = [(np.array([math.cos(j[3]), math.sin(j[3])]), np.array([-math.sin(j[3]), math.cos(j[3])]))
           for j in jobs]
