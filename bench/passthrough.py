@@ -97,6 +97,19 @@ def bench_worker(bootstrap: str, src: str, n: int) -> float:
          "--metrics-port", str(port), "--metrics-host", "127.0.0.1", "-l", "warning"],
         stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
 
+    try:
+        t0, c0, t1 = time_worker(proc, port, n, timeout=120)
+        return (n - c0) / (t1 - t0)
+    finally:
+        proc.terminate()
+        proc.wait(30)
+
+
+def time_worker(proc: subprocess.Popen, port: int, n: int, *, timeout: float, log=None) -> tuple[float, int, float]:
+    """Time a `fleetcloak worker` subprocess by its /health `consumed` count, polled every
+    20 ms: (t0, consumed at t0, t1) from its first delivered batch (the ~5 s group join
+    excluded) to n consumed, or to its exit (an --until-drained worker may exit between two
+    polls)."""
     def consumed() -> int:
         try:
             with urllib.request.urlopen(f"http://127.0.0.1:{port}/health", timeout=1) as r:
@@ -104,19 +117,16 @@ def bench_worker(bootstrap: str, src: str, n: int) -> float:
         except OSError:
             return 0
 
-    try:
-        deadline = time.monotonic() + 120
-        while (c := consumed()) == 0:
-            if proc.poll() is not None or time.monotonic() > deadline:
-                raise RuntimeError("worker did not start consuming")
-            time.sleep(0.02)
-        t0, c0 = time.perf_counter(), c
-        while (c := consumed()) < n:
-            time.sleep(0.02)
-        return (n - c0) / (time.perf_counter() - t0)
-    finally:
-        proc.terminate()
-        proc.wait(30)
+    deadline = time.monotonic() + timeout
+    while (c := consumed()) == 0:
+        if proc.poll() is not None or time.monotonic() > deadline:
+            tail = log.read_text(errors="replace")[-3000:] if log is not None else ""
+            raise SystemExit(f"worker did not start consuming{'; log:' + chr(10) + tail if tail else ''}")
+        time.sleep(0.02)
+    t0, c0 = time.perf_counter(), c
+    while (c := consumed()) < n and proc.poll() is None:
+        time.sleep(0.02)
+    return t0, c0, time.perf_counter()
 
 
 def main() -> int:

@@ -41,17 +41,15 @@ import argparse
 import asyncio
 import json
 import os
-import re
 import statistics
 import subprocess
 import sys
 import tempfile
 import time
-import urllib.request
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from passthrough import bench_aiokafka  # noqa: E402  (bench/passthrough.py)
+from passthrough import bench_aiokafka, time_worker  # noqa: E402  (bench/passthrough.py)
 
 RAW = "telematics.raw"
 
@@ -93,25 +91,8 @@ def run_worker(env: dict, bootstrap: str, n: int, workdir: Path, tag: str) -> di
     with open(log, "wb") as f:
         proc = subprocess.Popen(cmd, env=env, stdout=f, stderr=subprocess.STDOUT)
 
-    def consumed() -> int:
-        try:
-            with urllib.request.urlopen(f"http://127.0.0.1:{port}/health", timeout=1) as r:
-                return json.loads(r.read())["consumed"]
-        except OSError:
-            return 0
-
     try:
-        deadline = time.monotonic() + 180
-        while (c := consumed()) == 0:
-            if proc.poll() is not None or time.monotonic() > deadline:
-                raise SystemExit(f"worker did not start consuming; log:\n{log.read_text(errors='replace')[-3000:]}")
-            time.sleep(0.02)
-        t0, c0 = time.perf_counter(), c
-        while (c := consumed()) < n:
-            if proc.poll() is not None:
-                break  # drained and exited between two polls
-            time.sleep(0.02)
-        t1 = time.perf_counter()
+        t0, c0, t1 = time_worker(proc, port, n, timeout=180, log=log)
         rc = proc.wait(300)
     finally:
         if proc.poll() is None:
@@ -123,13 +104,11 @@ def run_worker(env: dict, bootstrap: str, n: int, workdir: Path, tag: str) -> di
     if s["consumed"] != n or not s["balanced"]:
         raise SystemExit(f"worker consumed {s['consumed']} of {n} messages (balanced={s['balanced']}); see {log}")
     # too few batches to time from outside (the first one took everything): busy rate only
-    msgs_s = (n - c0) / (t1 - t0) if c0 < n else float("nan")
-    m = re.search(r"in ([\d.]+)s, ([\d.]+)s of it in batches", log.read_text(errors="replace"))
-    if msgs_s != msgs_s:
-        msgs_s = n / float(m.group(2)) if m else float("nan")
+    busy_msgs_s = n / s["busy_s"] if s["busy_s"] else float("nan")
+    msgs_s = (n - c0) / (t1 - t0) if c0 < n else busy_msgs_s
     return {"msgs_s": msgs_s, "records_s": msgs_s * s["received"] / n, "out_msgs_s": msgs_s * s["produced"] / n,
             "records": s["received"], "produced": s["produced"], "first_batch_msgs": c0,
-            "busy_msgs_s": n / float(m.group(2)) if m else float("nan")}
+            "busy_msgs_s": busy_msgs_s}
 
 
 def read_raw(bootstrap: str) -> list:
