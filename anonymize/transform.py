@@ -68,6 +68,20 @@ class Columns:
     def __len__(self) -> int:
         return len(self.timestamp_ms)
 
+    def take(self, idx: np.ndarray) -> "Columns":
+        """The same columns for rows `idx` only (integer indices, in that order)."""
+        def pick(col):
+            return None if col is None else np.asarray(col)[idx]
+
+        fam = self.family if isinstance(self.family, str) else np.asarray(self.family)[idx]
+        return Columns(
+            imei=np.asarray(self.imei)[idx], timestamp_ms=pick(self.timestamp_ms), lat=pick(self.lat),
+            lon=pick(self.lon), altitude=pick(self.altitude), angle=pick(self.angle), speed=pick(self.speed),
+            satellites=pick(self.satellites), priority=pick(self.priority), event_io_id=pick(self.event_io_id),
+            io={k: np.asarray(v)[idx] for k, v in self.io.items()}, family=fam,
+            content=[self.content[i] for i in np.asarray(idx).tolist()] if self.content is not None else None,
+        )
+
     def family_rows(self) -> Iterable[tuple[str, np.ndarray | None]]:
         """(family, row indexes or None for all rows)."""
         if isinstance(self.family, str):

@@ -40,9 +40,12 @@ _ACK = struct.Struct(
     "B"   # records accepted
 )
 _MIN = 26  # header 8 + IMEI 15 + codec + two counts
+AVL_OFFSET = 23  # where the AVL part (codec .. Number of Data 2) starts
 
 
-def decode(dgram: bytes, lenient: bool = False) -> AvlPacket:
+def header(dgram: bytes) -> tuple[int, int, int, str]:
+    """Check a datagram's header and return (packet id, packet type, AVL packet id, IMEI);
+    its AVL part (codec .. Number of Data 2) is dgram[23:]. Raises DecodeError."""
     n = len(dgram)
     if n == 0:
         raise DecodeError("empty", 0, "no bytes")
@@ -58,7 +61,12 @@ def decode(dgram: bytes, lenient: bool = False) -> AvlPacket:
     _, packet_id, packet_type, avl_packet_id, imei_len = _HEAD.unpack_from(dgram)
     if imei_len != 15:
         raise DecodeError("bad_imei", 6, f"IMEI length {imei_len}, not 15")
-    imei = check_imei(dgram[8:23], 8)
+    return packet_id, packet_type, avl_packet_id, check_imei(dgram[8:23], 8)
+
+
+def decode(dgram: bytes, lenient: bool = False) -> AvlPacket:
+    packet_id, packet_type, avl_packet_id, imei = header(dgram)
+    n = len(dgram)
     codec = dgram[23]
     if codec not in AVL_CODECS:
         raise DecodeError("unknown_codec", 23, f"codec id 0x{codec:02X} is not an AVL codec")

@@ -3,9 +3,10 @@
     raw ─▶ decode_batch ─ error ─▶ telematics.deadletter (original bytes + reason)
           └▶ device registry (IMEI -> tenant; unknown -> deadletter)
           ─▶ retention gate   (older than the tenant's window / in the future: dropped)
-          ─▶ duplicate gate   (a device's retransmission of a record already forwarded)
           ─▶ subject gate     (erased / restricted subjects stop here; objection only
                                removes them from the controller route)
+          ─▶ duplicate gate   (a device's retransmission of a record already forwarded,
+                               by the processor route's deterministic record_id)
           ─▶ processor route  ─▶ tenant.<tenant>.telemetry
           ─▶ controller route ─▶ analytics.telemetry
 
@@ -34,8 +35,8 @@ import orjson
 
 from fleetcloak.anonymize.batch_columns import columns_from_batch
 from fleetcloak.codecs import DecodeError, decode_batch
-from fleetcloak.codecs.crc import crc16
-from fleetcloak.codecs.iodict import CELL_IDS, identifier_groups
+from fleetcloak.codecs import tcp, udp
+from fleetcloak.codecs.iodict import CELL_IDS
 from fleetcloak.streams.seam import ControlSnapshot, Counts, Pipeline, ProcessResult, RawMessage
 from fleetcloak.streams.topics import (
     ANALYTICS, DEADLETTER, KEYS, MAX_TELEMETRY_RETENTION_DAYS, analytics_topic, deadletter_topic,
@@ -46,9 +47,7 @@ log = logging.getLogger(__name__)
 
 DAY_MS = 86_400_000
 FUTURE_TOLERANCE_MS = 5 * 60_000      # device clocks run a little ahead; more is a wrong clock
-SERVICE_IO_IDS = (239, 240, 16, 48, 66)  # anonymize.service_policy.SERVICE_IO_FIELDS
 DRIVER_IO = 78                        # iButton: the driver id the subject gate checks
-_UDP_HEAD = 23                        # length, packet id, type, AVL packet id, IMEI len, IMEI
 
 
 # ----------------------------------------------------------------------------- dedup
@@ -100,24 +99,12 @@ def _take_first(d: dict, n: int):
 
 # ----------------------------------------------------------------------------- helpers
 def udp_datagram_to_frame(dgram: bytes, imei: str) -> bytes:
-    """A UDP AVL datagram as the TCP frame decode_batch reads: same AVL data field, with
-    the CRC a TCP frame carries (UDP has none). Raises DecodeError for a bad header or an
-    IMEI that is not the message key's (offsets are the datagram's)."""
-    from fleetcloak.codecs.tcp import check_imei
-
-    n = len(dgram)
-    if n < _UDP_HEAD + 3:
-        raise DecodeError("truncated", n, f"a UDP AVL datagram has at least {_UDP_HEAD + 3} bytes, got {n}")
-    length = dgram[0] << 8 | dgram[1]
-    if length + 2 != n:
-        reason = "truncated" if n < length + 2 else "trailing_bytes"
-        raise DecodeError(reason, min(n, length + 2), f"UDP length says {length + 2} bytes, got {n}")
-    if dgram[6:8] != b"\x00\x0f":
-        raise DecodeError("bad_imei", 6, "IMEI length is not 15")
-    if check_imei(dgram[8:_UDP_HEAD], 8) != imei:
+    """A UDP AVL datagram as the TCP frame decode_batch reads: the same AVL data field,
+    with the CRC a TCP frame carries (UDP has none). Raises DecodeError for a bad header
+    or an IMEI that is not the message key's (offsets are the datagram's)."""
+    if udp.header(dgram)[3] != imei:
         raise DecodeError("bad_imei", 8, "the datagram's IMEI is not the message key's")
-    data = dgram[_UDP_HEAD:]
-    return b"\x00\x00\x00\x00" + len(data).to_bytes(4, "big") + data + crc16(data).to_bytes(4, "big")
+    return tcp.frame_data(dgram[udp.AVL_OFFSET:])
 
 
 def _header(headers, name: str) -> bytes | None:
@@ -394,7 +381,7 @@ class TelemetryPipeline:
             ccols = cols
         else:
             idx = np.flatnonzero(cmask)
-            ccols = _select_columns(cols, idx)
+            ccols = cols.take(idx)
             hints = {k: (None if v is None else v[idx]) for k, v in hints.items()}
             objected = int((fresh & ~allow_ctrl).sum())
             if objected:
@@ -439,30 +426,14 @@ def _imei_of(key: bytes | None) -> str | None:
     return key.decode("ascii")
 
 
-def _select_columns(cols, idx: np.ndarray):
-    from fleetcloak.anonymize import Columns
-
-    def take(c):
-        return None if c is None else np.asarray(c)[idx]
-
-    fam = cols.family if isinstance(cols.family, str) else np.asarray(cols.family)[idx]
-    return Columns(
-        imei=np.asarray(cols.imei)[idx], timestamp_ms=take(cols.timestamp_ms), lat=take(cols.lat),
-        lon=take(cols.lon), altitude=take(cols.altitude), angle=take(cols.angle), speed=take(cols.speed),
-        satellites=take(cols.satellites), priority=take(cols.priority), event_io_id=take(cols.event_io_id),
-        io={k: np.asarray(v)[idx] for k, v in cols.io.items()}, family=fam,
-        content=[cols.content[i] for i in idx.tolist()] if cols.content is not None else None,
-    )
-
-
 # ----------------------------------------------------------------------------- building
 class PipelineBuilder:
     """The worker's PipelineFactory: builds a TelemetryPipeline from a control snapshot.
 
     Holds what must outlive a rebuild: the keyring (and its caches), the key table,
-    the duplicate window, the analytics group gate, the subject keyer. A snapshot in
-    which only the keys changed (our own minted salts coming back) costs a table sync,
-    not a rebuild.
+    the duplicate window, the analytics group gate, the subject keyer. A change of the
+    keys topic alone (our own minted salts coming back) is absorbed by `refresh`: a
+    table sync, not a rebuild.
     """
 
     def __init__(self, master=None, *, clock: Callable[[], float] = time.time) -> None:
@@ -481,9 +452,21 @@ class PipelineBuilder:
         self._subjects_seen: dict | None = None
         self._pipeline: Pipeline | None = None
 
-    def __call__(self, snap: ControlSnapshot) -> Pipeline:
+    def refresh(self, changed: frozenset[str], snap: ControlSnapshot) -> bool:
+        """Absorb a change of the keys topic alone (our own minted salts coming back,
+        another worker's, a shredded epoch) without a rebuild: no new pipeline, no topic
+        round trip. Policies or subjects changing need a build (False)."""
+        if not changed <= {"keys"}:
+            return False
+        self._sync_keys(snap)
+        return True
+
+    def _sync_keys(self, snap: ControlSnapshot) -> None:
         if self.keystore.sync(snap.keys):
             self.keyring.invalidate()
+
+    def __call__(self, snap: ControlSnapshot) -> Pipeline:
+        self._sync_keys(snap)
         policies, subjects = dict(snap.policies), dict(snap.subjects)
         if self._pipeline is not None and policies == self._policies_seen and subjects == self._subjects_seen:
             return self._pipeline
@@ -499,13 +482,14 @@ class PipelineBuilder:
                                  duplicates=self.duplicates, clock=self.clock)
         topics = [deadletter_topic(), analytics_topic(self._analytics_days)]
         topics += [tenant_topic(r.tenant, r.window_ms // DAY_MS) for r in self._routes.values()]
-        self._pipeline = Pipeline(pipe.process, topics=tuple(topics),
+        self._pipeline = Pipeline(pipe.process, topics=tuple(topics), refresh=self.refresh,
                                   description=f"telemetry pipeline: {len(self._routes)} tenant(s)")
         self._pipeline_obj = pipe
         return self._pipeline
 
     def _build_routes(self, policies: Mapping[bytes, bytes]) -> dict[str, TenantRoute]:
         from fleetcloak.anonymize import ControllerTransform, GroupGate, PolicySet, ProcessorTransform, ServicePolicy
+        from fleetcloak.anonymize.service_policy import SERVICE_IO_FIELDS
         from fleetcloak.streams.rights import parse_policy_value
 
         parsed, sources = [], []
@@ -530,9 +514,7 @@ class PipelineBuilder:
             proc = ProcessorTransform(pol, self.keyring)
             ctrl = ControllerTransform(service, self.keyring, pol, gate=self._group_gate)
             families = set(pol.device_family.values()) or {"FMB"}
-            io_ids = proc.io_ids_needed(families) | set(SERVICE_IO_IDS)
-            for fam in families:
-                io_ids |= {i for g in identifier_groups(fam) for i in g.ids}
+            io_ids = proc.io_ids_needed(families) | set(SERVICE_IO_FIELDS.values())
             routes[tenant] = TenantRoute(
                 tenant=tenant, topic=tenant_topic_name(tenant),
                 window_ms=min(pol.retention_days, MAX_TELEMETRY_RETENTION_DAYS) * DAY_MS,

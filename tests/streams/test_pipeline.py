@@ -273,3 +273,17 @@ def test_per_packet_output_mode(fleet):
         validator.validate(p)
     assert sum(len(p["records"]) for p in packets) == counts.forwarded[("processor", tenant)]
     assert len(packets) < counts.forwarded[("processor", tenant)]
+
+
+def test_a_change_of_the_keys_alone_is_absorbed_without_a_rebuild(fleet):
+    builder = PipelineBuilder(MasterKey.generate())
+    first = builder(ControlSnapshot(fleet["policies"], {}, {}))
+    minted = _keys(first.process(fleet["msgs"][:200]).outputs)
+    assert minted
+    assert first.refresh(frozenset({"keys"}), ControlSnapshot(fleet["policies"], dict(minted), {}, 2)) is True
+    assert first.refresh(frozenset({"keys", "subjects"}), ControlSnapshot(fleet["policies"], dict(minted), {}, 3)) is False
+    # a shredded salt coming back as a tombstone is seen by the keyring at once
+    gone = dict(minted[1:])
+    generation = builder.keyring.generation
+    assert first.refresh(frozenset({"keys"}), ControlSnapshot(fleet["policies"], gone, {}, 4)) is True
+    assert builder.keyring.generation > generation
