@@ -9,22 +9,21 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
-import os
 import sys
 from datetime import datetime, timezone
+
+from fleetcloak.streams.cli_args import add_broker
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
     sub = p.add_subparsers(dest="audit_command", metavar="{verify,show}", required=True)
     v = sub.add_parser("verify", help="check the hash chain (exit 0 intact, 2 broken)")
-    v.add_argument("--broker", default=os.environ.get("FLEETCLOAK_BROKER"), required="FLEETCLOAK_BROKER" not in os.environ,
-                   help="bootstrap HOST:PORT (env FLEETCLOAK_BROKER)")
+    add_broker(v)
     v.add_argument("--expect-head", metavar="HASH", help="a head hash recorded earlier: it must still be in the chain")
     v.add_argument("--json", action="store_true", help="print the result as JSON")
     v.add_argument("--topic", default="fleetcloak.audit", help=argparse.SUPPRESS)
     s = sub.add_parser("show", help="print the trail")
-    s.add_argument("--broker", default=os.environ.get("FLEETCLOAK_BROKER"), required="FLEETCLOAK_BROKER" not in os.environ,
-                   help="bootstrap HOST:PORT (env FLEETCLOAK_BROKER)")
+    add_broker(s)
     s.add_argument("--since", help="only events at or after this time (ISO 8601, UTC if no zone) or epoch ms")
     s.add_argument("--action", help="only this action, or a prefix ending in '.' (e.g. subject.)")
     s.add_argument("--tenant", help="only events about this tenant")

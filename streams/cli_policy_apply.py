@@ -18,19 +18,18 @@ from __future__ import annotations
 import asyncio
 import hashlib
 import json
-import os
 import sys
+
+from fleetcloak.streams.cli_args import add_broker, add_keys, add_operator
 
 SERVICE_KEY = b"service"
 
 
 def add_arguments(p) -> None:
     p.add_argument("files", nargs="+", metavar="FILE", help="tenant and service policy files (YAML or JSON)")
-    p.add_argument("--broker", default=os.environ.get("FLEETCLOAK_BROKER"), required="FLEETCLOAK_BROKER" not in os.environ,
-                   help="bootstrap HOST:PORT (env FLEETCLOAK_BROKER)")
-    p.add_argument("--keystore", metavar="FILE", help="a file keystore (default: the fleetcloak.keys topic)")
-    p.add_argument("--master-key-file", metavar="FILE", help="the master key (default: $FLEETCLOAK_MASTER_KEY)")
-    p.add_argument("--operator", help="who applies (default: $FLEETCLOAK_OPERATOR, else the OS user)")
+    add_broker(p)
+    add_keys(p)
+    add_operator(p, "applies")
     p.add_argument("--json", action="store_true", help="print the confirmation as JSON")
 
 

@@ -15,24 +15,22 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
-import os
+
+from fleetcloak.streams.cli_args import add_broker, add_keys, add_operator
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
     sub = p.add_subparsers(dest="retention_command", metavar="{audit,expire}", required=True)
     a = sub.add_parser("audit", help="list topic retention, flag violations, --fix them")
-    a.add_argument("--broker", default=os.environ.get("FLEETCLOAK_BROKER"), required="FLEETCLOAK_BROKER" not in os.environ,
-                   help="bootstrap HOST:PORT (env FLEETCLOAK_BROKER)")
+    add_broker(a)
     a.add_argument("--fix", action="store_true", help="correct violations (IncrementalAlterConfigs), audited")
     a.add_argument("--max-days", type=int, default=365, help="the cap for telemetry topics (<= 365)")
-    a.add_argument("--operator", help="who runs this (else $FLEETCLOAK_OPERATOR, else the OS user)")
+    add_operator(a, "runs this")
     a.add_argument("--json", action="store_true", help="print JSON")
     e = sub.add_parser("expire", help="destroy expired key epochs, expire subject entries (audited)")
-    e.add_argument("--broker", default=os.environ.get("FLEETCLOAK_BROKER"), required="FLEETCLOAK_BROKER" not in os.environ,
-                   help="bootstrap HOST:PORT (env FLEETCLOAK_BROKER)")
-    e.add_argument("--operator", help="who runs this (else $FLEETCLOAK_OPERATOR, else the OS user)")
-    e.add_argument("--keystore", metavar="FILE", help="a file keystore (default: the fleetcloak.keys topic)")
-    e.add_argument("--master-key-file", metavar="FILE", help="else $FLEETCLOAK_MASTER_KEY_FILE / $FLEETCLOAK_MASTER_KEY")
+    add_broker(e)
+    add_operator(e, "runs this")
+    add_keys(e)
     e.add_argument("--json", action="store_true", help="print JSON")
 
 

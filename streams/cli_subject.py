@@ -21,18 +21,17 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
-import os
 import sys
+
+from fleetcloak.streams.cli_args import add_broker, add_keys, add_operator
 
 ACTIONS = ("erase", "restrict", "object", "lift", "export")
 
 
 def add_common(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--broker", default=os.environ.get("FLEETCLOAK_BROKER"), required="FLEETCLOAK_BROKER" not in os.environ,
-                   help="bootstrap HOST:PORT (env FLEETCLOAK_BROKER)")
-    p.add_argument("--operator", help="who asks (else $FLEETCLOAK_OPERATOR, else the OS user); recorded in the audit trail")
-    p.add_argument("--keystore", metavar="FILE", help="a file keystore (default: the fleetcloak.keys topic)")
-    p.add_argument("--master-key-file", metavar="FILE", help="else $FLEETCLOAK_MASTER_KEY_FILE / $FLEETCLOAK_MASTER_KEY")
+    add_broker(p)
+    add_operator(p, "asks")
+    add_keys(p)
     p.add_argument("--json", action="store_true", help="print the confirmation as JSON")
 
 

@@ -8,14 +8,14 @@ describes them back.
 from __future__ import annotations
 
 import asyncio
-import os
 import sys
+
+from fleetcloak.streams.cli_args import add_broker
 
 
 def add_arguments(p) -> None:
     p.add_argument("action", choices=["create", "describe"])
-    p.add_argument("--broker", default=os.environ.get("FLEETCLOAK_BROKER"), required="FLEETCLOAK_BROKER" not in os.environ,
-                   help="bootstrap HOST:PORT (env FLEETCLOAK_BROKER)")
+    add_broker(p)
     p.add_argument("--raw-partitions", type=int, default=4)
     p.add_argument("--replication-factor", type=int, default=1)
     p.add_argument("--analytics-days", type=int, default=365, help="analytics.telemetry retention (<= 365)")

@@ -5,6 +5,7 @@ import importlib
 import os
 import sys
 
+from fleetcloak.streams.cli_args import add_broker
 from fleetcloak.streams.topics import RAW
 
 # The pipeline the worker runs unless --pipeline says otherwise: `module:callable`, where
@@ -15,8 +16,7 @@ DEFAULT_PIPELINE = os.environ.get("FLEETCLOAK_PIPELINE", "fleetcloak.streams.pip
 
 
 def add_arguments(p) -> None:
-    p.add_argument("--broker", default=os.environ.get("FLEETCLOAK_BROKER"), required="FLEETCLOAK_BROKER" not in os.environ,
-                   help="bootstrap HOST:PORT (env FLEETCLOAK_BROKER)")
+    add_broker(p)
     p.add_argument("--group", default="fleetcloak-worker", help="consumer group (default fleetcloak-worker)")
     p.add_argument("--input-topic", default=RAW, help=f"topic to consume (default {RAW})")
     p.add_argument("--metrics-port", type=int, default=6066, help="HTTP port for /health and /metrics (default 6066)")
