@@ -12,7 +12,7 @@ $(BIN)/python:
 	$(BIN)/pip install -q --upgrade pip setuptools wheel
 
 # Reinstall when the build description or the C extension changes.
-$(STAMP): $(BIN)/python pyproject.toml setup.py codecs/_avlbatch.c
+$(STAMP): $(BIN)/python pyproject.toml setup.py $(wildcard */*.c)
 	$(BIN)/pip install -q -e '.[dev]'
 	touch $(STAMP)
 

@@ -1,12 +1,14 @@
-"""Only here to declare the C extension; everything else lives in pyproject.toml."""
+"""Only here to declare the C extensions; everything else lives in pyproject.toml."""
 from setuptools import Extension, setup
+
+
+def c_extension(name: str, source: str) -> Extension:
+    return Extension(name, sources=[source], extra_compile_args=["-O3", "-std=c11"])
+
 
 setup(
     ext_modules=[
-        Extension(
-            "fleetcloak.codecs._avlbatch",
-            sources=["codecs/_avlbatch.c"],
-            extra_compile_args=["-O3", "-std=c11"],
-        )
+        c_extension("fleetcloak.codecs._avlbatch", "codecs/_avlbatch.c"),        # decode_batch's parser
+        c_extension("fleetcloak.anonymize._render", "anonymize/_render.c"),      # output records as JSON bytes
     ]
 )

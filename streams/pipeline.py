@@ -31,12 +31,11 @@ from dataclasses import dataclass, field
 from itertools import repeat
 
 import numpy as np
-import orjson
 
 from fleetcloak.anonymize.batch_columns import columns_from_batch
+from fleetcloak.anonymize.render import controller_json, processor_json
 from fleetcloak.codecs import DecodeError, decode_batch
 from fleetcloak.codecs import tcp, udp
-from fleetcloak.codecs.iodict import CELL_IDS
 from fleetcloak.streams.seam import ControlSnapshot, Counts, Pipeline, ProcessResult, RawMessage
 from fleetcloak.streams.topics import (
     ANALYTICS, DEADLETTER, KEYS, MAX_TELEMETRY_RETENTION_DAYS, analytics_topic, deadletter_topic,
@@ -126,87 +125,6 @@ def _deadletter(m: RawMessage, reason: str, detail: str, offset: int) -> tuple:
         ("source", f"{m.topic}/{m.partition}/{m.offset}".encode()),
     ]
     return (DEADLETTER, m.key, m.value if m.value is not None else b"", headers)
-
-
-def output_io(batch, rows: np.ndarray, proc) -> list[dict[str, object]]:
-    """Per chosen row, the IO dict of its processor record: the tenant's IO filter,
-    cell ids stripped where private mode says, identifiers replaced by their pseudonyms
-    (anonymize's io_replace: OMIT drops, KEEP keeps), NX values as lowercase hex.
-    Decided per distinct id and per element with numpy; Python touches only the
-    replaced and NX elements, then builds one dict per record from list slices."""
-    from fleetcloak.anonymize import KEEP, OMIT
-
-    offs = batch.io_offsets
-    starts, ends = offs[rows], offs[rows + 1]
-    counts = ends - starts
-    el = np.repeat(starts - np.concatenate(([0], np.cumsum(counts)[:-1])), counts) + np.arange(int(counts.sum()))
-    ids = batch.io_id[el]
-    # distinct ids by a lookup table (ids are 16-bit): no sort
-    seen = np.zeros(int(ids.max()) + 1 if ids.size else 1, dtype=bool)
-    seen[ids] = True
-    uniq = np.flatnonzero(seen)
-    lut = np.zeros(seen.size, dtype=np.intp)
-    lut[uniq] = np.arange(uniq.size)
-    inv = lut[ids]
-    ulist = uniq.tolist()
-    keep = np.array([proc.io_keep(i) for i in ulist], dtype=bool)[inv]
-    local = None
-    strip = proc.strip_io[rows]
-    if strip.any():
-        local = np.repeat(np.arange(len(rows)), counts)  # its position among `rows`
-        keep &= ~(strip[local] & np.isin(ids, np.fromiter(CELL_IDS, dtype=np.int64)))
-    # identifier replacements: (elements, values) for the replaced ones; OMIT unkeeps
-    replaced: list[tuple[np.ndarray, np.ndarray]] = []
-    for io_id, col in proc.io_replace.items():
-        hit = np.flatnonzero((ids == io_id) & keep)
-        if not hit.size:
-            continue
-        if local is None:
-            local = np.repeat(np.arange(len(rows)), counts)
-        reps = np.asarray(col, dtype=object)[rows[local[hit]]]
-        omit = reps == OMIT   # object ==: identity for these sentinels, False for values
-        if omit.any():
-            keep[hit[omit]] = False
-        sel = ~(omit | (reps == KEEP))
-        if sel.any():
-            hit, reps = hit[sel], reps[sel]
-            if any(t is bytes or t is bytearray for t in set(map(type, reps.tolist()))):
-                reps = reps.copy()
-                reps[:] = [v.hex() if isinstance(v, (bytes, bytearray)) else v for v in reps.tolist()]
-            replaced.append((hit, reps))
-    kel = np.flatnonzero(keep)
-    all_kept = kel.size == ids.size
-    kept_el = el if all_kept else el[kel]
-    pos = None if all_kept else np.cumsum(keep) - 1  # element -> its index among the kept
-    vals_arr = batch.io_value[kept_el].astype(object)
-    for hit, reps in replaced:
-        vals_arr[hit if pos is None else pos[hit]] = reps
-    nx = np.flatnonzero(batch.io_width[kept_el] == 0)
-    if len(nx):
-        data = batch.nx_data
-        starts_nx = batch.io_value[kept_el[nx]].tolist()
-        lens = batch.io_nx_len[kept_el[nx]].tolist()
-        replaced_at = np.zeros(len(kept_el), dtype=bool)
-        for hit, _ in replaced:
-            replaced_at[hit if pos is None else pos[hit]] = True
-        for j, s0, ln in zip(nx.tolist(), starts_nx, lens):
-            if not replaced_at[j]:
-                vals_arr[j] = data[s0:s0 + ln].hex()
-    vals = vals_arr.tolist()
-    names = np.array([str(i) for i in ulist], dtype=object)
-    keys = (names[inv] if all_kept else names[inv[kel]]).tolist()
-    if all_kept:
-        bounds = np.concatenate(([0], np.cumsum(counts)))
-    else:
-        owner_kept = np.repeat(np.arange(len(rows)), counts)[kel]
-        bounds = np.concatenate(([0], np.cumsum(np.bincount(owner_kept, minlength=len(rows)))))
-    slices = list(map(slice, bounds[:-1].tolist(), bounds[1:].tolist()))
-    # one dict per record from list slices, iterated in C
-    return list(map(dict, map(zip, map(keys.__getitem__, slices), map(vals.__getitem__, slices))))
-
-
-def _dumps(obj) -> bytes:
-    return orjson.dumps(obj, option=orjson.OPT_SERIALIZE_NUMPY)
 
 
 # ----------------------------------------------------------------------------- the pipeline
@@ -351,26 +269,26 @@ class TelemetryPipeline:
         keep = np.flatnonzero(fresh)
         if not len(keep):
             return
-        records = proc.records(rows=None if len(keep) == len(proc) else keep, io=output_io(sub, keep, proc))
-        counts.forwarded[("processor", t)] += len(records)
-        values = dump_records(records)
+        values = processor_json(proc, sub, keep)
+        counts.forwarded[("processor", t)] += len(values)
+        devices = proc.device[keep].tolist()
         topic = route.topic
         if route.per_packet:
             frame_of = sub.frame_index[keep]
             heads = np.flatnonzero(np.concatenate(([True], frame_of[1:] != frame_of[:-1])))
             if len(np.unique(frame_of)) == len(heads):  # a packet's records are adjacent (decode order)
                 bounds = heads.tolist() + [len(values)]
-                devs = [records[a]["device"] for a in heads.tolist()]
+                devs = [devices[a] for a in heads.tolist()]
                 packed = [b'{"records":[' + b",".join(values[a:b]) + b"]}" for a, b in zip(bounds[:-1], bounds[1:])]
             else:
                 by_frame: dict[int, list] = {}
-                for f, v, rec in zip(frame_of.tolist(), values, records):
-                    by_frame.setdefault(f, [rec["device"]]).append(v)
+                for f, v, dev in zip(frame_of.tolist(), values, devices):
+                    by_frame.setdefault(f, [dev]).append(v)
                 devs = [g[0] for g in by_frame.values()]
                 packed = [b'{"records":[' + b",".join(g[1:]) + b"]}" for g in by_frame.values()]
             outputs.extend(zip(repeat(topic), _keys(devs), packed, repeat(None)))
         else:
-            outputs.extend(zip(repeat(topic), _keys(proc.device[keep].tolist()), values, repeat(None)))
+            outputs.extend(zip(repeat(topic), _keys(devices), values, repeat(None)))
         # controller route: fresh records the subjects allow
         cmask = fresh & allow_ctrl
         if not cmask.any():
@@ -390,34 +308,17 @@ class TelemetryPipeline:
         for rule, n in ctrl.drops.items():
             if n:
                 counts.skipped[(rule, t)] += n
-        crecs = ctrl.records()
-        if crecs:
-            counts.copies[("controller", t)] += len(crecs)
-            outputs.extend(zip(repeat(ANALYTICS), _keys([r["device"] for r in crecs]), dump_records(crecs), repeat(None)))
+        cvalues = controller_json(ctrl)
+        if cvalues:
+            counts.copies[("controller", t)] += len(cvalues)
+            cdevices = ctrl.device[ctrl.keep].tolist()
+            outputs.extend(zip(repeat(ANALYTICS), _keys(cdevices), cvalues, repeat(None)))
 
 
 def _keys(devices: list[str]) -> list[bytes]:
     """Message keys: each distinct device pseudonym encoded once."""
     enc = {d: d.encode() for d in dict.fromkeys(devices)}
     return list(map(enc.__getitem__, devices))
-
-
-def dump_records(records: list[dict]) -> list[bytes]:
-    """orjson bytes of each record dict, exactly `orjson.dumps(rec)` per record, from one
-    orjson call over the list: the list's text is cut before each `,{"r`. Every record
-    starts with its "record_id" key, and inside JSON strings a quote is escaped, so `,{"r`
-    can only be the start of the next record."""
-    if not records:
-        return []
-    buf = orjson.dumps(records, option=orjson.OPT_SERIALIZE_NUMPY)
-    a = np.frombuffer(buf, dtype=np.uint8)
-    braces = np.flatnonzero(a[1:-3] == 0x7B) + 1  # '{': a record's or an IO dict's
-    braces = braces[(a[braces - 1] == 0x2C) & (a[braces + 1] == 0x22) & (a[braces + 2] == 0x72)]  # ',{"r'
-    if len(braces) != len(records) - 1 or not buf.startswith(b'[{"record_id":'):
-        return [_dumps(rec) for rec in records]  # not the shape this relies on
-    starts = [1, *braces.tolist()]
-    ends = [*(braces - 1).tolist(), len(buf) - 1]
-    return list(map(buf.__getitem__, map(slice, starts, ends)))
 
 
 def _imei_of(key: bytes | None) -> str | None:
