@@ -1,23 +1,29 @@
 """The batched at-least-once delivery loop.
 
-    getmany() ─▶ process(batch) ─▶ produce every output (no await per message)
-              ─▶ await ALL delivery futures ─▶ commit next offset per partition
+    getmany() ─▶ process(batch n) ─▶ await delivery of batch n-1 ─▶ commit n-1
+              ─▶ produce every output of n (no await per message) ─▶ getmany() ...
 
 A source offset is committed only after every output of its batch has been
-acknowledged by the broker (acks=all). Anything else stops the loop *without*
+acknowledged by the broker (acks=all). Batches are pipelined one deep: batch n is
+fetched and processed while the broker acknowledges batch n-1, whose commit follows
+its acknowledgements (the worker's CPU and the broker's overlap instead of taking
+turns); commits stay in batch order. Anything else stops the loop *without*
 committing: an exception from `process` (a bug: Faust would ack and skip it), a failed
 delivery (Faust's flush() would not even raise), a dead control-plane reader. The
-records of the failed batch stay uncommitted and are redelivered to whoever owns their
-partition next. Duplicates are possible, losses are not; every output carries a
-deterministic `record_id` (the pipeline's job) so consumers can drop the duplicates.
+batch in flight before a failed `process` is still delivered and committed (its
+outputs were produced before the failure); the failed batch and anything after it stay
+uncommitted and are redelivered to whoever owns their partition next. Duplicates are
+possible, losses are not; every output carries a deterministic `record_id` (the
+pipeline's job) so consumers can drop the duplicates.
 
-Rebalances: the in-flight batch holds `_batch_lock`; `on_partitions_revoked` waits
-for it, so a batch whose processing started is delivered and committed while this
-member still owns its partitions (the commit of the old generation is accepted until
-the group moves on). Records fetched for a partition that was revoked before their
-batch started are dropped unprocessed and uncommitted. A commit refused because the
-group already moved on is not an error: the outputs are delivered, the new owner
-redelivers the records, consumers see duplicates.
+Rebalances: the batch being processed and the batch in flight hold `_batch_lock`;
+`on_partitions_revoked` takes it and delivers and commits the batch in flight first, so
+every batch whose processing started is delivered and committed while this member
+still owns its partitions (the commit of the old generation is accepted until the
+group moves on). Records fetched for a partition that was revoked before their batch
+started are dropped unprocessed and uncommitted. A commit refused because the group
+already moved on is not an error: the outputs are delivered, the new owner redelivers
+the records, consumers see duplicates.
 
 This module knows nothing of telematics: see streams/seam.py for the pipeline seam.
 """
@@ -79,6 +85,27 @@ class LoopSettings:
     heartbeat_interval_ms: int = 3_000
 
 
+async def await_delivery(futures: list) -> None:
+    """Wait for every delivery future; DeliveryFailed if any output was not acknowledged."""
+    results = await asyncio.gather(*futures, return_exceptions=True)
+    errors = [r for r in results if isinstance(r, BaseException)]
+    if errors:
+        raise DeliveryFailed(f"{len(errors)} of {len(futures)} output batches were not delivered: {errors[0]!r}")
+
+
+@dataclass
+class _InFlight:
+    """A batch whose outputs are produced, awaiting acknowledgement and then its commit."""
+
+    consumed: int
+    produced: int
+    counts: object
+    last: dict            # TopicPartition -> last offset of the batch
+    futures: list         # delivery futures of its producer batches
+    started: float        # perf_counter when its processing began
+    failed: bool = False
+
+
 def _fmt_tps(tps) -> str:
     return ",".join(f"{tp.topic}[{tp.partition}]" for tp in sorted(tps)) or "-"
 
@@ -108,8 +135,10 @@ class _Rebalance(ConsumerRebalanceListener):
         self._loop = loop
 
     async def on_partitions_revoked(self, revoked) -> None:
-        # Wait for the in-flight batch: it is delivered and committed before we let go.
+        # Wait for the batch being processed and deliver and commit the one in flight:
+        # both are committed before we let go.
         async with self._loop._batch_lock:
+            await self._loop._finish_in_flight()
             self._loop._owned.difference_update(revoked)
             for tp in revoked:
                 self._loop._forget_lag(tp)
@@ -141,6 +170,7 @@ class BatchLoop:
         self.assigned = asyncio.Event()
         self._owned: set[TopicPartition] = set()
         self._batch_lock = asyncio.Lock()
+        self._in_flight: _InFlight | None = None  # produced, not yet acknowledged and committed
         self._stopping = False
         self._rebuild = True                 # build before the first batch
         self._changed: set[str] = set()      # control roles changed since the last build/refresh
@@ -229,26 +259,44 @@ class BatchLoop:
 
     async def _loop(self) -> None:
         consumer = self._consumer
-        while not self._stopping:
-            if self.control is not None and (err := self.control.failed()) is not None:
-                raise WorkerFailed(f"control-plane reader failed: {err!r}") from err
-            if self._rebuild or self._changed:
-                await self._apply_control_changes()
-            batch = await consumer.getmany(timeout_ms=self.settings.poll_timeout_ms,
-                                           max_records=self.settings.max_records)
-            if not batch:
-                if self.settings.stop_when_drained and await self.drained():
-                    log.info("input drained up to the high-watermark of %s: stopping", _fmt_tps(self._owned))
+        try:
+            while not self._stopping:
+                if self.control is not None and (err := self.control.failed()) is not None:
+                    raise WorkerFailed(f"control-plane reader failed: {err!r}") from err
+                if self._rebuild or self._changed:
+                    async with self._batch_lock:
+                        await self._apply_control_changes()
+                batch = await consumer.getmany(timeout_ms=0 if self._in_flight else self.settings.poll_timeout_ms,
+                                               max_records=self.settings.max_records)
+                if not batch:
+                    async with self._batch_lock:  # nothing new: settle the batch in flight now
+                        await self._finish_in_flight()
+                    if self.settings.stop_when_drained and await self.drained():
+                        log.info("input drained up to the high-watermark of %s: stopping", _fmt_tps(self._owned))
+                        break
+                    continue
+                if self._stopping:  # fetched but not started: leave it uncommitted
                     break
-                continue
-            if self._stopping:  # fetched but not started: leave it uncommitted
-                break
-            if self._rebuild or self._changed:
-                # getmany() waits through a rebalance without a timeout (seconds on Tansu):
-                # a change that arrived meanwhile (an erasure) applies before this batch.
-                await self._apply_control_changes()
-            async with self._batch_lock:
-                await self._handle(batch)
+                async with self._batch_lock:
+                    if self._rebuild or self._changed:
+                        # getmany() waits through a rebalance without a timeout (seconds on
+                        # Tansu): a change that arrived meanwhile (an erasure) applies before
+                        # this batch.
+                        await self._apply_control_changes()
+                    await self._handle(batch)
+        except BaseException as exc:
+            # A failed process() or a dead control plane: the batch in flight was produced
+            # before the failure, deliver and commit it; a failed delivery is not retried.
+            if (self._in_flight is not None and not self._in_flight.failed
+                    and not isinstance(exc, asyncio.CancelledError)):
+                try:
+                    async with self._batch_lock:
+                        await self._finish_in_flight()
+                except Exception as settle:
+                    log.error("the batch in flight could not be settled after a failure: %s", type(settle).__name__)
+            raise
+        async with self._batch_lock:
+            await self._finish_in_flight()
 
     async def drained(self) -> bool:
         """Every owned partition processed up to its high-watermark (not end_offsets(): wrong
@@ -262,6 +310,8 @@ class BatchLoop:
         return True
 
     async def _handle(self, batch: dict) -> None:
+        """Process a batch, settle the one before it, produce this one's outputs (its
+        delivery and commit come with the next batch or when the input pauses)."""
         t0 = time.perf_counter()
         messages = []
         last: dict[TopicPartition, int] = {}
@@ -281,23 +331,38 @@ class BatchLoop:
             result = self.pipeline.process(messages)
         except Exception as exc:
             raise PipelineFailed(f"process() raised {_blame(exc)} on a batch of {len(messages)} messages") from exc
-        await self._deliver(result.outputs)
-        self.consumed += len(messages)
-        self.produced += len(result.outputs)
-        self.metrics.messages_consumed.inc(len(messages))
-        self.metrics.messages_produced.inc(len(result.outputs))
-        if not self.metrics.account(result.counts):
+        self.busy += time.perf_counter() - t0
+        await self._finish_in_flight()
+        t1 = time.perf_counter()
+        self._in_flight = _InFlight(len(messages), len(result.outputs), result.counts, last,
+                                    await self._produce(result.outputs), t0)
+        self.busy += time.perf_counter() - t1
+
+    async def _finish_in_flight(self) -> None:
+        """Await every output of the batch in flight, then commit its offsets."""
+        b = self._in_flight
+        if b is None:
+            return
+        t0 = time.perf_counter()
+        b.failed = True  # until it is settled: never settle a batch twice
+        await await_delivery(b.futures)
+        self._in_flight = None
+        self.consumed += b.consumed
+        self.produced += b.produced
+        self.metrics.messages_consumed.inc(b.consumed)
+        self.metrics.messages_produced.inc(b.produced)
+        if not self.metrics.account(b.counts):
             log.error("accounting does not balance for a batch: in=%d accounted=%d (pipeline bug)",
-                      result.counts.received, result.counts.accounted())
-        await self._commit({tp: off + 1 for tp, off in last.items()})
-        for tp, off in last.items():
+                      b.counts.received, b.counts.accounted())
+        await self._commit({tp: off + 1 for tp, off in b.last.items()})
+        for tp, off in b.last.items():
             hw = self._consumer.highwater(tp)
             if hw is not None:
                 self._set_lag(tp, hw - off - 1)
-        elapsed = time.perf_counter() - t0
-        self.busy += elapsed
+        now = time.perf_counter()
+        self.busy += now - t0
         self.metrics.batches.inc()
-        self.metrics.batch_seconds.observe(elapsed)
+        self.metrics.batch_seconds.observe(now - b.started)
 
     async def _commit(self, offsets: dict[TopicPartition, int]) -> None:
         try:
@@ -330,8 +395,8 @@ class BatchLoop:
             p = self._partition_cache[cache_key] = parts[(murmur2(key) & 0x7FFFFFFF) % len(parts)]
         return p
 
-    async def _deliver(self, outputs) -> None:
-        """Produce every output in per-partition batches, then await every batch's delivery."""
+    async def _produce(self, outputs) -> list:
+        """Produce every output in per-partition batches; returns their delivery futures."""
         producer = self._producer
         builders: dict[tuple[str, int], object] = {}
         futures = []
@@ -365,10 +430,7 @@ class BatchLoop:
             raise
         except Exception as exc:
             raise DeliveryFailed(f"producing the batch's outputs failed: {exc!r}") from exc
-        results = await asyncio.gather(*futures, return_exceptions=True)
-        errors = [r for r in results if isinstance(r, BaseException)]
-        if errors:
-            raise DeliveryFailed(f"{len(errors)} of {len(futures)} output batches were not delivered: {errors[0]!r}")
+        return futures
 
     # --- pipeline -------------------------------------------------------------------------
 

@@ -8,7 +8,7 @@ import signal
 
 import pytest
 
-from fleetcloak.streams.loop import BatchLoop, DeliveryFailed, LoopSettings, PipelineFailed
+from fleetcloak.streams.loop import BatchLoop, DeliveryFailed, LoopSettings, PipelineFailed, await_delivery
 from fleetcloak.streams.seam import Counts, Pipeline, ProcessResult, passthrough_factory
 from fleetcloak.streams.topicio import unique_name
 
@@ -87,8 +87,8 @@ def test_process_raising_stops_without_committing_then_restart_delivers_all(brok
 
 
 def test_failed_delivery_raises(tmp_path):
-    """The broker going away mid-batch: the delivery futures fail, and _deliver raises
-    (so the loop never reaches the commit). A private broker, so the session's survives."""
+    """The broker going away mid-batch: the delivery futures fail, and await_delivery
+    raises (so the loop never reaches the commit). A private broker, so the session's survives."""
     from aiokafka import AIOKafkaProducer
 
     from fleetcloak.streams.broker import EmbeddedBroker
@@ -103,10 +103,12 @@ def test_failed_delivery_raises(tmp_path):
                                               request_timeout_ms=1500, retry_backoff_ms=100)
             await loop._producer.start()
             try:
-                await loop._deliver([("out", b"k%d" % i, b"x" * 100, None) for i in range(100)])  # fine
+                futures = await loop._produce([("out", b"k%d" % i, b"x" * 100, None) for i in range(100)])
+                await await_delivery(futures)  # fine
                 doomed.stop()
                 with pytest.raises(DeliveryFailed, match="not delivered"):
-                    await asyncio.wait_for(loop._deliver([("out", b"k", b"y" * 100, None)]), 30)
+                    futures = await loop._produce([("out", b"k", b"y" * 100, None)])
+                    await asyncio.wait_for(await_delivery(futures), 30)
             finally:
                 await loop._producer.stop()
         asyncio.run(go())
