@@ -2,12 +2,11 @@
 
 `ZoneIndex.locate(lat, lon)` returns, per point, the index of the first zone that holds
 it (boundary included: a point on the edge counts as inside) or -1. Cheap path first:
-a numpy bounding-box test per zone picks the few candidate points, and only those go
-to shapely 2's `intersects_xy` on a prepared geometry. With many zones
-(> `tree_threshold`) the (point, zone) bounding-box pairs are found in one numpy pass
-and each zone tests only its own candidates (an STRtree is still built, `self.tree`,
-for callers that query it; querying it per batch meant a shapely Point per candidate,
-which cost more than the tests).
+the points sorted by longitude once, each zone's bounding box picks its few candidates
+by binary search and a latitude test, and only those go to shapely 2's
+`intersects_xy` on prepared geometries, in one vectorised call. The same path serves
+a few zones and thousands (an STRtree query needs a shapely Point per candidate, which
+cost more than the tests; an all-pairs bounding-box test grew with points x zones).
 """
 from __future__ import annotations
 
@@ -17,23 +16,36 @@ import numpy as np
 import shapely
 
 
+_MAX_PAIRS = 1 << 21  # (point, zone) candidate pairs per numpy pass
+
+
+def _groups_of_at_most(counts: np.ndarray, limit: int):
+    """Consecutive zone indexes in groups whose counts sum to at most `limit` (a single
+    zone over the limit makes a group of its own)."""
+    start, acc = 0, 0
+    for z, c in enumerate(counts.tolist()):
+        if acc and acc + c > limit:
+            yield np.arange(start, z)
+            start, acc = z, 0
+        acc += c
+    if start < len(counts):
+        yield np.arange(start, len(counts))
+
+
 class ZoneIndex:
     def __init__(
         self,
         geometries: Sequence,
         names: Sequence[str] | None = None,
         replacements: Sequence[tuple[float, float] | None] | None = None,
-        *,
-        tree_threshold: int = 32,
     ):
         self.geoms = [g if hasattr(g, "geom_type") else shapely.geometry.shape(g) for g in geometries]
         for g in self.geoms:
             shapely.prepare(g)
         self.names = list(names) if names is not None else [f"zone-{i}" for i in range(len(self.geoms))]
         self.replacements = list(replacements) if replacements is not None else [None] * len(self.geoms)
-        self.bounds = shapely.bounds(np.array(self.geoms, dtype=object)) if self.geoms else np.zeros((0, 4))
-        self.use_tree = len(self.geoms) > tree_threshold
-        self.tree = shapely.STRtree(self.geoms) if self.use_tree else None
+        self._geom_array = np.array(self.geoms, dtype=object)
+        self.bounds = shapely.bounds(self._geom_array) if self.geoms else np.zeros((0, 4))
         if self.geoms:
             self.extent = (self.bounds[:, 0].min(), self.bounds[:, 1].min(), self.bounds[:, 2].max(), self.bounds[:, 3].max())
         # replacement points as arrays, NaN where the zone just removes the position
@@ -49,7 +61,7 @@ class ZoneIndex:
         return len(self.geoms)
 
     def __repr__(self) -> str:
-        return f"ZoneIndex({len(self.geoms)} zones{', STRtree' if self.use_tree else ''})"
+        return f"ZoneIndex({len(self.geoms)} zones)"
 
     def locate(self, lat: np.ndarray, lon: np.ndarray) -> np.ndarray:
         """Index of the (first) zone holding each point, -1 outside every zone or NaN."""
@@ -63,41 +75,37 @@ class ZoneIndex:
         if cand.size == 0:
             return out
         cx, cy = lon[cand], lat[cand]
-        found = np.full(cand.shape[0], -1, dtype=np.int32)
+        # (point, zone) pairs whose bounding boxes match, without an all-pairs test: the
+        # points sorted by longitude once, each zone's longitude band found by binary
+        # search, the bands' latitudes tested in one pass; then one vectorised exact test
+        # over the pairs left (shapely 2, prepared geometries, no Point objects).
+        order = np.argsort(cx, kind="stable")
+        sx = cx[order]
         b = self.bounds
-        if self.use_tree:
-            # Many zones: (point, zone) pairs whose bounding boxes match, in one numpy pass
-            # per chunk, then one exact test per zone on its few candidates (no shapely
-            # Point objects: building them cost more than the test itself).
-            nz = len(self.geoms)
-            step = max(1, 1_000_000 // nz)
-            pts, zs = [], []
-            for s in range(0, cand.shape[0], step):
-                x, y = cx[s:s + step, None], cy[s:s + step, None]
-                pi, zi = np.nonzero((x >= b[:, 0]) & (x <= b[:, 2]) & (y >= b[:, 1]) & (y <= b[:, 3]))
-                pts.append(pi + s)
-                zs.append(zi)
-            pi, zi = np.concatenate(pts), np.concatenate(zs)
-            if pi.size == 0:
-                return out
-            order = np.argsort(zi, kind="stable")
-            pi, zi = pi[order], zi[order]
-            bounds = np.flatnonzero(np.diff(zi)) + 1
-            # reverse: lower zone indexes overwrite (the first zone wins)
-            for seg in reversed(np.split(np.arange(pi.size), bounds)):
-                z = int(zi[seg[0]])
-                p = pi[seg]
-                hit = shapely.intersects_xy(self.geoms[z], cx[p], cy[p])
-                found[p[hit]] = z
-            out[cand] = found
-            return out
-        for z in range(len(self.geoms) - 1, -1, -1):  # reverse: lower indexes overwrite
-            m = (cx >= b[z, 0]) & (cx <= b[z, 2]) & (cy >= b[z, 1]) & (cy <= b[z, 3])
-            if not m.any():
+        lo = np.searchsorted(sx, b[:, 0], side="left")
+        cnt = np.maximum(np.searchsorted(sx, b[:, 2], side="right") - lo, 0)
+        found = np.full(cand.shape[0], -1, dtype=np.int32)
+        for zs in _groups_of_at_most(cnt, _MAX_PAIRS):
+            n = cnt[zs]
+            total = int(n.sum())
+            if not total:
                 continue
-            sub = np.flatnonzero(m)
-            hit = shapely.intersects_xy(self.geoms[z], cx[sub], cy[sub])
-            found[sub[hit]] = z
+            zi = np.repeat(zs, n)
+            pos = np.repeat(lo[zs] - (np.cumsum(n) - n), n) + np.arange(total)
+            pi = order[pos]
+            y = cy[pi]
+            m = (y >= b[zi, 1]) & (y <= b[zi, 3])
+            pi, zi = pi[m], zi[m]
+            if not pi.size:
+                continue
+            hit = shapely.intersects_xy(self._geom_array[zi], cx[pi], cy[pi])
+            pi, zi = pi[hit], zi[hit]
+            # the first zone wins: assign in decreasing zone order, lower ones overwrite
+            # (groups come in increasing zone order, so a lower group's hits already stand)
+            desc = np.argsort(-zi, kind="stable")
+            pi, zi = pi[desc], zi[desc]
+            free = found[pi] < 0
+            found[pi[free]] = zi[free]
         out[cand] = found
         return out
 

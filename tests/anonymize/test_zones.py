@@ -23,16 +23,17 @@ def _brute(geoms, lat, lon):
     return ref
 
 
-def test_index_matches_brute_force_small_and_tree():
+def test_index_matches_brute_force_few_many_and_overlapping_zones(monkeypatch):
     rng = np.random.default_rng(3)
-    geoms = [shapely.Point(x, y).buffer(0.01) for x, y in rng.uniform(0, 1, (60, 2))]
+    geoms = [shapely.Point(x, y).buffer(r) for (x, y), r in zip(rng.uniform(0, 1, (300, 2)), rng.uniform(0.005, 0.2, 300))]
     lat, lon = rng.uniform(-0.1, 1.1, 50_000), rng.uniform(-0.1, 1.1, 50_000)
     lat[:3], lon[:3] = np.nan, np.nan
-    for k in (5, 20, 60):
-        idx = ZoneIndex(geoms[:k])
-        assert idx.use_tree == (k > 32)
-        got = idx.locate(lat, lon)
+    for k in (1, 5, 60, 300):  # the larger ones overlap: the first zone wins
+        got = ZoneIndex(geoms[:k]).locate(lat, lon)
         assert np.array_equal(got, _brute(geoms[:k], lat, lon))
+    # candidate pairs in many small groups give the same answer
+    monkeypatch.setattr("fleetcloak.anonymize.zones._MAX_PAIRS", 500)
+    assert np.array_equal(ZoneIndex(geoms).locate(lat, lon), _brute(geoms, lat, lon))
     # a point on a boundary counts as inside
     sq = ZoneIndex([shapely.box(0, 0, 1, 1)])
     assert sq.inside(np.array([0.0, 0.5, 1.0000001]), np.array([0.5, 1.0, 0.5])).tolist() == [True, True, False]
