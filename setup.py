@@ -9,6 +9,7 @@ def c_extension(name: str, source: str) -> Extension:
 setup(
     ext_modules=[
         c_extension("fleetcloak.codecs._avlbatch", "codecs/_avlbatch.c"),        # decode_batch's parser
+        c_extension("fleetcloak.anonymize._recordid", "anonymize/_recordid.c"),  # keyed BLAKE2b record ids
         c_extension("fleetcloak.anonymize._render", "anonymize/_render.c"),      # output records as JSON bytes
     ]
 )

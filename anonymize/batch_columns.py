@@ -19,22 +19,24 @@ forms treat alike (canonical.py).
 from __future__ import annotations
 
 import operator
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 
 import numpy as np
 
 from ..codecs.iodict import identifier_groups
+from . import _recordid
 from .private_mode import PRIVATE_MODE_IO
-from .record_id import pack_columns
+from .record_id import RecordContents, pack_columns
 from .transform import Columns
 
 _ELEMENT = np.dtype([("id", ">u2"), ("width", "u1"), ("value", ">u8")])
-# A record's fixed fields as the wire holds them (raw coordinates, not floats).
-_FIXED = np.dtype([("ts", ">u8"), ("pri", "u1"), ("lon", ">i4"), ("lat", ">i4"), ("alt", ">i2"),
-                   ("ang", ">u2"), ("sat", "u1"), ("spd", ">u2"), ("evt", ">u2")])
-_FIXED_COLUMNS = (("ts", "timestamp_ms"), ("pri", "priority"), ("lon", "lon_raw"), ("lat", "lat_raw"),
-                  ("alt", "altitude"), ("ang", "angle"), ("sat", "satellites"), ("spd", "speed"),
-                  ("evt", "event_io_id"))
+# The columns _recordid.contents packs, in its argument order, with the dtypes it
+# checks (decode_batch's; a duck-typed batch is cast as numpy assignment would).
+_CONTENT_COLUMNS = (("timestamp_ms", np.uint64), ("priority", np.uint8), ("lon_raw", np.int32),
+                    ("lat_raw", np.int32), ("altitude", np.int16), ("angle", np.uint16),
+                    ("satellites", np.uint8), ("speed", np.uint16), ("event_io_id", np.uint16),
+                    ("io_offsets", np.int64), ("io_id", np.uint16), ("io_width", np.uint8),
+                    ("io_value", np.uint64), ("io_nx_len", np.uint16))
 
 
 def _bytes_ids(families: Iterable[str]) -> set[int]:
@@ -70,14 +72,30 @@ def columns_from_batch(batch, imei, *, family="FMB", io_ids: Iterable[int] = (),
     )
 
 
-def record_contents(batch) -> list[bytes]:
+def record_contents(batch) -> Sequence[bytes]:
     """Per record, a byte string of everything it carries (GPS element, priority, event
     id and every IO element with its width, NX bytes included) -- the `content` of its
     record_id. A device's retransmission of a record gives the same bytes, whichever
     packet and batch it arrives in (NX values are taken by content, not by their offset
-    in the batch's nx_data)."""
+    in the batch's nx_data).
+
+    From a decoded batch (raw coordinates at hand): a `RecordContents` built in one C
+    call (`_recordid.contents`; layout in _recordid.c: the fixed fields packed
+    big-endian as on the wire, 26 bytes, then per IO element id u16, width u8, value u64
+    -- an NX element's length as its value --, then the NX bytes). Otherwise a list of
+    bytes starting with `pack_columns`' packing of the decoded columns."""
+    if not hasattr(batch, "lat_raw"):
+        return _packed_contents(batch)
+    cols = [np.ascontiguousarray(getattr(batch, name)).astype(dtype, copy=False) for name, dtype in _CONTENT_COLUMNS]
+    content, offsets = _recordid.contents(*cols, batch.nx_data)
+    return RecordContents(content, np.frombuffer(offsets, dtype=np.int64))
+
+
+def _packed_contents(batch) -> list[bytes]:
+    """record_contents without raw coordinates: pack_columns, then the IO elements as
+    `_ELEMENT`s and the NX bytes, as the C code lays them out after its fixed part."""
     n = len(batch)
-    base = _fixed_bytes(batch) if hasattr(batch, "lat_raw") else pack_columns(
+    base = pack_columns(
         batch.timestamp_ms, batch.lat, batch.lon, priority=batch.priority, altitude=batch.altitude,
         angle=batch.angle, satellites=batch.satellites, speed=batch.speed, event_io_id=batch.event_io_id,
     )
@@ -104,13 +122,3 @@ def record_contents(batch) -> list[bytes]:
         for r, s, ln in zip(rows, starts, lens):
             out[r] += data[s:s + ln]
     return out
-
-
-def _fixed_bytes(batch) -> list[bytes]:
-    """Per record, its fixed fields packed as on the wire: one numpy pass, one slice each."""
-    n = len(batch)
-    rows = np.empty(n, dtype=_FIXED)
-    for field, column in _FIXED_COLUMNS:
-        rows[field] = getattr(batch, column)
-    buf, size = rows.tobytes(), _FIXED.itemsize
-    return list(map(buf.__getitem__, map(slice, range(0, n * size, size), range(size, n * size + size, size))))

@@ -14,19 +14,24 @@
   otherwise a fixed packing of the decoded columns (timestamp, priority, lat/lon in
   1e-7 degrees, altitude, angle, satellites, speed, event IO id) plus the IO values
   the caller passed.
+
+The hashing runs in C (`_recordid.c`: BLAKE2b after RFC 7693, base32, and the packing
+of a decoded batch's contents), on `RecordContents`: every record's content in one
+buffer with offsets, which a list of bytes is turned into first. The ids are the ones
+hashlib.blake2b gives (tested): ids are a stable contract.
 """
 from __future__ import annotations
 
-import hashlib
+import operator
 import struct
-from collections import deque
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 
 import numpy as np
 
+from . import _recordid
 from .canonical import canonical_imei
 from .epochs import epoch_ids
-from .keys import SERVICE, Keyring, b32_many
+from .keys import SERVICE, Keyring
 
 _ROW = np.dtype([("ts", "<i8"), ("pri", "<i2"), ("lat", "<i4"), ("lon", "<i4"), ("alt", "<i4"),
                  ("ang", "<i4"), ("sat", "<i2"), ("spd", "<i4"), ("evt", "<i4")])
@@ -70,13 +75,59 @@ def _value_bytes(v) -> bytes:
     return b"\x03" + len(v).to_bytes(4, "big") + bytes(v)
 
 
-_B2 = type(hashlib.blake2b())
-_COPY, _UPDATE, _DIGEST = _B2.copy, _B2.update, _B2.digest
+class RecordContents(Sequence):
+    """Records' contents in one buffer: record r is `buffer[offsets[r]:offsets[r + 1]]`.
+
+    A sequence of bytes (indexing gives the record's bytes), of `rows` when set: `take`
+    picks and orders records by keeping row numbers, without copying any bytes. This is
+    what `_recordid.ids` hashes; `record_contents(batch)` builds it in one C call."""
+
+    __slots__ = ("buffer", "offsets", "rows")
+
+    def __init__(self, buffer: bytes, offsets: np.ndarray, rows: np.ndarray | None = None):
+        self.buffer = buffer
+        self.offsets = np.asarray(offsets, dtype=np.int64)       # n + 1, into buffer
+        self.rows = None if rows is None else np.asarray(rows, dtype=np.int64)
+
+    @classmethod
+    def pack(cls, contents: Sequence[bytes]) -> RecordContents:
+        """From one bytes-like object per record."""
+        offsets = np.zeros(len(contents) + 1, dtype=np.int64)
+        np.cumsum(np.fromiter(map(len, contents), dtype=np.int64, count=len(contents)), out=offsets[1:])
+        return cls(b"".join(contents), offsets)
+
+    def __repr__(self) -> str:
+        return f"<RecordContents {len(self)} records, {len(self.buffer)} bytes>"
+
+    def __len__(self) -> int:
+        return len(self.offsets) - 1 if self.rows is None else len(self.rows)
+
+    def __getitem__(self, i):
+        if isinstance(i, slice):
+            return [self[j] for j in range(*i.indices(len(self)))]
+        n, i = len(self), operator.index(i)
+        if not -n <= i < n:
+            raise IndexError(f"record {i} of {n}")
+        r = i % n if self.rows is None else int(self.rows[i])
+        return self.buffer[int(self.offsets[r]):int(self.offsets[r + 1])]
+
+    def __iter__(self) -> Iterator[bytes]:
+        off = self.offsets.tolist()
+        rows = range(len(off) - 1) if self.rows is None else self.rows.tolist()
+        buf = self.buffer
+        return (buf[off[r]:off[r + 1]] for r in rows)
+
+    def take(self, idx) -> RecordContents:
+        """The records `idx` (integer indices in any order, or a bool mask), sharing the buffer."""
+        idx = np.asarray(idx)
+        rows = np.arange(len(self.offsets) - 1, dtype=np.int64) if self.rows is None else self.rows
+        return RecordContents(self.buffer, self.offsets, rows[idx if idx.dtype == bool else idx.astype(np.intp, copy=False)])
 
 
 class RecordIds:
-    """record_id for one (tenant, route). Hash states are cached per (epoch, IMEI)
-    (keyed state objects; never logged or pickled)."""
+    """record_id for one (tenant, route). The `tenant NUL IMEI NUL` prefixes are cached
+    per IMEI; the keys come from the keyring per batch (it caches them), so a destroyed
+    epoch raises EpochDestroyed as soon as it is gone."""
 
     def __repr__(self) -> str:
         return f"RecordIds(tenant={self.tenant!r}, route={self.route!r})"
@@ -88,43 +139,41 @@ class RecordIds:
         self.scope = tenant if route == "processor" else SERVICE
         self.rotation = rotation
         self._tenant = tenant.encode() + b"\0"
-        self._bases: dict = {}   # epoch -> keyed BLAKE2b state
-        self._states: dict = {}  # (epoch, IMEI) -> keyed state with the prefix absorbed
-        self._gen = keyring.generation
+        self._prefixes: dict = {}  # IMEI (str or int) -> tenant NUL canonical IMEI NUL
 
-    def compute(self, imeis: Sequence | np.ndarray, timestamps_ms: np.ndarray, content: Sequence[bytes]) -> np.ndarray:
+    def compute(self, imeis: Sequence | np.ndarray, timestamps_ms: np.ndarray,
+                content: Sequence[bytes] | RecordContents) -> np.ndarray:
+        """The ids (object array of str) of records given by IMEI, timestamp and content
+        (a RecordContents, or one bytes object per record)."""
         ts = np.asarray(timestamps_ms, dtype=np.int64)
         n = ts.shape[0]
         out = np.empty(n, dtype=object)
         if n == 0:
             return out
+        if not isinstance(content, RecordContents):
+            content = RecordContents.pack(content)
+        if len(content) != n:
+            raise ValueError(f"{len(content)} record contents for {n} timestamps")
         labels, inv = epoch_ids(ts, self.rotation)
-        # keyed BLAKE2b states per epoch, and per (epoch, device) with the prefix already
-        # absorbed: a record costs one state copy, one update, one digest
-        bases = [self._base(lab) for lab in labels]
-        states = self._states
-        if len(states) > 1_000_000:
-            states.clear()
-        imei_l = np.asarray(imeis).tolist()
-        keys = [(labels[0], i) for i in imei_l] if len(labels) == 1 else list(zip(map(labels.__getitem__, inv.tolist()), imei_l))
-        for key in dict.fromkeys(keys):  # each (epoch, device) of the batch once
-            if key not in states:
-                st = bases[labels.index(key[0])].copy()
-                st.update(self._tenant + canonical_imei(key[1]) + b"\0")
-                states[key] = st
-        # copy, update, digest as three C-level passes (no Python frame per record)
-        hashes = list(map(_COPY, map(states.__getitem__, keys)))
-        deque(map(_UPDATE, hashes, content), maxlen=0)
-        out[:] = b32_many(list(map(_DIGEST, hashes)))
+        keys = [self.keyring.derive(self.scope, self.route, "record_id", lab).reveal() for lab in labels]
+        prefixes, pidx = self._prefix_index(imeis, n)
+        out[:] = _recordid.ids(keys, inv.astype(np.int64, copy=False), prefixes, pidx,
+                               content.buffer, content.offsets, content.rows)
         return out
 
-    def _base(self, epoch: str):
-        if self._gen != self.keyring.generation:  # a destroy: drop every derived state
-            self._bases.clear()
-            self._states.clear()
-            self._gen = self.keyring.generation
-        b = self._bases.get(epoch)
-        if b is None:
-            key = self.keyring.derive(self.scope, self.route, "record_id", epoch).reveal()
-            b = self._bases[epoch] = hashlib.blake2b(key=key, digest_size=16)
-        return b
+    def _prefix_index(self, imeis, n: int) -> tuple[list[bytes], np.ndarray]:
+        """(distinct prefixes, index into them per record), by a dict pass (no sorting)."""
+        vals = imeis.tolist() if isinstance(imeis, np.ndarray) else list(imeis)
+        if len(vals) != n:
+            raise ValueError(f"{len(vals)} IMEIs for {n} timestamps")
+        index = {v: i for i, v in enumerate(dict.fromkeys(vals))}
+        known = self._prefixes
+        if len(known) > 1_000_000:
+            known.clear()
+        prefixes = []
+        for v in index:
+            p = known.get(v)
+            if p is None:
+                p = known[v] = self._tenant + canonical_imei(v) + b"\0"
+            prefixes.append(p)
+        return prefixes, np.fromiter(map(index.__getitem__, vals), dtype=np.int64, count=n)

@@ -79,7 +79,9 @@ class Columns:
             lon=pick(self.lon), altitude=pick(self.altitude), angle=pick(self.angle), speed=pick(self.speed),
             satellites=pick(self.satellites), priority=pick(self.priority), event_io_id=pick(self.event_io_id),
             io={k: np.asarray(v)[idx] for k, v in self.io.items()}, family=fam,
-            content=[self.content[i] for i in np.asarray(idx).tolist()] if self.content is not None else None,
+            # a RecordContents (record_contents(batch)) picks rows without copying bytes
+            content=None if self.content is None else self.content.take(idx) if hasattr(self.content, "take")
+            else [self.content[i] for i in np.asarray(idx).tolist()],
         )
 
     def family_rows(self) -> Iterable[tuple[str, np.ndarray | None]]:
