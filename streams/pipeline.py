@@ -152,6 +152,7 @@ class TelemetryPipeline:
     duplicates: DuplicateWindow = field(default_factory=DuplicateWindow)
     clock: Callable[[], float] = time.time
     future_tolerance_ms: int = FUTURE_TOLERANCE_MS
+    _known_keys: dict = field(default_factory=dict, repr=False)
 
     # --- the seam ---------------------------------------------------------------------
     def process(self, batch: Sequence[RawMessage]) -> ProcessResult:
@@ -172,15 +173,21 @@ class TelemetryPipeline:
         frames: list[bytes] = []
         sources: list[RawMessage] = []
         imeis: list[str] = []
+        known = self._known_keys  # message key -> IMEI, for keys already validated
+        if len(known) > 100_000:
+            known.clear()
         for m in batch:
-            imei = _imei_of(m.key)
+            imei = known.get(m.key)
             if imei is None:
-                counts.received += 1
-                counts.deadlettered["bad_key"] += 1
-                outputs.append(_deadletter(m, "bad_key", "the message key is not a 15-digit IMEI", 0))
-                continue
+                imei = _imei_of(m.key)
+                if imei is None:
+                    counts.received += 1
+                    counts.deadlettered["bad_key"] += 1
+                    outputs.append(_deadletter(m, "bad_key", "the message key is not a 15-digit IMEI", 0))
+                    continue
+                known[m.key] = imei
             value = m.value or b""
-            if _header(m.headers, "transport") == b"udp":
+            if m.headers and _UDP in m.headers and _header(m.headers, "transport") == b"udp":
                 try:
                     value = udp_datagram_to_frame(value, imei)
                 except DecodeError as e:
@@ -319,6 +326,9 @@ def _keys(devices: list[str]) -> list[bytes]:
     """Message keys: each distinct device pseudonym encoded once."""
     enc = {d: d.encode() for d in dict.fromkeys(devices)}
     return list(map(enc.__getitem__, devices))
+
+
+_UDP = ("transport", b"udp")
 
 
 def _imei_of(key: bytes | None) -> str | None:
