@@ -5,11 +5,13 @@ Modes, each run on the same input topic with a fresh consumer group and output t
   aiokafka   plain aiokafka: getmany, send() per message, await the batch's futures,
              commit (the same at-least-once contract, written the obvious way)
   loop       fleetcloak's BatchLoop in this process (per-partition batch builders)
-  worker     `fleetcloak worker` as a subprocess: the Faust app + the same loop (timed
-             through its /health endpoint, 20 ms polling)
+  worker     `fleetcloak worker --until-drained` as a subprocess: the Faust app + the
+             same loop
 
-Timing starts at the first consumed batch (a group join, ~5 s on Tansu, is excluded) and
-ends when every output is acknowledged and its offsets committed. Prints each run and the
+Timing starts at the first fetched batch in hand (a group join, ~5 s on Tansu, is
+excluded) and ends when every output is acknowledged and its offsets committed; the
+loop and the worker measure it themselves (BatchLoop.stream_seconds, the worker's
+--summary-json `stream_s`). Prints each run and the
 medians. Usage: .venv/bin/python bench/passthrough.py [-n 100000] [--runs 3] [--broker B]
 """
 from __future__ import annotations
@@ -22,7 +24,6 @@ import statistics
 import subprocess
 import sys
 import time
-import urllib.request
 
 
 def make_inputs(n: int, size: int) -> list[tuple[bytes, bytes]]:
@@ -65,68 +66,40 @@ async def bench_loop(bootstrap: str, src: str, n: int) -> float:
     from fleetcloak.streams.seam import passthrough_factory
     from fleetcloak.streams.topicio import unique_name
 
-    loop = BatchLoop(LoopSettings(bootstrap, input_topic=src, group_id=unique_name("bench.grp")),
+    loop = BatchLoop(LoopSettings(bootstrap, input_topic=src, group_id=unique_name("bench.grp"),
+                                  stop_when_drained=True),
                      passthrough_factory(unique_name("bench.out")))
-    original = loop._handle
-    first: list[float] = []
-
-    async def timed_handle(batch):
-        first or first.append(time.perf_counter())
-        await original(batch)
-
-    loop._handle = timed_handle
-    task = asyncio.create_task(loop.run())
-    while loop.consumed < n:
-        if task.done():
-            await task
-        await asyncio.sleep(0.002)
-    end = time.perf_counter()
-    loop.request_stop()
-    await task
-    return n / (end - first[0])
+    await loop.run()
+    if loop.consumed != n:
+        raise SystemExit(f"the loop consumed {loop.consumed} of {n} messages")
+    return n / loop.stream_seconds
 
 
 def bench_worker(bootstrap: str, src: str, n: int) -> float:
+    import tempfile
+
     from fleetcloak.streams.broker import free_port
     from fleetcloak.streams.topicio import unique_name
 
-    port = free_port()
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "fleetcloak.cli", "worker", "--broker", bootstrap, "--input-topic", src,
-         "--group", unique_name("bench.grp"), "--pipeline", "passthrough", "--passthrough-topic", unique_name("bench.out"),
-         "--metrics-port", str(port), "--metrics-host", "127.0.0.1", "-l", "warning"],
-        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-
-    try:
-        t0, c0, t1 = time_worker(proc, port, n, timeout=120)
-        return (n - c0) / (t1 - t0)
-    finally:
-        proc.terminate()
-        proc.wait(30)
-
-
-def time_worker(proc: subprocess.Popen, port: int, n: int, *, timeout: float, log=None) -> tuple[float, int, float]:
-    """Time a `fleetcloak worker` subprocess by its /health `consumed` count, polled every
-    20 ms: (t0, consumed at t0, t1) from its first delivered batch (the ~5 s group join
-    excluded) to n consumed, or to its exit (an --until-drained worker may exit between two
-    polls)."""
-    def consumed() -> int:
+    with tempfile.TemporaryDirectory() as tmp:
+        summary = os.path.join(tmp, "summary.json")
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "fleetcloak.cli", "worker", "--broker", bootstrap, "--input-topic", src,
+             "--group", unique_name("bench.grp"), "--pipeline", "passthrough", "--passthrough-topic",
+             unique_name("bench.out"), "--metrics-port", str(free_port()), "--metrics-host", "127.0.0.1",
+             "-l", "warning", "--until-drained", "--summary-json", summary],
+            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
         try:
-            with urllib.request.urlopen(f"http://127.0.0.1:{port}/health", timeout=1) as r:
-                return json.loads(r.read())["consumed"]
-        except OSError:
-            return 0
-
-    deadline = time.monotonic() + timeout
-    while (c := consumed()) == 0:
-        if proc.poll() is not None or time.monotonic() > deadline:
-            tail = log.read_text(errors="replace")[-3000:] if log is not None else ""
-            raise SystemExit(f"worker did not start consuming{'; log:' + chr(10) + tail if tail else ''}")
-        time.sleep(0.02)
-    t0, c0 = time.perf_counter(), c
-    while (c := consumed()) < n and proc.poll() is None:
-        time.sleep(0.02)
-    return t0, c0, time.perf_counter()
+            if proc.wait(300) != 0:
+                raise SystemExit(f"worker exited {proc.returncode}")
+        finally:
+            if proc.poll() is None:
+                proc.terminate()
+                proc.wait(30)
+        s = json.loads(open(summary).read())
+    if s["consumed"] != n:
+        raise SystemExit(f"worker consumed {s['consumed']} of {n} messages")
+    return n / s["stream_s"]
 
 
 def main() -> int:

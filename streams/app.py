@@ -234,6 +234,7 @@ def write_summary(path: str, totals, batch_loop, *, failed: bool) -> None:
         "balanced": totals.balanced(), "failed": failed,
         "consumed": getattr(batch_loop, "consumed", 0), "produced": getattr(batch_loop, "produced", 0),
         "busy_s": getattr(batch_loop, "busy", 0.0),
+        "stream_s": getattr(batch_loop, "stream_seconds", None),
     }
     with open(path, "w") as f:
         json.dump(body, f, indent=1, sort_keys=True)

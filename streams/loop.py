@@ -184,6 +184,8 @@ class BatchLoop:
         self.consumed = 0
         self.produced = 0
         self.busy = 0.0  # seconds spent in batches (process + deliver + commit)
+        self.first_batch_at: float | None = None  # perf_counter: the first fetched batch in hand
+        self.last_commit_at: float | None = None  # perf_counter: the last batch committed
         self.started_at: float | None = None
         self.stopped_at: float | None = None
         if control is not None:
@@ -198,6 +200,15 @@ class BatchLoop:
     @property
     def stopping(self) -> bool:
         return self._stopping
+
+    @property
+    def stream_seconds(self) -> float | None:
+        """From the first fetched batch in hand to the last commit: the time the messages
+        took to stream through (startup and group join excluded; fetch waits between
+        batches included). None before a batch was committed."""
+        if self.first_batch_at is None or self.last_commit_at is None:
+            return None
+        return self.last_commit_at - self.first_batch_at
 
     def _on_control_change(self, role: str) -> None:
         self._changed.add(role)
@@ -277,6 +288,8 @@ class BatchLoop:
                     continue
                 if self._stopping:  # fetched but not started: leave it uncommitted
                     break
+                if self.first_batch_at is None:
+                    self.first_batch_at = time.perf_counter()
                 async with self._batch_lock:
                     if self._rebuild or self._changed:
                         # getmany() waits through a rebalance without a timeout (seconds on
@@ -359,7 +372,7 @@ class BatchLoop:
             hw = self._consumer.highwater(tp)
             if hw is not None:
                 self._set_lag(tp, hw - off - 1)
-        now = time.perf_counter()
+        now = self.last_commit_at = time.perf_counter()
         self.busy += now - t0
         self.metrics.batches.inc()
         self.metrics.batch_seconds.observe(now - b.started)
