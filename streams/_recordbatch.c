@@ -1,0 +1,407 @@
+/*
+ * _recordbatch: whole, uncompressed Kafka RecordBatch v2 buffers in C, for
+ * fleetcloak.streams.recordbatch (the producer's batches without a Python call per message).
+ *
+ * Entry points:
+ *   build(keys, values, timestamp_ms, max_bytes) -> list[tuple[bytearray, int]]
+ *       the records in order, cut greedily into as few batches as possible, each one's
+ *       encoded size <= max_bytes; (buffer, record count) per batch. A record that does
+ *       not fit a batch of its own raises the class registered with
+ *       set_too_large_error(cls) as cls(index, size, max_bytes) (ValueError before that).
+ *   _crc32c(data, force_portable=False) -> int     CRC-32C, for the tests
+ *   set_too_large_error(cls)
+ *   constants BATCH_OVERHEAD (61), CRC_IMPL ("sse4.2" or "portable", chosen at import)
+ *
+ * Wire layout (Kafka's DefaultRecordBatch / DefaultRecord), integers big-endian:
+ *    0 baseOffset i64 = 0 (the broker assigns it)
+ *    8 length i32 = size - 12 (bytes after this field)
+ *   12 partitionLeaderEpoch i32 = -1
+ *   16 magic i8 = 2
+ *   17 crc u32 = CRC-32C (Castagnoli) of bytes [21, size)
+ *   21 attributes i16 = 0 (no compression, create time, not transactional, not control)
+ *   23 lastOffsetDelta i32 = count - 1
+ *   27 baseTimestamp i64 = timestamp_ms,  35 maxTimestamp i64 = timestamp_ms
+ *   43 producerId i64 = -1,  51 producerEpoch i16 = -1
+ *   53 baseSequence i32 = 0  (what aiokafka's producer writes: its BatchBuilder passes
+ *                             base_sequence=0, not Kafka's NO_SEQUENCE -1)
+ *   57 record count i32
+ *   61 records, each: length varint (of the rest) | attributes i8 = 0 |
+ *      timestampDelta varlong = 0 | offsetDelta varint | key length varint (-1: None) |
+ *      key | value length varint (-1: None) | value | header count varint = 0
+ *   Varints are zigzag-encoded base-128, low group first.
+ * That is byte for byte what aiokafka's BatchBuilder(...).append(timestamp=t, key=k,
+ * value=v) + _build() gives (tested). The cuts follow aiokafka's pure-Python builder: a
+ * record joins the open batch when the batch's size with it is <= max_bytes. (Its
+ * Cython builder, the one BatchBuilder uses, stops one byte earlier, at < batch_size.)
+ *
+ * SAFETY:
+ *  - Pass 1 reads every key and value once (bytes directly, any other object through
+ *    PyObject_GetBuffer, released at once), sums sizes in 64 bits and fixes the cuts;
+ *    max_bytes <= INT32_MAX bounds every batch, so every field fits.
+ *  - Pass 2 allocates one bytearray of the exact size per batch and re-reads each item
+ *    from the sequence (an allocation can run a finalizer that mutates the caller's
+ *    list): the index is checked against the live length and each record's size is
+ *    checked against the room left before a byte is written; a batch must come out at
+ *    exactly its size. A mismatch raises RuntimeError, never writes out of bounds.
+ *  - The GIL is held throughout: items are borrowed from the sequence and copied while
+ *    no Python code can run.
+ */
+#define PY_SSIZE_T_CLEAN
+#include <Python.h>
+#include <stdint.h>
+#include <string.h>
+
+#define BATCH_OVERHEAD 61       /* header bytes before the first record */
+#define MIN_RECORD 7            /* length, attrs, ts, offset, key -1, value -1, headers */
+#define CRC_START 21            /* the CRC covers attributes .. end */
+#define BASE_SEQUENCE 0         /* as aiokafka's BatchBuilder (see above) */
+
+static PyObject *TooLargeCls = NULL;   /* set_too_large_error */
+
+/* ---------------------------------------------------------------- CRC-32C ------- */
+
+/* Reflected Castagnoli polynomial. The running value is the inverted register, as for
+ * the crc32 instruction: start from 0xFFFFFFFF, invert at the end. */
+#define CRC32C_POLY 0x82F63B78u
+static uint32_t crc_table[8][256];
+
+static void crc_init_tables(void) {
+    for (uint32_t i = 0; i < 256; i++) {
+        uint32_t c = i;
+        for (int k = 0; k < 8; k++) c = (c & 1) ? (c >> 1) ^ CRC32C_POLY : c >> 1;
+        crc_table[0][i] = c;
+    }
+    for (int j = 1; j < 8; j++)
+        for (int i = 0; i < 256; i++)
+            crc_table[j][i] = (crc_table[j - 1][i] >> 8) ^ crc_table[0][crc_table[j - 1][i] & 0xFF];
+}
+
+/* Slicing-by-8; bytes are combined explicitly, so it is independent of endianness. */
+static uint32_t crc_portable(uint32_t crc, const uint8_t *p, size_t n) {
+    while (n >= 8) {
+        crc ^= (uint32_t)p[0] | ((uint32_t)p[1] << 8) | ((uint32_t)p[2] << 16) | ((uint32_t)p[3] << 24);
+        crc = crc_table[7][crc & 0xFF] ^ crc_table[6][(crc >> 8) & 0xFF] ^
+              crc_table[5][(crc >> 16) & 0xFF] ^ crc_table[4][crc >> 24] ^
+              crc_table[3][p[4]] ^ crc_table[2][p[5]] ^ crc_table[1][p[6]] ^ crc_table[0][p[7]];
+        p += 8;
+        n -= 8;
+    }
+    while (n--) crc = crc_table[0][(crc ^ *p++) & 0xFF] ^ (crc >> 8);
+    return crc;
+}
+
+#if defined(__x86_64__) && (defined(__GNUC__) || defined(__clang__))
+#include <nmmintrin.h>
+#define HAVE_SSE42_PATH 1
+__attribute__((target("sse4.2")))
+static uint32_t crc_sse42(uint32_t crc, const uint8_t *p, size_t n) {
+    uint64_t c = crc;
+    while (n >= 8) {
+        uint64_t w;
+        memcpy(&w, p, 8);                 /* unaligned load; x86 is little-endian */
+        c = _mm_crc32_u64(c, w);
+        p += 8;
+        n -= 8;
+    }
+    uint32_t c32 = (uint32_t)c;
+    while (n--) c32 = _mm_crc32_u8(c32, *p++);
+    return c32;
+}
+static int have_sse42(void) {
+    __builtin_cpu_init();
+    return __builtin_cpu_supports("sse4.2");
+}
+#else
+#define HAVE_SSE42_PATH 0
+#endif
+
+typedef uint32_t (*crc_fn)(uint32_t, const uint8_t *, size_t);
+static crc_fn crc_update = crc_portable;   /* set at import */
+
+/* ---------------------------------------------------------------- encoding ------ */
+
+static inline size_t uvarint_size(uint64_t v) {
+    size_t n = 1;
+    while (v >= 0x80) { v >>= 7; n++; }
+    return n;
+}
+static inline uint8_t *put_uvarint(uint8_t *p, uint64_t v) {
+    while (v >= 0x80) { *p++ = (uint8_t)(v | 0x80); v >>= 7; }
+    *p++ = (uint8_t)v;
+    return p;
+}
+/* zigzag of a length >= 0 is 2 * length; of -1 (None) it is 1 */
+static inline uint64_t zz_len(Py_ssize_t len) { return len < 0 ? 1u : (uint64_t)len << 1; }
+
+static inline void store16be(uint8_t *p, uint16_t v) { p[0] = (uint8_t)(v >> 8); p[1] = (uint8_t)v; }
+static inline void store32be(uint8_t *p, uint32_t v) {
+    p[0] = (uint8_t)(v >> 24); p[1] = (uint8_t)(v >> 16); p[2] = (uint8_t)(v >> 8); p[3] = (uint8_t)v;
+}
+static inline void store64be(uint8_t *p, uint64_t v) { store32be(p, (uint32_t)(v >> 32)); store32be(p + 4, (uint32_t)v); }
+
+/* Size of a record's body after its length varint, without the offsetDelta varint:
+ * attributes + timestampDelta + key + value + header count. */
+static inline uint64_t body_base(Py_ssize_t klen, Py_ssize_t vlen) {
+    return 3 + (klen < 0 ? 1 : uvarint_size(zz_len(klen)) + (uint64_t)klen)
+             + (vlen < 0 ? 1 : uvarint_size(zz_len(vlen)) + (uint64_t)vlen);
+}
+/* Whole record (length varint included) at offset delta `delta` in its batch. */
+static inline uint64_t record_size(uint64_t base, Py_ssize_t delta) {
+    uint64_t body = base + uvarint_size((uint64_t)delta << 1);
+    return body + uvarint_size(body << 1);
+}
+
+/* ---------------------------------------------------------------- items --------- */
+
+/* One key or value: None (len -1), bytes, or any C-contiguous buffer (then *view is
+ * held and *held set; the caller releases it). */
+typedef struct {
+    const uint8_t *ptr;
+    Py_ssize_t len;
+    Py_buffer view;
+    int held;
+} Item;
+
+static int item_get(PyObject *obj, const char *what, Py_ssize_t i, Item *it) {
+    it->held = 0;
+    if (obj == Py_None) { it->ptr = NULL; it->len = -1; return 0; }
+    if (PyBytes_CheckExact(obj)) {
+        it->ptr = (const uint8_t *)PyBytes_AS_STRING(obj);
+        it->len = PyBytes_GET_SIZE(obj);
+        return 0;
+    }
+    if (!PyObject_CheckBuffer(obj)) {
+        PyErr_Format(PyExc_TypeError, "%s[%zd] is %.100s; expected bytes, a bytes-like object or None",
+                     what, i, Py_TYPE(obj)->tp_name);
+        return -1;
+    }
+    if (PyObject_GetBuffer(obj, &it->view, PyBUF_SIMPLE) < 0) {   /* e.g. a strided memoryview */
+        PyErr_Clear();
+        PyErr_Format(PyExc_TypeError, "%s[%zd] is a %.100s that is not one C-contiguous block of bytes",
+                     what, i, Py_TYPE(obj)->tp_name);
+        return -1;
+    }
+    it->held = 1;
+    it->ptr = it->view.buf;
+    it->len = it->view.len;
+    return 0;
+}
+static inline void item_release(Item *it) {
+    if (it->held) { PyBuffer_Release(&it->view); it->held = 0; }
+}
+
+/* ---------------------------------------------------------------- build --------- */
+
+typedef struct { Py_ssize_t start, count; uint64_t size; } Cut;
+
+static int raise_too_large(Py_ssize_t index, uint64_t size, Py_ssize_t max_bytes) {
+    if (!TooLargeCls) {
+        PyErr_Format(PyExc_ValueError,
+                     "record %zd needs %llu bytes as a batch of its own, more than max_bytes=%zd",
+                     index, (unsigned long long)size, max_bytes);
+        return -1;
+    }
+    PyObject *exc = PyObject_CallFunction(TooLargeCls, "nKn", index, (unsigned long long)size, max_bytes);
+    if (exc) { PyErr_SetObject((PyObject *)Py_TYPE(exc), exc); Py_DECREF(exc); }
+    return -1;
+}
+
+static PyObject *changed_error(void) {
+    PyErr_SetString(PyExc_RuntimeError, "keys or values changed while build_batches was reading them");
+    return NULL;
+}
+
+/* Writes batch `c` into a new bytearray; NULL with an exception set on failure. */
+static PyObject *write_batch(PyObject *kseq, PyObject *vseq, const Cut *c, int64_t timestamp_ms) {
+    PyObject *ba = PyByteArray_FromStringAndSize(NULL, (Py_ssize_t)c->size);
+    if (!ba) return NULL;
+    uint8_t *const buf = (uint8_t *)PyByteArray_AS_STRING(ba);
+    uint8_t *const end = buf + c->size;
+
+    store64be(buf + 0, 0);
+    store32be(buf + 8, (uint32_t)(c->size - 12));
+    store32be(buf + 12, 0xFFFFFFFFu);                       /* partitionLeaderEpoch -1 */
+    buf[16] = 2;                                            /* magic */
+    store16be(buf + 21, 0);                                 /* attributes */
+    store32be(buf + 23, (uint32_t)(c->count - 1));          /* lastOffsetDelta */
+    store64be(buf + 27, (uint64_t)timestamp_ms);
+    store64be(buf + 35, (uint64_t)timestamp_ms);
+    store64be(buf + 43, UINT64_MAX);                        /* producerId -1 */
+    store16be(buf + 51, 0xFFFF);                            /* producerEpoch -1 */
+    store32be(buf + 53, (uint32_t)BASE_SEQUENCE);
+    store32be(buf + 57, (uint32_t)c->count);
+
+    uint8_t *p = buf + BATCH_OVERHEAD;
+    for (Py_ssize_t d = 0; d < c->count; d++) {
+        Py_ssize_t i = c->start + d;
+        if (i >= PySequence_Fast_GET_SIZE(kseq) || i >= PySequence_Fast_GET_SIZE(vseq)) goto changed;
+        Item k, v;
+        if (item_get(PySequence_Fast_GET_ITEM(kseq, i), "keys", i, &k) < 0) goto fail;
+        if (item_get(PySequence_Fast_GET_ITEM(vseq, i), "values", i, &v) < 0) { item_release(&k); goto fail; }
+        uint64_t base = body_base(k.len, v.len);
+        uint64_t body = base + uvarint_size((uint64_t)d << 1);
+        if (record_size(base, d) > (uint64_t)(end - p)) { item_release(&k); item_release(&v); goto changed; }
+        p = put_uvarint(p, body << 1);
+        *p++ = 0;                                           /* attributes */
+        *p++ = 0;                                           /* timestampDelta 0 */
+        p = put_uvarint(p, (uint64_t)d << 1);
+        p = put_uvarint(p, zz_len(k.len));
+        if (k.len > 0) { memcpy(p, k.ptr, (size_t)k.len); p += k.len; }
+        p = put_uvarint(p, zz_len(v.len));
+        if (v.len > 0) { memcpy(p, v.ptr, (size_t)v.len); p += v.len; }
+        *p++ = 0;                                           /* header count */
+        item_release(&k);
+        item_release(&v);
+    }
+    if (p != end) goto changed;
+    store32be(buf + 17, ~crc_update(0xFFFFFFFFu, buf + CRC_START, c->size - CRC_START));
+    return ba;
+changed:
+    changed_error();
+fail:
+    Py_DECREF(ba);
+    return NULL;
+}
+
+static PyObject *as_sequence(PyObject *obj, const char *what) {
+    if (PyUnicode_Check(obj) || PyBytes_Check(obj) || PyByteArray_Check(obj) || PyMemoryView_Check(obj)) {
+        PyErr_Format(PyExc_TypeError, "%s must be a list of bytes or None, not %.100s", what, Py_TYPE(obj)->tp_name);
+        return NULL;
+    }
+    PyObject *seq = PySequence_Fast(obj, "");
+    if (!seq && PyErr_ExceptionMatches(PyExc_TypeError)) {
+        PyErr_Format(PyExc_TypeError, "%s must be a list of bytes or None, not %.100s", what, Py_TYPE(obj)->tp_name);
+    }
+    return seq;
+}
+
+static PyObject *build(PyObject *self, PyObject *args) {
+    (void)self;
+    PyObject *keys, *values;
+    long long timestamp_ms;
+    Py_ssize_t max_bytes;
+    if (!PyArg_ParseTuple(args, "OOLn:build", &keys, &values, &timestamp_ms, &max_bytes)) return NULL;
+    if (max_bytes < BATCH_OVERHEAD + MIN_RECORD || max_bytes > INT32_MAX) {
+        PyErr_Format(PyExc_ValueError, "max_bytes must be from %d (a batch header and the smallest record) "
+                     "to %d, not %zd", BATCH_OVERHEAD + MIN_RECORD, INT32_MAX, max_bytes);
+        return NULL;
+    }
+    PyObject *kseq = as_sequence(keys, "keys");
+    if (!kseq) return NULL;
+    PyObject *vseq = as_sequence(values, "values");
+    if (!vseq) { Py_DECREF(kseq); return NULL; }
+    PyObject *result = NULL;
+    Cut *cuts = NULL;
+    Py_ssize_t ncuts = 0, cap = 0;
+
+    const Py_ssize_t n = PySequence_Fast_GET_SIZE(kseq);
+    if (PySequence_Fast_GET_SIZE(vseq) != n) {
+        PyErr_Format(PyExc_ValueError, "keys and values differ in length: %zd keys, %zd values",
+                     n, PySequence_Fast_GET_SIZE(vseq));
+        goto done;
+    }
+
+    /* pass 1: sizes and cuts (greedy: a record joins the open batch if it still fits) */
+    Py_ssize_t start = 0;
+    uint64_t bsize = BATCH_OVERHEAD;
+    for (Py_ssize_t i = 0; i < n; i++) {
+        Item k, v;
+        if (item_get(PySequence_Fast_GET_ITEM(kseq, i), "keys", i, &k) < 0) goto done;
+        item_release(&k);
+        if (item_get(PySequence_Fast_GET_ITEM(vseq, i), "values", i, &v) < 0) goto done;
+        item_release(&v);
+        uint64_t base = body_base(k.len, v.len);
+        uint64_t rs = record_size(base, i - start);
+        if (bsize + rs > (uint64_t)max_bytes) {
+            if (i > start) {
+                if (ncuts == cap) {
+                    cap = cap ? 2 * cap : 16;
+                    Cut *grown = PyMem_Realloc(cuts, (size_t)cap * sizeof(Cut));
+                    if (!grown) { PyErr_NoMemory(); goto done; }
+                    cuts = grown;
+                }
+                cuts[ncuts++] = (Cut){start, i - start, bsize};
+                start = i;
+                bsize = BATCH_OVERHEAD;
+                rs = record_size(base, 0);
+            }
+            if (BATCH_OVERHEAD + rs > (uint64_t)max_bytes) {
+                raise_too_large(i, BATCH_OVERHEAD + rs, max_bytes);
+                goto done;
+            }
+        }
+        bsize += rs;
+    }
+    if (n > start) {
+        if (ncuts == cap) {
+            Cut *grown = PyMem_Realloc(cuts, (size_t)(cap + 1) * sizeof(Cut));
+            if (!grown) { PyErr_NoMemory(); goto done; }
+            cuts = grown;
+        }
+        cuts[ncuts++] = (Cut){start, n - start, bsize};
+    }
+
+    /* pass 2: one exact-size bytearray per batch */
+    PyObject *list = PyList_New(ncuts);
+    if (!list) goto done;
+    for (Py_ssize_t b = 0; b < ncuts; b++) {
+        PyObject *ba = write_batch(kseq, vseq, &cuts[b], (int64_t)timestamp_ms);
+        if (!ba) { Py_DECREF(list); goto done; }
+        PyObject *pair = Py_BuildValue("(Nn)", ba, cuts[b].count);
+        if (!pair) { Py_DECREF(list); goto done; }
+        PyList_SET_ITEM(list, b, pair);
+    }
+    result = list;
+done:
+    PyMem_Free(cuts);
+    Py_DECREF(kseq);
+    Py_DECREF(vseq);
+    return result;
+}
+
+/* ---------------------------------------------------------------- helpers ------- */
+
+static PyObject *crc32c(PyObject *self, PyObject *args, PyObject *kw) {
+    (void)self;
+    static char *kwlist[] = {"data", "force_portable", NULL};
+    Py_buffer data;
+    int force_portable = 0;
+    if (!PyArg_ParseTupleAndKeywords(args, kw, "y*|p:_crc32c", kwlist, &data, &force_portable)) return NULL;
+    crc_fn f = force_portable ? crc_portable : crc_update;
+    uint32_t crc = ~f(0xFFFFFFFFu, data.buf, (size_t)data.len);
+    PyBuffer_Release(&data);
+    return PyLong_FromUnsignedLong(crc);
+}
+
+static PyObject *set_too_large_error(PyObject *self, PyObject *cls) {
+    (void)self;
+    Py_XSETREF(TooLargeCls, Py_NewRef(cls));
+    Py_RETURN_NONE;
+}
+
+static PyMethodDef methods[] = {
+    {"build", build, METH_VARARGS,
+     "build(keys, values, timestamp_ms, max_bytes) -> list[tuple[bytearray, int]]\n"
+     "The records cut into as few RecordBatch v2 buffers of at most max_bytes as possible."},
+    {"_crc32c", (PyCFunction)(void (*)(void))crc32c, METH_VARARGS | METH_KEYWORDS,
+     "_crc32c(data, force_portable=False) -> int: CRC-32C (Castagnoli) of a bytes-like object."},
+    {"set_too_large_error", set_too_large_error, METH_O,
+     "Register the exception class build raises as cls(index, size, max_bytes)."},
+    {NULL, NULL, 0, NULL}
+};
+
+static struct PyModuleDef mod = {PyModuleDef_HEAD_INIT, "_recordbatch",
+    "Kafka RecordBatch v2 buffers built in C (see fleetcloak.streams.recordbatch).", -1, methods,
+    NULL, NULL, NULL, NULL};
+
+PyMODINIT_FUNC PyInit__recordbatch(void) {
+    crc_init_tables();
+#if HAVE_SSE42_PATH
+    if (have_sse42()) crc_update = crc_sse42;
+#endif
+    PyObject *m = PyModule_Create(&mod);
+    if (m && (PyModule_AddIntConstant(m, "BATCH_OVERHEAD", BATCH_OVERHEAD) < 0 ||
+              PyModule_AddStringConstant(m, "CRC_IMPL", crc_update == crc_portable ? "portable" : "sse4.2") < 0))
+        Py_CLEAR(m);
+    return m;
+}

@@ -1,0 +1,96 @@
+"""Whole Kafka RecordBatch v2 buffers for many records in one C call.
+
+The producer loop used to call aiokafka's `BatchBuilder.append` once per output message;
+`build_batches` encodes a partition's messages at once (`_recordbatch.c`) and hands back
+`PrebuiltBatch` objects that `AIOKafkaProducer.send_batch` takes in place of the
+builder from `producer.create_batch()`.
+
+The buffers are byte for byte what aiokafka's producer writes for
+`append(timestamp=t, key=k, value=v)` with no headers (tested): magic 2, no compression,
+partitionLeaderEpoch -1, producerId -1, producerEpoch -1, baseSequence 0 (aiokafka's
+BatchBuilder passes 0, not Kafka's NO_SEQUENCE -1), one timestamp for every record.
+Batches are filled up to max_bytes inclusive, as aiokafka's pure-Python builder does;
+its Cython builder, the one the producer uses, stops at batch_size - 1.
+
+Limits, by design: no headers, no compression, and no idempotent or transactional
+producer (those need producer id and sequence written into the batch when the sender
+drains it: `_set_producer_state` raises).
+"""
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+from . import _recordbatch
+
+BATCH_OVERHEAD = _recordbatch.BATCH_OVERHEAD  # RecordBatch header bytes before the first record
+
+
+class RecordTooLarge(ValueError):
+    """One record does not fit a batch of max_bytes even on its own."""
+
+    def __init__(self, index: int, size: int, max_bytes: int) -> None:
+        super().__init__(f"record {index} needs a {size}-byte batch of its own "
+                         f"({BATCH_OVERHEAD}-byte header included), more than max_bytes={max_bytes}")
+        self.index = index
+        self.size = size
+        self.max_bytes = max_bytes
+
+    def __reduce__(self):
+        return type(self), (self.index, self.size, self.max_bytes)
+
+
+_recordbatch.set_too_large_error(RecordTooLarge)
+
+
+class PrebuiltBatch:
+    """A finished batch, in the shape of aiokafka's `BatchBuilder` as its producer uses it.
+
+    MessageAccumulator and the sender call: `append` (by `producer.send()` when this
+    batch is the last one queued for its partition: None sends it to a new batch),
+    `close`, `closed`, `record_count`, `_build` (the bytes sent, again on a retry),
+    `_set_producer_state` (only with idempotence or transactions). `size` is the
+    builder's public size.
+    """
+
+    __slots__ = ("_buffer", "_count")
+
+    def __init__(self, buffer: bytearray, record_count: int) -> None:
+        self._buffer = buffer
+        self._count = record_count
+
+    def append(self, *, timestamp, key, value, headers=None) -> None:
+        return None  # full: the accumulator starts a new batch for the message
+
+    def close(self) -> None:
+        pass
+
+    def closed(self) -> bool:
+        return True
+
+    def _build(self) -> bytearray:
+        return self._buffer
+
+    def size(self) -> int:
+        return len(self._buffer)
+
+    def record_count(self) -> int:
+        return self._count
+
+    def _set_producer_state(self, producer_id, producer_epoch, base_sequence):
+        raise RuntimeError("a PrebuiltBatch cannot be sent by an idempotent or transactional producer "
+                           "(enable_idempotence=True or transactional_id set): its producer id and "
+                           "sequence are fixed at -1/-1/0")
+
+    def __repr__(self) -> str:
+        return f"PrebuiltBatch(records={self._count}, bytes={len(self._buffer)})"
+
+
+def build_batches(keys: Sequence[bytes | None], values: Sequence[bytes | None],
+                  timestamp_ms: int, max_bytes: int) -> list[PrebuiltBatch]:
+    """The records in order, cut into as few batches of at most max_bytes as possible.
+
+    keys[i], values[i]: bytes, any bytes-like object, or None. Every record gets
+    timestamp_ms (CreateTime). A record too large for a batch of its own raises
+    RecordTooLarge (a ValueError) with its index and the size it needs.
+    """
+    return [PrebuiltBatch(buf, count) for buf, count in _recordbatch.build(keys, values, timestamp_ms, max_bytes)]
