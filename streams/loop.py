@@ -32,15 +32,18 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
+from operator import itemgetter
 from dataclasses import dataclass
 from typing import Callable
 
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, ConsumerRebalanceListener, TopicPartition
 from aiokafka.errors import CommitFailedError, IllegalStateError
 from aiokafka.partitioner import murmur2
+import numpy as np
 
 from fleetcloak.streams.metrics import WorkerMetrics, summary_line
-from fleetcloak.streams.seam import ControlSnapshot, Pipeline, PipelineFactory, as_pipeline
+from fleetcloak.streams.recordbatch import RecordTooLarge, build_batches
+from fleetcloak.streams.seam import ControlSnapshot, OutputBlock, Pipeline, PipelineFactory, ProcessResult, as_pipeline
 from fleetcloak.streams.topics import RAW
 
 log = logging.getLogger(__name__)
@@ -347,8 +350,8 @@ class BatchLoop:
         self.busy += time.perf_counter() - t0
         await self._finish_in_flight()
         t1 = time.perf_counter()
-        self._in_flight = _InFlight(len(messages), len(result.outputs), result.counts, last,
-                                    await self._produce(result.outputs), t0)
+        self._in_flight = _InFlight(len(messages), len(result), result.counts, last,
+                                    await self._produce(result), t0)
         self.busy += time.perf_counter() - t1
 
     async def _finish_in_flight(self) -> None:
@@ -408,41 +411,82 @@ class BatchLoop:
             p = self._partition_cache[cache_key] = parts[(murmur2(key) & 0x7FFFFFFF) % len(parts)]
         return p
 
-    async def _produce(self, outputs) -> list:
+    async def _produce(self, result: ProcessResult) -> list:
         """Produce every output in per-partition batches; returns their delivery futures."""
-        producer = self._producer
-        builders: dict[tuple[str, int], object] = {}
-        futures = []
-        per_topic: dict[str, tuple] = {}  # topic -> (partitions, {key: partition}) for this call
         try:
-            for topic, key, value, headers in outputs:
-                if type(headers) is not list:  # aiokafka's C batch builder takes lists only
-                    headers = list(headers) if headers else []
-                t = per_topic.get(topic)
-                if t is None:
-                    parts = self._partitions.get(topic) or await self._partitions_of(topic)
-                    t = per_topic[topic] = (parts, {})
-                parts, known = t
-                if key is None:
-                    p = self._partition_for(topic, key, parts)
-                else:
-                    p = known.get(key)
-                    if p is None:
-                        p = known[key] = self._partition_for(topic, key, parts)
-                builder = builders.get((topic, p))
-                if builder is None:
-                    builder = builders[(topic, p)] = producer.create_batch()
-                if builder.append(key=key, value=value, timestamp=None, headers=headers) is None:
-                    futures.append(await producer.send_batch(builder, topic, partition=p))
-                    builder = builders[(topic, p)] = producer.create_batch()
-                    if builder.append(key=key, value=value, timestamp=None, headers=headers) is None:
-                        raise DeliveryFailed(f"an output message for {topic} is larger than a producer batch")
-            for (topic, p), builder in builders.items():
-                futures.append(await producer.send_batch(builder, topic, partition=p))
+            futures = await self._produce_singles(result.outputs)
+            for block in result.blocks:
+                futures += await self._produce_block(block)
         except DeliveryFailed:
             raise
         except Exception as exc:
             raise DeliveryFailed(f"producing the batch's outputs failed: {exc!r}") from exc
+        return futures
+
+    async def _produce_block(self, block: OutputBlock) -> list:
+        """A block's messages grouped by partition (order kept within each), each group as
+        Kafka record batches built in one C call (streams/recordbatch.py)."""
+        if not len(block):
+            return []
+        topic, keys, values = block.topic, block.keys, block.values
+        parts = self._partitions.get(topic) or await self._partitions_of(topic)
+        of_key = {k: self._partition_for(topic, k, parts) for k in dict.fromkeys(keys) if k is not None}
+        if None in keys:  # no key: round robin, message by message
+            part_of = [of_key[k] if k is not None else self._partition_for(topic, None, parts) for k in keys]
+        else:
+            part_of = list(map(of_key.__getitem__, keys))
+        distinct = set(part_of)
+        if len(distinct) == 1:
+            groups = {distinct.pop(): (keys, values)}
+        else:
+            codes = np.fromiter(part_of, dtype=np.int64, count=len(part_of))
+            groups = {}
+            for p in sorted(distinct):
+                pick = itemgetter(*np.flatnonzero(codes == p).tolist())
+                k, v = pick(keys), pick(values)
+                groups[p] = (k, v) if type(k) is tuple else ((k,), (v,))  # itemgetter of one index: the item
+        timestamp_ms = int(time.time() * 1000)
+        producer, max_bytes, futures = self._producer, self.settings.producer_batch_bytes, []
+        for p, (k, v) in groups.items():
+            try:
+                batches = build_batches(k, v, timestamp_ms, max_bytes)
+            except RecordTooLarge as exc:
+                raise DeliveryFailed(f"an output message for {topic} is larger than a producer batch "
+                                     f"({exc.size} > {max_bytes} bytes)") from exc
+            for batch in batches:
+                futures.append(await producer.send_batch(batch, topic, partition=p))
+        return futures
+
+    async def _produce_singles(self, outputs) -> list:
+        """Messages one by one through aiokafka's batch builder (headers, tombstones)."""
+        producer = self._producer
+        builders: dict[tuple[str, int], object] = {}
+        futures = []
+        per_topic: dict[str, tuple] = {}  # topic -> (partitions, {key: partition}) for this call
+        for topic, key, value, headers in outputs:
+            if type(headers) is not list:  # aiokafka's C batch builder takes lists only
+                headers = list(headers) if headers else []
+            t = per_topic.get(topic)
+            if t is None:
+                parts = self._partitions.get(topic) or await self._partitions_of(topic)
+                t = per_topic[topic] = (parts, {})
+            parts, known = t
+            if key is None:
+                p = self._partition_for(topic, key, parts)
+            else:
+                p = known.get(key)
+                if p is None:
+                    p = known[key] = self._partition_for(topic, key, parts)
+            builder = builders.get((topic, p))
+            if builder is None:
+                builder = builders[(topic, p)] = producer.create_batch()
+            if builder.append(key=key, value=value, timestamp=None, headers=headers) is None:
+                futures.append(await producer.send_batch(builder, topic, partition=p))
+                builder = builders[(topic, p)] = producer.create_batch()
+                if builder.append(key=key, value=value, timestamp=None, headers=headers) is None:
+                    raise DeliveryFailed(f"an output message for {topic} is larger than a producer batch")
+        for (topic, p), builder in builders.items():
+            futures.append(await producer.send_batch(builder, topic, partition=p))
         return futures
 
     # --- pipeline -------------------------------------------------------------------------

@@ -28,7 +28,6 @@ import os
 import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
-from itertools import repeat
 
 import numpy as np
 
@@ -36,7 +35,7 @@ from fleetcloak.anonymize.batch_columns import columns_from_batch
 from fleetcloak.anonymize.render import controller_json, processor_json
 from fleetcloak.codecs import DecodeError, decode_batch
 from fleetcloak.codecs import tcp, udp
-from fleetcloak.streams.seam import ControlSnapshot, Counts, Pipeline, ProcessResult, RawMessage
+from fleetcloak.streams.seam import ControlSnapshot, Counts, OutputBlock, Pipeline, ProcessResult, RawMessage
 from fleetcloak.streams.topics import (
     ANALYTICS, DEADLETTER, KEYS, MAX_TELEMETRY_RETENTION_DAYS, analytics_topic, deadletter_topic,
     tenant_topic, tenant_topic_name,
@@ -169,6 +168,7 @@ class TelemetryPipeline:
 
     def _process(self, batch: Sequence[RawMessage]) -> ProcessResult:
         outputs: list[tuple] = []
+        blocks: list[OutputBlock] = []
         counts = Counts()
         frames: list[bytes] = []
         sources: list[RawMessage] = []
@@ -199,12 +199,12 @@ class TelemetryPipeline:
             sources.append(m)
             imeis.append(imei)
         if frames:
-            self._records(frames, sources, imeis, outputs, counts)
+            self._records(frames, sources, imeis, outputs, blocks, counts)
         for name, value in self.keystore.drain():
             outputs.append((KEYS, name, value, None))
-        return ProcessResult(outputs, counts)
+        return ProcessResult(outputs, counts, blocks)
 
-    def _records(self, frames, sources, imeis, outputs, counts) -> None:
+    def _records(self, frames, sources, imeis, outputs, blocks, counts) -> None:
         batch = decode_batch(frames)
         for k, err in batch.errors:
             counts.received += 1
@@ -234,10 +234,10 @@ class TelemetryPipeline:
             rows = np.flatnonzero(rec_code == i)
             route = self.routes[tenant]
             self._tenant(route, batch, rows, rec_imei, rec_family, ts, now_ms,
-                         sources, outputs, counts)
+                         sources, outputs, blocks, counts)
 
     def _tenant(self, route: TenantRoute, batch, rows, rec_imei, rec_family, ts, now_ms,
-                sources, outputs, counts) -> None:
+                sources, outputs, blocks, counts) -> None:
         t = route.tenant
         # retention gate
         rts = ts[rows]
@@ -293,9 +293,9 @@ class TelemetryPipeline:
                     by_frame.setdefault(f, [dev]).append(v)
                 devs = [g[0] for g in by_frame.values()]
                 packed = [b'{"records":[' + b",".join(g[1:]) + b"]}" for g in by_frame.values()]
-            outputs.extend(zip(repeat(topic), _keys(devs), packed, repeat(None)))
+            blocks.append(OutputBlock(topic, _keys(devs), packed))
         else:
-            outputs.extend(zip(repeat(topic), _keys(devices), values, repeat(None)))
+            blocks.append(OutputBlock(topic, _keys(devices), values))
         # controller route: fresh records the subjects allow
         cmask = fresh & allow_ctrl
         if not cmask.any():
@@ -319,7 +319,7 @@ class TelemetryPipeline:
         if cvalues:
             counts.copies[("controller", t)] += len(cvalues)
             cdevices = ctrl.device[ctrl.keep].tolist()
-            outputs.extend(zip(repeat(ANALYTICS), _keys(cdevices), cvalues, repeat(None)))
+            blocks.append(OutputBlock(ANALYTICS, _keys(cdevices), cvalues))
 
 
 def _keys(devices: list[str]) -> list[bytes]:

@@ -7,7 +7,10 @@ telematics and nothing about Kafka. They meet here:
     pipeline.process(batch: Sequence[RawMessage]) -> ProcessResult   # pure, synchronous
 
 `process` gets a whole `getmany()` batch (all partitions, in offset order per partition)
-and returns every output message for it plus the batch's accounting. It must not do IO
+and returns every output message for it plus the batch's accounting: single messages
+(`outputs`: dead letters, key writes, anything with headers) and blocks of many
+messages to one topic (`blocks`: the telemetry routes), which the loop turns into Kafka
+record batches in one C call each instead of one Python call per message. It must not do IO
 and must not keep a reference to the batch. It MAY raise: the loop then stops the worker
 without committing anything of the batch (bad *input* is data, routed to the dead-letter
 topic by the pipeline; an exception means a bug, and a bug must not be acked).
@@ -49,6 +52,22 @@ class Message:
 # compacted topics, e.g. a key write to fleetcloak.keys that rides with the batch);
 # headers a list of (str, bytes), or None.
 Output = tuple[str, "bytes | None", "bytes | None", "Sequence[tuple[str, bytes]] | None"]
+
+
+@dataclass(frozen=True, slots=True)
+class OutputBlock:
+    """Many output messages to one topic, without headers: (keys[i], values[i]), in order.
+    A key None goes to any partition; values are bytes (no tombstones in a block)."""
+    topic: str
+    keys: "list[bytes | None]"
+    values: list[bytes]
+
+    def __post_init__(self) -> None:
+        if len(self.keys) != len(self.values):
+            raise ValueError(f"OutputBlock for {self.topic}: {len(self.keys)} keys but {len(self.values)} values")
+
+    def __len__(self) -> int:
+        return len(self.values)
 
 
 @dataclass
@@ -95,6 +114,18 @@ class Counts:
 class ProcessResult:
     outputs: list[Output]
     counts: Counts
+    blocks: list[OutputBlock] = field(default_factory=list)
+
+    def __len__(self) -> int:
+        """Output messages in all."""
+        return len(self.outputs) + sum(map(len, self.blocks))
+
+    def messages(self) -> list[Output]:
+        """Every output message as an Output tuple: the single ones, then each block's."""
+        out = list(self.outputs)
+        for b in self.blocks:
+            out.extend((b.topic, k, v, None) for k, v in zip(b.keys, b.values))
+        return out
 
 
 ProcessFn = Callable[[Sequence[RawMessage]], ProcessResult]

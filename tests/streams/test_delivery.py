@@ -9,7 +9,7 @@ import signal
 import pytest
 
 from fleetcloak.streams.loop import BatchLoop, DeliveryFailed, LoopSettings, PipelineFailed, await_delivery
-from fleetcloak.streams.seam import Counts, Pipeline, ProcessResult, passthrough_factory
+from fleetcloak.streams.seam import Counts, OutputBlock, Pipeline, ProcessResult, passthrough_factory
 from fleetcloak.streams.topicio import unique_name
 
 pytestmark = pytest.mark.broker
@@ -103,11 +103,13 @@ def test_failed_delivery_raises(tmp_path):
                                               request_timeout_ms=1500, retry_backoff_ms=100)
             await loop._producer.start()
             try:
-                futures = await loop._produce([("out", b"k%d" % i, b"x" * 100, None) for i in range(100)])
-                await await_delivery(futures)  # fine
+                futures = await loop._produce(ProcessResult(
+                    [("out", b"k%d" % i, b"x" * 100, None) for i in range(100)], Counts(),
+                    [OutputBlock("out", [b"k%d" % i for i in range(100)], [b"z" * 100] * 100)]))
+                await await_delivery(futures)  # fine, singles and blocks
                 doomed.stop()
                 with pytest.raises(DeliveryFailed, match="not delivered"):
-                    futures = await loop._produce([("out", b"k", b"y" * 100, None)])
+                    futures = await loop._produce(ProcessResult([], Counts(), [OutputBlock("out", [b"k"], [b"y" * 100])]))
                     await asyncio.wait_for(await_delivery(futures), 30)
             finally:
                 await loop._producer.stop()

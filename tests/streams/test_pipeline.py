@@ -57,7 +57,7 @@ def run(fleet, batch_size=500, builder=None):
         r = pipe.process(fleet["msgs"][k:k + batch_size])
         assert r.counts.balanced(), r.counts
         counts.add(r.counts)
-        outputs += r.outputs
+        outputs += r.messages()
     return counts, outputs, builder
 
 
@@ -209,7 +209,7 @@ def test_redelivered_batch_gives_the_same_record_ids_and_is_not_forwarded_twice(
     builder2 = PipelineBuilder(builder.master)
     builder2.keystore.sync({k: v for k, v in _keys(first.outputs)})
     fresh = builder2(ControlSnapshot(fleet["policies"], dict(_keys(first.outputs)), {})).process(fleet["msgs"][:300])
-    ids = lambda r: sorted(json.loads(v)["record_id"] for t, _, v, _ in r.outputs if t.startswith("tenant."))
+    ids = lambda r: sorted(json.loads(v)["record_id"] for t, _, v, _ in r.messages() if t.startswith("tenant."))
     assert ids(fresh) == ids(first)
 
 
