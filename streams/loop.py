@@ -394,6 +394,13 @@ class BatchLoop:
     async def _partitions_of(self, topic: str) -> list[int]:
         parts = self._partitions.get(topic)
         if parts is None:
+            # Track the topic in the producer's metadata first. aiokafka's first metadata
+            # answer lists every topic, and partitions_for() finds a topic there without
+            # tracking it; once any topic is tracked, updates ask for the tracked ones only
+            # and the others vanish from its metadata: a batch pending for one of them then
+            # fails with NotLeaderForPartitionError after request_timeout_ms (measured:
+            # dead letters and key writes whenever a tenant topic is created after start).
+            await self._producer.client.add_topic(topic)
             parts = self._partitions[topic] = sorted(await self._producer.partitions_for(topic))
         return parts
 

@@ -116,6 +116,37 @@ def test_failed_delivery_raises(tmp_path):
         asyncio.run(go())
 
 
+def test_topics_known_at_start_stay_deliverable_when_a_new_topic_appears(broker, new_topic, topic_io):
+    """aiokafka drops from its metadata the topics it found in its first all-topics answer
+    as soon as it tracks another one; the loop tracks every topic it produces to, so a
+    dead letter pending while a new tenant's topic is created is still delivered."""
+    from aiokafka import AIOKafkaProducer
+
+    from fleetcloak.streams.topics import TopicSpec
+
+    old = new_topic("old", 1)
+    new = unique_name("new")
+
+    async def go():
+        loop = BatchLoop(LoopSettings(broker), passthrough_factory("unused"))
+        loop._producer = AIOKafkaProducer(bootstrap_servers=broker, acks="all", request_timeout_ms=4000)
+        await loop._producer.start()  # its first metadata lists every topic, `old` among them
+        try:
+            await loop._ensure_topics([TopicSpec(new, 2, {})])  # created after the producer started
+            futures = await loop._produce(ProcessResult([(old, b"k", b"dead letter", [("h", b"1")])], Counts(),
+                                                        [OutputBlock(new, [b"a", b"b"], [b"1", b"2"])]))
+            await asyncio.wait_for(await_delivery(futures), 20)
+            await loop._producer.client.force_metadata_update()
+            assert {old, new} <= loop._producer.client.cluster.topics()  # neither vanished
+            futures = await loop._produce(ProcessResult([(old, b"k", b"another", None)], Counts()))
+            await asyncio.wait_for(await_delivery(futures), 20)
+        finally:
+            await loop._producer.stop()
+    asyncio.run(go())
+    assert [r.value for r in topic_io.read_all(old)] == [b"dead letter", b"another"]
+    assert sorted(r.value for r in topic_io.read_all(new)) == [b"1", b"2"]
+
+
 def test_sigkill_mid_stream_then_restart_delivers_every_record(broker, new_topic, topic_io, worker_process, wait_until):
     n = 40_000
     src = new_topic("raw", 4)
