@@ -270,6 +270,7 @@ typedef struct {
     PyObject *obj;          /* K_OBJ: the list; K_CONST: the value (borrowed) */
     Arr arr;                /* buffer kinds */
     Py_ssize_t len;         /* rows the column has */
+    struct F64Text *texts;  /* K_F64: texts written, by value (see put_f64_cached) */
 } Field;
 
 typedef struct {
@@ -500,13 +501,43 @@ static int field_parse(Field *f, PyObject *spec, int index) {
     return -1;
 }
 
+/* Coarsened positions repeat (a parked vehicle, a grid cell, a fleet's records
+ * interleaved in a batch) and repr's slow path costs ~1 us per value: a direct-mapped
+ * cache of the texts already written for a column, keyed by the value's bits. */
+#define F64_TEXTS 512
+struct F64Text {
+    uint64_t bits;
+    uint8_t len;            /* 0: empty */
+    char txt[31];
+};
+
+static int put_f64_cached(Buf *b, Field *f, double v) {
+    uint64_t bits;
+    memcpy(&bits, &v, sizeof bits);
+    if (!f->texts) {
+        f->texts = PyMem_Calloc(F64_TEXTS, sizeof(struct F64Text));
+        if (!f->texts) { PyErr_NoMemory(); return -1; }
+    }
+    struct F64Text *t = &f->texts[(bits * 0x9E3779B97F4A7C15ull) >> 55];  /* 9 bits */
+    if (t->len && t->bits == bits) return put(b, t->txt, t->len);
+    Py_ssize_t start = b->len;
+    if (put_f64(b, v) < 0) return -1;
+    Py_ssize_t n = b->len - start;
+    if (n <= (Py_ssize_t)sizeof t->txt) {
+        memcpy(t->txt, b->p + start, (size_t)n);
+        t->len = (uint8_t)n;
+        t->bits = bits;
+    }
+    return 0;
+}
+
 static int put_field(Buf *b, Field *f, Py_ssize_t i) {
     if (put(b, f->prefix, f->prefix_len) < 0) return -1;
     switch (f->kind) {
     case K_OBJ: return put_obj(b, PyList_GET_ITEM(f->obj, i), f->name);
     case K_CONST: return put_obj(b, f->obj, f->name);
     case K_I64: return put_i64(b, ((const int64_t *)f->arr.view.buf)[i]);
-    case K_F64: return put_f64(b, ((const double *)f->arr.view.buf)[i]);
+    case K_F64: return put_f64_cached(b, f, ((const double *)f->arr.view.buf)[i]);
     case K_F64INT: {
         double v = ((const double *)f->arr.view.buf)[i];
         if (isnan(v)) return PUT_LIT(b, "null");
@@ -591,7 +622,10 @@ static PyObject *render_records(PyObject *self, PyObject *args) {
 fail:
     Py_CLEAR(out);
 done:
-    for (Py_ssize_t k = 0; fields && k < nf; k++) arr_release(&fields[k].arr);
+    for (Py_ssize_t k = 0; fields && k < nf; k++) {
+        arr_release(&fields[k].arr);
+        PyMem_Free(fields[k].texts);
+    }
     PyMem_Free(fields);
     io_release(&io);
     arr_release(&rows);

@@ -116,6 +116,23 @@ def test_values_read_back_exactly(v, x, k):
     assert got["q"] == k / 1e7 and got["i"] == k and got["t"] == k and got["b"] is (k % 2 == 0)
 
 
+def test_repeated_floats_come_from_the_text_cache_unchanged():
+    """Coarsened positions repeat; their texts are cached by value in a 512-slot table:
+    thousands of distinct values (many sharing a slot), repeated and interleaved, each
+    read back exactly, with -0.0, NaN and the 7-decimal fast path among them."""
+    rng = np.random.default_rng(3)
+    distinct = np.concatenate([(np.arange(3000) + 0.5) * (180.0 / 40_000),  # grid centres
+                               rng.uniform(-180, 180, 3000).round(7), [0.0, -0.0, np.nan, 1e-300, -5e-5]])
+    col = distinct[rng.integers(0, len(distinct), 40_000)]
+    out = _render.records(len(col), [("v", _render.K_F64, col)], None, None)
+    for v, text in zip(col.tolist(), out):
+        got = json.loads(text)["v"]
+        if math.isnan(v):
+            assert got is None
+        else:
+            assert got == v and math.copysign(1, got) == math.copysign(1, v)
+
+
 def test_nan_is_null_and_rows_pick_and_permute():
     out = _render.records(3, [("x", _render.K_F64INT, np.array([1.9, np.nan, -2.7])),
                               ("s", _render.K_OBJ, ["a", "b", "c"])], np.array([2, 1, 2], dtype=np.int64), None)
