@@ -1,28 +1,33 @@
 """The batched at-least-once delivery loop.
 
-    getmany() ─▶ process(batch n) ─▶ await delivery of batch n-1 ─▶ commit n-1
-              ─▶ produce every output of n (no await per message) ─▶ getmany() ...
+    getmany(n) ─▶ await the result of n-1 ─▶ start processing n
+               ─▶ await delivery of n-2, commit n-2 ─▶ produce every output of n-1
+               ─▶ getmany(n+1) ...
 
 A source offset is committed only after every output of its batch has been
-acknowledged by the broker (acks=all). Batches are pipelined one deep: batch n is
-fetched and processed while the broker acknowledges batch n-1, whose commit follows
-its acknowledgements (the worker's CPU and the broker's overlap instead of taking
-turns); commits stay in batch order. Anything else stops the loop *without*
+acknowledged by the broker (acks=all). Batches are pipelined: batch n is processed
+while batch n-1's outputs are produced and acknowledged and n+1 is fetched. With the
+pipeline in a child process (streams/runner.py, the worker's default) that is two
+cores at work: the child processes while this process does Kafka I/O. With the
+pipeline in the loop, processing blocks the event loop and the overlap is with the
+broker only. Commits stay in batch order. Anything else stops the loop *without*
 committing: an exception from `process` (a bug: Faust would ack and skip it), a failed
-delivery (Faust's flush() would not even raise), a dead control-plane reader. The
-batch in flight before a failed `process` is still delivered and committed (its
-outputs were produced before the failure); the failed batch and anything after it stay
-uncommitted and are redelivered to whoever owns their partition next. Duplicates are
+delivery (Faust's flush() would not even raise), a dead control-plane reader, a dead
+pipeline process. The batch in flight before a failed `process` is still delivered and
+committed (its outputs were produced before the failure); the failed batch and anything
+after it stay uncommitted and are redelivered to whoever owns their partition next (no
+batch is started before the one before it has processed without error). Duplicates are
 possible, losses are not; every output carries a deterministic `record_id` (the
 pipeline's job) so consumers can drop the duplicates.
 
-Rebalances: the batch being processed and the batch in flight hold `_batch_lock`;
-`on_partitions_revoked` takes it and delivers and commits the batch in flight first, so
-every batch whose processing started is delivered and committed while this member
-still owns its partitions (the commit of the old generation is accepted until the
+Rebalances: each step of the loop holds `_batch_lock`; `on_partitions_revoked` takes it
+and settles everything started first (awaits the batch being processed, produces its
+outputs, delivers and commits both it and the batch in flight), so every batch whose
+processing started is delivered and committed while this member still owns its
+partitions (the commit of the old generation is accepted until the
 group moves on). Records fetched for a partition that was revoked before their batch
-started are dropped unprocessed and uncommitted. A commit refused because the group
-already moved on is not an error: the outputs are delivered, the new owner redelivers
+started are dropped unprocessed and uncommitted. Control changes apply between batches, when no batch is being processed. A commit
+refused because the group already moved on is not an error: the outputs are delivered, the new owner redelivers
 the records, consumers see duplicates.
 
 This module knows nothing of telematics: see streams/seam.py for the pipeline seam.
@@ -43,21 +48,11 @@ import numpy as np
 
 from fleetcloak.streams.metrics import WorkerMetrics, summary_line
 from fleetcloak.streams.recordbatch import RecordTooLarge, build_batches
-from fleetcloak.streams.seam import ControlSnapshot, OutputBlock, Pipeline, PipelineFactory, ProcessResult, as_pipeline
+from fleetcloak.streams.runner import Built, ChildRunner, InLoopRunner, PipelineError, Started
+from fleetcloak.streams.seam import ControlSnapshot, OutputBlock, PipelineFactory, ProcessResult
 from fleetcloak.streams.topics import RAW
 
 log = logging.getLogger(__name__)
-
-
-def _blame(exc: BaseException) -> str:
-    """Type and innermost frame of a pipeline exception, never its message: a message
-    written by pipeline code may quote the record it choked on (an IMEI), and log lines
-    must not carry raw identifiers."""
-    import traceback
-
-    frames = traceback.extract_tb(exc.__traceback__)
-    where = f" at {frames[-1].filename.rsplit('/', 2)[-1]}:{frames[-1].lineno} in {frames[-1].name}" if frames else ""
-    return f"{type(exc).__name__}{where}"
 
 
 class WorkerFailed(RuntimeError):
@@ -86,6 +81,7 @@ class LoopSettings:
     stop_when_drained: bool = False     # return once every owned partition is processed up to its high-watermark
     session_timeout_ms: int = 10_000
     heartbeat_interval_ms: int = 3_000
+    pipeline_in_child: bool = False     # run the pipeline in a child process (streams/runner.py)
 
 
 async def await_delivery(futures: list) -> None:
@@ -94,6 +90,16 @@ async def await_delivery(futures: list) -> None:
     errors = [r for r in results if isinstance(r, BaseException)]
     if errors:
         raise DeliveryFailed(f"{len(errors)} of {len(futures)} output batches were not delivered: {errors[0]!r}")
+
+
+@dataclass
+class _Started:
+    """A batch handed to the pipeline runner, not yet produced."""
+
+    work: Started         # its result, when ready
+    consumed: int
+    last: dict            # TopicPartition -> last offset of the batch
+    started: float        # perf_counter when it was started
 
 
 @dataclass
@@ -141,7 +147,12 @@ class _Rebalance(ConsumerRebalanceListener):
         # Wait for the batch being processed and deliver and commit the one in flight:
         # both are committed before we let go.
         async with self._loop._batch_lock:
-            await self._loop._finish_in_flight()
+            try:
+                await self._loop._settle()
+            except BaseException as exc:
+                # aiokafka logs and swallows a listener's exception: the loop raises it
+                self._loop._listener_failure = exc
+                raise
             self._loop._owned.difference_update(revoked)
             for tp in revoked:
                 self._loop._forget_lag(tp)
@@ -169,7 +180,10 @@ class BatchLoop:
         self.control = control      # ControlPlane or None (an empty snapshot then)
         self.metrics = metrics or WorkerMetrics()
         self.on_started = on_started
-        self.pipeline: Pipeline | None = None
+        self._runner = ChildRunner(factory) if settings.pipeline_in_child else InLoopRunner(factory)
+        self.pipeline: Built | None = None  # what the runner's pipeline needs: its topics, its description
+        self._started: _Started | None = None  # handed to the runner, not yet produced
+        self._listener_failure: BaseException | None = None
         self.assigned = asyncio.Event()
         self._owned: set[TopicPartition] = set()
         self._batch_lock = asyncio.Lock()
@@ -256,11 +270,11 @@ class BatchLoop:
         # off, so stopping the consumer leaves the group without committing.)
         if self._consumer is not None:
             await _leave_generation_zero(self._consumer)
-        for client in (self._consumer, self._producer):
+        for client in (self._consumer, self._producer, self._runner):
             if client is None:
                 continue
             try:
-                await client.stop()
+                await (client.close() if client is self._runner else client.stop())
             except Exception as exc:  # closing must not hide the failure that got us here
                 log.warning("closing %s failed: %r", type(client).__name__, exc)
         if self.started_at is not None:
@@ -277,29 +291,22 @@ class BatchLoop:
             while not self._stopping:
                 if self.control is not None and (err := self.control.failed()) is not None:
                     raise WorkerFailed(f"control-plane reader failed: {err!r}") from err
-                if self._rebuild or self._changed:
-                    async with self._batch_lock:
-                        await self._apply_control_changes()
-                batch = await consumer.getmany(timeout_ms=0 if self._in_flight else self.settings.poll_timeout_ms,
+                if self._listener_failure is not None:
+                    raise WorkerFailed(f"settling before a rebalance failed: {self._listener_failure!r}") \
+                        from self._listener_failure
+                busy = self._started is not None or self._in_flight is not None
+                # getmany() waits through a rebalance without a timeout (seconds on Tansu);
+                # the step after it applies any control change (an erasure) that arrived.
+                batch = await consumer.getmany(timeout_ms=0 if busy else self.settings.poll_timeout_ms,
                                                max_records=self.settings.max_records)
-                if not batch:
-                    async with self._batch_lock:  # nothing new: settle the batch in flight now
-                        await self._finish_in_flight()
-                    if self.settings.stop_when_drained and await self.drained():
-                        log.info("input drained up to the high-watermark of %s: stopping", _fmt_tps(self._owned))
-                        break
-                    continue
                 if self._stopping:  # fetched but not started: leave it uncommitted
                     break
-                if self.first_batch_at is None:
-                    self.first_batch_at = time.perf_counter()
                 async with self._batch_lock:
-                    if self._rebuild or self._changed:
-                        # getmany() waits through a rebalance without a timeout (seconds on
-                        # Tansu): a change that arrived meanwhile (an erasure) applies before
-                        # this batch.
-                        await self._apply_control_changes()
-                    await self._handle(batch)
+                    await self._step(batch)
+                if not batch and self._started is None and self._in_flight is None \
+                        and self.settings.stop_when_drained and await self.drained():
+                    log.info("input drained up to the high-watermark of %s: stopping", _fmt_tps(self._owned))
+                    break
         except BaseException as exc:
             # A failed process() or a dead control plane: the batch in flight was produced
             # before the failure, deliver and commit it; a failed delivery is not retried.
@@ -312,23 +319,28 @@ class BatchLoop:
                     log.error("the batch in flight could not be settled after a failure: %s", type(settle).__name__)
             raise
         async with self._batch_lock:
-            await self._finish_in_flight()
+            await self._settle()
 
-    async def drained(self) -> bool:
-        """Every owned partition processed up to its high-watermark (not end_offsets(): wrong
-        on Tansu). False while unassigned or before the first fetch answered."""
-        if not self._owned:
-            return False
-        for tp in list(self._owned):
-            hw = self._consumer.highwater(tp)
-            if hw is None or await self._consumer.position(tp) < hw:
-                return False
-        return True
-
-    async def _handle(self, batch: dict) -> None:
-        """Process a batch, settle the one before it, produce this one's outputs (its
-        delivery and commit come with the next batch or when the input pauses)."""
+    async def _step(self, batch: dict) -> None:
+        """One turn: collect the batch being processed, apply control changes, start the
+        new batch, then deliver and commit the oldest and produce the collected one."""
         t0 = time.perf_counter()
+        messages, last = self._take(batch)
+        result = await self._collect()
+        if self._rebuild or self._changed:  # between batches: none is being processed
+            await self._apply_control_changes()
+        if messages:
+            if self.first_batch_at is None:
+                self.first_batch_at = t0
+            self._started = _Started(self._runner.start(messages), len(messages), last, t0)
+        if result is not None:
+            await self._produce_result(*result)
+        elif not messages:  # the input paused: settle the batch in flight now
+            await self._finish_in_flight()
+        self.busy += time.perf_counter() - t0
+
+    def _take(self, batch: dict) -> tuple[list, dict]:
+        """The fetched messages of partitions still owned, and each partition's last offset."""
         messages = []
         last: dict[TopicPartition, int] = {}
         dropped = 0
@@ -341,18 +353,42 @@ class BatchLoop:
         if dropped:
             self.metrics.revoked_dropped.inc(dropped)
             log.info("left %d fetched records of revoked partitions unprocessed", dropped)
-        if not messages:
-            return
+        return messages, last
+
+    async def _collect(self) -> tuple | None:
+        """Await the batch being processed: (its started record, its ProcessResult), or None."""
+        s = self._started
+        if s is None:
+            return None
+        self._started = None
         try:
-            result = self.pipeline.process(messages)
-        except Exception as exc:
-            raise PipelineFailed(f"process() raised {_blame(exc)} on a batch of {len(messages)} messages") from exc
-        self.busy += time.perf_counter() - t0
+            return s, await s.work.result()
+        except PipelineError as exc:
+            raise PipelineFailed(f"process() raised {exc.blame} on a batch of {s.consumed} messages") from exc
+
+    async def _produce_result(self, s: _Started, result: ProcessResult) -> None:
+        """Deliver and commit the batch in flight, then produce `result`'s outputs: it is in flight."""
         await self._finish_in_flight()
-        t1 = time.perf_counter()
-        self._in_flight = _InFlight(len(messages), len(result), result.counts, last,
-                                    await self._produce(result), t0)
-        self.busy += time.perf_counter() - t1
+        self._in_flight = _InFlight(s.consumed, len(result), result.counts, s.last, await self._produce(result), s.started)
+
+    async def _settle(self) -> None:
+        """Finish everything started: the batch being processed is produced, then it and the
+        batch in flight are delivered and committed."""
+        collected = await self._collect()
+        if collected is not None:
+            await self._produce_result(*collected)
+        await self._finish_in_flight()
+
+    async def drained(self) -> bool:
+        """Every owned partition processed up to its high-watermark (not end_offsets(): wrong
+        on Tansu). False while unassigned or before the first fetch answered."""
+        if not self._owned:
+            return False
+        for tp in list(self._owned):
+            hw = self._consumer.highwater(tp)
+            if hw is None or await self._consumer.position(tp) < hw:
+                return False
+        return True
 
     async def _finish_in_flight(self) -> None:
         """Await every output of the batch in flight, then commit its offsets."""
@@ -500,14 +536,13 @@ class BatchLoop:
 
     async def _apply_control_changes(self) -> None:
         changed, self._changed = frozenset(self._changed), set()
-        refresh = self.pipeline.refresh if self.pipeline is not None and not self._rebuild else None
-        if refresh is not None and changed:
+        if self.pipeline is not None and self.pipeline.refreshable and not self._rebuild and changed:
             snapshot = self.control.snapshot()
             try:
-                absorbed = refresh(changed, snapshot)
-            except Exception as exc:
+                absorbed = await self._runner.refresh(changed, snapshot)
+            except PipelineError as exc:
                 self.metrics.pipeline_builds.labels("failed").inc()
-                raise PipelineFailed(f"refreshing the pipeline for {sorted(changed)} raised {_blame(exc)}") from exc
+                raise PipelineFailed(f"refreshing the pipeline for {sorted(changed)} raised {exc.blame}") from exc
             if absorbed:
                 self.metrics.pipeline_builds.labels("refreshed").inc()
                 log.debug("pipeline refreshed for %s (control version %d)", sorted(changed), snapshot.version)
@@ -519,12 +554,12 @@ class BatchLoop:
         self._changed.clear()
         snapshot = self.control.snapshot() if self.control is not None else ControlSnapshot({}, {}, {}, 0)
         try:
-            pipeline = as_pipeline(self.factory(snapshot))
-        except Exception as exc:
+            pipeline = await self._runner.build(snapshot)
+        except PipelineError as exc:
             # Fail closed: a control change we cannot apply (an erasure, a policy) must not
             # leave the worker processing under the old rules.
             self.metrics.pipeline_builds.labels("failed").inc()
-            raise PipelineFailed(f"building the pipeline from control version {snapshot.version} raised {_blame(exc)}") from exc
+            raise PipelineFailed(f"building the pipeline from control version {snapshot.version} raised {exc.blame}") from exc
         if self.settings.create_topics and pipeline.topics:
             await self._ensure_topics(list(pipeline.topics))
         self._partitions.clear()

@@ -1,0 +1,308 @@
+"""Where the pure pipeline runs: in the delivery loop's thread, or in a child process.
+
+The delivery loop (streams/loop.py) is I/O: fetch, produce, await acknowledgements,
+commit. The pipeline (streams/seam.py) is CPU. In one thread they take turns: while a
+batch is processed the event loop stands still, so no fetch answer is read and no
+produce request goes out; the machine's second core idles. `ChildRunner` runs the same
+factory and pipeline in a forked child process and talks to it over a pipe: while the
+child processes batch n, the parent's event loop fetches batch n+1 and sends the
+outputs of batch n-1. The seam is unchanged (pure, synchronous `process`); only where
+it runs differs. `InLoopRunner` is the single-process form (tests, and
+`fleetcloak worker --pipeline-in-loop`).
+
+Both have `build`, `refresh` (awaited) and `start(messages) -> Started`, whose
+`result()` is awaited later: the loop starts batch n, then produces batch n-1's outputs
+and awaits older acknowledgements while the child works. The in-loop runner processes
+in `start` itself (the event loop stands still, as it must with one core).
+
+Protocol (one request at a time: a batch is started only when the previous reply was
+read), pickled tuples:
+
+    ("build", snapshot)             -> ("ok", (topics, description, refreshable))
+    ("refresh", changed, snapshot)  -> ("ok", absorbed)
+    ("process", columns)            -> ("ok", ProcessResult)
+    a failure of any of them        -> ("error", blame)   type and innermost frame only
+
+Failure is never silent: a pipeline exception comes back as PipelineError (the loop
+stops without committing the batch), and a child that dies (killed, out of memory,
+a crash in C) is ChildDied at the next reply. The child dies with its parent
+(PR_SET_PDEATHSIG), so a SIGKILLed worker leaves no orphan holding memory, sockets or
+the metrics port; it ignores SIGINT (a terminal's Ctrl-C is the parent's to handle).
+
+Messages cross as columns (keys, values, headers, topics, partitions, offsets,
+timestamps), not as aiokafka's ConsumerRecord objects: one list per field pickles in
+one pass; the child rebuilds light RawMessage objects.
+"""
+from __future__ import annotations
+
+import asyncio
+import logging
+import multiprocessing
+import os
+import pickle
+import signal
+import traceback
+from dataclasses import dataclass
+from typing import Sequence
+
+from fleetcloak.streams.seam import ControlSnapshot, PipelineFactory, ProcessResult, RawMessage, as_pipeline
+
+log = logging.getLogger(__name__)
+
+_PICKLE = pickle.HIGHEST_PROTOCOL
+
+
+def blame(exc: BaseException) -> str:
+    """Type and innermost frame of a pipeline exception, never its message: a message
+    written by pipeline code may quote the record it choked on (an IMEI), and log lines
+    must not carry raw identifiers."""
+    frames = traceback.extract_tb(exc.__traceback__)
+    where = f" at {frames[-1].filename.rsplit('/', 2)[-1]}:{frames[-1].lineno} in {frames[-1].name}" if frames else ""
+    return f"{type(exc).__name__}{where}"
+
+
+class PipelineError(Exception):
+    """The pipeline raised; `blame` says what and where (no message text)."""
+
+    def __init__(self, blame: str) -> None:
+        super().__init__(blame)
+        self.blame = blame
+
+
+class ChildDied(PipelineError):
+    """The pipeline's child process is gone."""
+
+
+@dataclass(frozen=True)
+class Built:
+    """What the loop needs to know of a built pipeline."""
+    topics: tuple
+    description: str
+    refreshable: bool
+
+
+class InLoopRunner:
+    """The pipeline called in the loop's own thread."""
+
+    def __init__(self, factory: PipelineFactory) -> None:
+        self.factory = factory
+        self.pipeline = None
+
+    async def build(self, snapshot: ControlSnapshot) -> Built:
+        try:
+            pipeline = as_pipeline(self.factory(snapshot))
+        except Exception as exc:
+            raise PipelineError(blame(exc)) from exc
+        self.pipeline = pipeline
+        return Built(tuple(pipeline.topics), pipeline.description, pipeline.refresh is not None)
+
+    async def refresh(self, changed: frozenset[str], snapshot: ControlSnapshot) -> bool:
+        try:
+            return bool(self.pipeline.refresh(changed, snapshot))
+        except Exception as exc:
+            raise PipelineError(blame(exc)) from exc
+
+    def start(self, messages: Sequence[RawMessage]) -> "Started":
+        try:
+            return _Done(self.pipeline.process(messages))
+        except Exception as exc:
+            return _Done(error=PipelineError(blame(exc)))
+
+    async def close(self) -> None:
+        pass
+
+
+class Started:
+    """A batch handed to a runner; `await result()` gives its ProcessResult or raises
+    PipelineError (ChildDied)."""
+
+    async def result(self) -> ProcessResult:
+        raise NotImplementedError
+
+
+class _Done(Started):
+    def __init__(self, value: ProcessResult | None = None, error: PipelineError | None = None) -> None:
+        self._value, self._error = value, error
+
+    async def result(self) -> ProcessResult:
+        if self._error is not None:
+            raise self._error
+        return self._value
+
+
+class _Reply(Started):
+    def __init__(self, runner: "ChildRunner") -> None:
+        self._runner = runner
+
+    async def result(self) -> ProcessResult:
+        return await self._runner._reply()
+
+
+class ChildRunner:
+    """The pipeline in a forked child process (see the module's docstring)."""
+
+    def __init__(self, factory: PipelineFactory) -> None:
+        self.factory = factory
+        self._proc = None
+        self._conn = None
+        self._broken: str | None = None  # why the pipe can no longer be trusted
+
+    # --- the parent side -------------------------------------------------------------
+    def _start(self) -> None:
+        ctx = multiprocessing.get_context("fork")  # the factory may be a closure: inherit it, never pickle it
+        parent, child = ctx.Pipe(duplex=True)
+        proc = ctx.Process(target=_child_main, args=(child, parent, self.factory, os.getpid()),
+                           name="fleetcloak-pipeline", daemon=True)
+        proc.start()
+        child.close()
+        self._proc, self._conn = proc, parent
+        log.info("pipeline process started (pid %d)", proc.pid)
+
+    def _send(self, request: tuple) -> None:
+        if self._broken is not None:
+            raise ChildDied(self._broken)
+        if self._proc is None:
+            self._start()
+        self._broken = "a request is unanswered"  # until its reply is read (cancelled mid-call: out of step)
+        try:
+            self._conn.send_bytes(pickle.dumps(request, protocol=_PICKLE))
+        except OSError as exc:
+            self._broken = f"the pipeline process died ({self._exit_status()})"
+            raise ChildDied(self._broken) from exc
+
+    async def _call(self, request: tuple):
+        self._send(request)
+        return await self._reply()
+
+    async def _reply(self):
+        conn = self._conn
+        if conn is None:
+            raise ChildDied(self._broken or "closed")
+        try:
+            loop = asyncio.get_running_loop()
+            readable = loop.create_future()
+            loop.add_reader(conn.fileno(), lambda: readable.done() or readable.set_result(None))
+            try:
+                await readable
+            finally:
+                loop.remove_reader(conn.fileno())
+            status, body = pickle.loads(conn.recv_bytes())
+        except (EOFError, OSError) as exc:
+            self._broken = f"the pipeline process died ({self._exit_status()})"
+            raise ChildDied(self._broken) from exc
+        self._broken = None
+        if status != "ok":
+            raise PipelineError(body)
+        return body
+
+    def _exit_status(self) -> str:
+        proc = self._proc
+        if proc is None:
+            return "not started"
+        proc.join(timeout=1)
+        code = proc.exitcode
+        if code is None:
+            return "still running, pipe closed"
+        return f"killed by signal {-code}" if code < 0 else f"exit code {code}"
+
+    async def build(self, snapshot: ControlSnapshot) -> Built:
+        return Built(*await self._call(("build", snapshot)))
+
+    async def refresh(self, changed: frozenset[str], snapshot: ControlSnapshot) -> bool:
+        return await self._call(("refresh", changed, snapshot))
+
+    def start(self, messages: Sequence[RawMessage]) -> Started:
+        try:
+            self._send(("process", _columns(messages)))
+        except PipelineError as exc:
+            return _Done(error=exc)
+        return _Reply(self)
+
+    async def close(self) -> None:
+        """Stop the child: EOF on its pipe ends its loop; killed if it does not exit."""
+        proc, conn = self._proc, self._conn
+        self._proc = self._conn = None
+        self._broken = "closed"
+        if conn is not None:
+            conn.close()
+        if proc is not None:
+            await asyncio.get_running_loop().run_in_executor(None, proc.join, 5)
+            if proc.exitcode is None:
+                log.warning("pipeline process %d did not exit: killed", proc.pid)
+                proc.kill()
+                proc.join(5)
+
+
+# --- crossing the pipe ------------------------------------------------------------------
+def _columns(messages: Sequence[RawMessage]) -> tuple:
+    return ([m.key for m in messages], [m.value for m in messages], [m.headers for m in messages],
+            [m.topic for m in messages], [m.partition for m in messages], [m.offset for m in messages],
+            [m.timestamp for m in messages])
+
+
+class _Raw:
+    """A RawMessage rebuilt in the child."""
+    __slots__ = ("key", "value", "headers", "topic", "partition", "offset", "timestamp")
+
+    def __init__(self, key, value, headers, topic, partition, offset, timestamp) -> None:
+        self.key = key
+        self.value = value
+        self.headers = headers
+        self.topic = topic
+        self.partition = partition
+        self.offset = offset
+        self.timestamp = timestamp
+
+
+def _messages(columns: tuple) -> list[_Raw]:
+    return list(map(_Raw, *columns))
+
+
+# --- the child --------------------------------------------------------------------------
+def _detach(parent_pid: int) -> None:
+    """Die with the parent; leave signals to it."""
+    try:
+        signal.set_wakeup_fd(-1)  # the parent's event loop's: a signal here must not wake it
+    except ValueError:
+        pass
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    for sig in (signal.SIGTERM, signal.SIGHUP, signal.SIGUSR1, signal.SIGUSR2):
+        signal.signal(sig, signal.SIG_DFL)
+    try:
+        import ctypes
+
+        libc = ctypes.CDLL(None, use_errno=True)
+        libc.prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG
+    except (OSError, AttributeError):
+        log.warning("the pipeline process cannot ask to die with its parent (no prctl)")
+    if os.getppid() != parent_pid:  # the parent died before prctl took effect
+        os._exit(1)
+
+
+def _child_main(conn, parent_end, factory: PipelineFactory, parent_pid: int) -> None:
+    _detach(parent_pid)
+    parent_end.close()
+    pipeline = None
+    while True:
+        try:
+            request = pickle.loads(conn.recv_bytes())
+        except EOFError:
+            return
+        op = request[0]
+        try:
+            if op == "process":
+                body = pipeline.process(_messages(request[1]))
+            elif op == "build":
+                pipeline = as_pipeline(factory(request[1]))
+                body = (tuple(pipeline.topics), pipeline.description, pipeline.refresh is not None)
+            elif op == "refresh":
+                body = bool(pipeline.refresh(request[1], request[2]))
+            else:
+                raise ValueError(f"unknown request {op!r}")
+            reply = pickle.dumps(("ok", body), protocol=_PICKLE)
+        except Exception as exc:
+            reply = pickle.dumps(("error", blame(exc)), protocol=_PICKLE)
+        try:
+            conn.send_bytes(reply)
+        except OSError:  # the parent is gone or closed the pipe: nobody to answer
+            return

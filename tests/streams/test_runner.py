@@ -1,0 +1,232 @@
+"""The pipeline in a child process (streams/runner.py): same results as in the loop,
+failures never silent, no orphan, and no record lost when the child dies mid-stream."""
+from __future__ import annotations
+
+import asyncio
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import pytest
+
+from fleetcloak.streams.loop import BatchLoop, LoopSettings, PipelineFailed
+from fleetcloak.streams.runner import ChildDied, ChildRunner, InLoopRunner, PipelineError
+from fleetcloak.streams.seam import ControlSnapshot, Counts, Message, OutputBlock, Pipeline, ProcessResult
+from fleetcloak.streams.topicio import unique_name
+
+SNAP = ControlSnapshot({b"t": b"v1"}, {}, {}, 1)
+
+
+def _factory(calls: list):
+    """A closure (never picklable): the child must inherit it by fork."""
+    def build(snap: ControlSnapshot) -> Pipeline:
+        calls.append(snap.version)
+        version = snap.version
+
+        def process(batch):
+            if any(m.value == b"boom" for m in batch):
+                raise ZeroDivisionError(f"choked on {batch[0].key!r}")  # the message quotes a key
+            counts = Counts(received=len(batch))
+            counts.forwarded[("p", "")] = len(batch)
+            return ProcessResult([("single", m.key, m.value, list(m.headers)) for m in batch[:1]], counts,
+                                 [OutputBlock("block", [m.key for m in batch],
+                                              [b"%s|%d|%d|%d" % (m.value, m.offset, version, os.getpid()) for m in batch])])
+
+        def refresh(changed, snap2):
+            return "keys" in changed
+        return Pipeline(process, topics=("a-topic-spec",), description=f"v{version}", refresh=refresh)
+    return build
+
+
+def _msgs(n: int, poison: int | None = None) -> list[Message]:
+    return [Message(b"boom" if i == poison else b"m%d" % i, b"35%013d" % i, [("h", b"%d" % i)], offset=i)
+            for i in range(n)]
+
+
+def test_child_runs_the_pipeline_in_another_process_with_the_in_loop_results():
+    async def go():
+        calls: list = []
+        child, here = ChildRunner(_factory(calls)), InLoopRunner(_factory([]))
+        try:
+            built = await child.build(SNAP)
+            assert (built.topics, built.description, built.refreshable) == (("a-topic-spec",), "v1", True)
+            assert calls == []  # built in the child, not here
+            await here.build(SNAP)
+            got = await child.start(_msgs(50)).result()
+            want = await here.start(_msgs(50)).result()
+            assert got.outputs == want.outputs and got.counts == want.counts
+            (block,), (mine,) = got.blocks, want.blocks
+            assert block.keys == mine.keys
+            pids = {v.rsplit(b"|", 1)[1] for v in block.values}
+            assert pids != {b"%d" % os.getpid()} and len(pids) == 1  # processed elsewhere, in one process
+            assert await child.refresh(frozenset({"keys"}), SNAP) is True
+            assert await child.refresh(frozenset({"policies"}), SNAP) is False
+            await child.build(ControlSnapshot({}, {}, {}, 7))  # a rebuild reaches the child
+            again = await child.start(_msgs(3)).result()
+            assert all(v.split(b"|")[2] == b"7" for v in again.blocks[0].values)
+        finally:
+            await child.close()
+    asyncio.run(go())
+
+
+def test_a_pipeline_exception_in_the_child_comes_back_as_its_type_and_place_only():
+    async def go():
+        child = ChildRunner(_factory([]))
+        try:
+            await child.build(SNAP)
+            with pytest.raises(PipelineError) as failed:
+                await child.start(_msgs(20, poison=5)).result()
+            assert failed.value.blame.startswith("ZeroDivisionError at test_runner.py:")
+            assert "35" not in failed.value.blame  # not the message, which quotes a key
+            assert len((await child.start(_msgs(5)).result()).blocks[0]) == 5  # the child lives on
+        finally:
+            await child.close()
+    asyncio.run(go())
+
+
+def test_a_killed_child_is_reported_with_its_signal_and_stays_dead():
+    async def go():
+        child = ChildRunner(_factory([]))
+        try:
+            await child.build(SNAP)
+            os.kill(child._proc.pid, signal.SIGKILL)
+            with pytest.raises(ChildDied, match="killed by signal 9"):
+                await child.start(_msgs(5)).result()
+            with pytest.raises(ChildDied):
+                await child.start(_msgs(5)).result()
+            with pytest.raises(ChildDied):
+                await child.build(SNAP)
+        finally:
+            await child.close()
+    asyncio.run(go())
+
+
+def test_close_reaps_the_child():
+    async def go():
+        child = ChildRunner(_factory([]))
+        await child.build(SNAP)
+        proc = child._proc
+        await child.close()
+        assert proc.exitcode == 0
+    asyncio.run(go())
+
+
+def test_the_child_dies_with_its_parent(tmp_path):
+    script = tmp_path / "parent.py"
+    script.write_text(
+        "import asyncio, sys, time\n"
+        "from fleetcloak.streams.runner import ChildRunner\n"
+        "from fleetcloak.streams.seam import ControlSnapshot, passthrough_factory\n"
+        "async def go():\n"
+        "    r = ChildRunner(passthrough_factory('x'))\n"
+        "    await r.build(ControlSnapshot({}, {}, {}))\n"
+        "    print(r._proc.pid, flush=True)\n"
+        "    time.sleep(60)\n"
+        "asyncio.run(go())\n")
+    parent = subprocess.Popen([sys.executable, str(script)], stdout=subprocess.PIPE, text=True)
+    try:
+        child_pid = int(parent.stdout.readline())
+        assert os.path.exists(f"/proc/{child_pid}")
+        parent.kill()
+        parent.wait(10)
+        deadline = time.monotonic() + 10
+        while _alive(child_pid) and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert not _alive(child_pid), "the pipeline process outlived its SIGKILLed parent"
+    finally:
+        if parent.poll() is None:
+            parent.kill()
+
+
+def _alive(pid: int) -> bool:
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            return f.read().split(")")[-1].split()[0] != "Z"  # a zombie waits for init to reap it
+    except FileNotFoundError:
+        return False
+
+
+# --- in the delivery loop, on the real broker -------------------------------------------
+def _inputs(n: int) -> list[tuple[bytes, bytes, list]]:
+    return [(b"35%013d" % (i % 40), b"msg-%07d" % i, [("h", b"1")]) for i in range(n)]
+
+
+def _poisoned_factory(dst: str, poison: bytes):
+    def build(snap):
+        def process(batch):
+            if any(m.value == poison for m in batch):
+                raise RuntimeError("a bug")
+            counts = Counts(received=len(batch))
+            counts.forwarded[("p", "")] = len(batch)
+            return ProcessResult([], counts, [OutputBlock(dst, [m.key for m in batch], [m.value for m in batch])])
+        return Pipeline(process)
+    return build
+
+
+@pytest.mark.broker
+def test_loop_with_the_child_commits_only_what_it_delivered_before_a_failure(broker, new_topic, topic_io):
+    n = 3000
+    src, dst, group = new_topic("raw", 2), unique_name("out"), unique_name("grp")
+    topic_io.produce(src, _inputs(n))
+    settings = LoopSettings(broker, input_topic=src, group_id=group, max_records=200, pipeline_in_child=True)
+
+    async def run(loop, remaining):
+        task = asyncio.create_task(loop.run())
+        deadline = time.monotonic() + 60
+        while not task.done():
+            if loop.consumed >= remaining or time.monotonic() > deadline:
+                loop.request_stop()
+            await asyncio.sleep(0.02)
+        await task
+
+    first = BatchLoop(settings, _poisoned_factory(dst, b"msg-0002200"))
+    with pytest.raises(PipelineFailed, match="RuntimeError at test_runner.py"):
+        asyncio.run(run(first, n))
+    committed = topic_io.committed(group, src)
+    delivered = topic_io.read_all(dst)
+    assert 0 < sum(committed.values()) < n
+    assert len(delivered) == sum(committed.values())  # committed exactly what was delivered
+    assert b"msg-0002200" not in {r.value for r in delivered}
+
+    second = BatchLoop(settings, _poisoned_factory(dst, b"none"))
+    asyncio.run(run(second, n - sum(committed.values())))
+    assert topic_io.committed(group, src) == topic_io.true_end_offsets(src)
+    values = [r.value for r in topic_io.read_all(dst)]
+    assert set(values) == {v for _, v, _ in _inputs(n)}
+    assert len(values) == n  # the failed batch produced nothing: no duplicates either
+
+
+@pytest.mark.broker
+def test_sigkill_of_the_pipeline_process_stops_the_worker_and_a_restart_delivers_all(
+        broker, new_topic, topic_io, worker_process, wait_until):
+    n = 20_000
+    src, dst, group = new_topic("raw", 4), unique_name("out"), unique_name("grp")
+    topic_io.produce(src, _inputs(n))
+    args = ("--input-topic", src, "--group", group, "--pipeline", "passthrough", "--passthrough-topic", dst,
+            "--max-records", "100", "--session-timeout-ms", "6000")
+    w1 = worker_process(*args)
+    w1.wait_health(lambda h: h["consumed"] >= 2000, timeout=40)
+    (child,) = _children(w1.proc.pid)
+    os.kill(child, signal.SIGKILL)
+    assert w1.wait(30) == 1
+    assert "pipeline process died (killed by signal 9)" in w1.log()
+    assert "WITHOUT committing" in w1.log()
+    committed = sum(topic_io.committed(group, src).values())
+    assert 0 < committed < n
+
+    w2 = worker_process(*args)
+    end = topic_io.true_end_offsets(src)
+    wait_until(lambda: topic_io.committed(group, src) == end, timeout=60, what="the restarted worker to catch up")
+    w2.signal(signal.SIGTERM)
+    assert w2.wait() == 0, w2.log()[-2000:]
+    assert {r.value for r in topic_io.read_all(dst)} == {v for _, v, _ in _inputs(n)}
+
+
+def _children(pid: int) -> list[int]:
+    out = []
+    for tid in os.listdir(f"/proc/{pid}/task"):
+        with open(f"/proc/{pid}/task/{tid}/children") as f:
+            out += [int(c) for c in f.read().split()]
+    return out
