@@ -294,10 +294,14 @@ class BatchLoop:
                 if self._listener_failure is not None:
                     raise WorkerFailed(f"settling before a rebalance failed: {self._listener_failure!r}") \
                         from self._listener_failure
-                busy = self._started is not None or self._in_flight is not None
-                # getmany() waits through a rebalance without a timeout (seconds on Tansu);
-                # the step after it applies any control change (an erasure) that arrived.
-                batch = await consumer.getmany(timeout_ms=0 if busy else self.settings.poll_timeout_ms,
+                # While a batch is being processed, wait for the next one to arrive (the
+                # pipeline is the slower side: have its next batch ready when it is done);
+                # with only a batch in flight, look without waiting, and settle it if the
+                # input paused. getmany() waits through a rebalance without a timeout
+                # (seconds on Tansu); the step after it applies any control change (an
+                # erasure) that arrived.
+                wait = self._started is not None or self._in_flight is None
+                batch = await consumer.getmany(timeout_ms=self.settings.poll_timeout_ms if wait else 0,
                                                max_records=self.settings.max_records)
                 if self._stopping:  # fetched but not started: leave it uncommitted
                     break

@@ -27,7 +27,8 @@ Failure is never silent: a pipeline exception comes back as PipelineError (the l
 stops without committing the batch), and a child that dies (killed, out of memory,
 a crash in C) is ChildDied at the next reply. The child dies with its parent
 (PR_SET_PDEATHSIG), so a SIGKILLed worker leaves no orphan holding memory, sockets or
-the metrics port; it ignores SIGINT (a terminal's Ctrl-C is the parent's to handle).
+the metrics port; it ignores SIGINT and SIGTERM (a signal to the process group is the
+parent's to handle: it finishes the batch in hand, then closes the pipe).
 
 Messages cross as columns (keys, values, headers, topics, partitions, offsets,
 timestamps), not as aiokafka's ConsumerRecord objects: one list per field pickles in
@@ -265,8 +266,12 @@ def _detach(parent_pid: int) -> None:
         signal.set_wakeup_fd(-1)  # the parent's event loop's: a signal here must not wake it
     except ValueError:
         pass
+    # SIGINT and SIGTERM reach the whole process group (a terminal's Ctrl-C, systemd's
+    # control-group stop): the parent finishes the batch in hand, which needs this process
+    # alive, then closes the pipe (EOF ends this process) or kills it.
     signal.signal(signal.SIGINT, signal.SIG_IGN)
-    for sig in (signal.SIGTERM, signal.SIGHUP, signal.SIGUSR1, signal.SIGUSR2):
+    signal.signal(signal.SIGTERM, signal.SIG_IGN)
+    for sig in (signal.SIGHUP, signal.SIGUSR1, signal.SIGUSR2):
         signal.signal(sig, signal.SIG_DFL)
     try:
         import ctypes

@@ -230,3 +230,24 @@ def _children(pid: int) -> list[int]:
         with open(f"/proc/{pid}/task/{tid}/children") as f:
             out += [int(c) for c in f.read().split()]
     return out
+
+
+@pytest.mark.broker
+def test_sigterm_to_worker_and_pipeline_process_alike_still_stops_cleanly(broker, new_topic, topic_io, worker_process):
+    """A signal to the process group (Ctrl-C, systemd stopping the unit) reaches the child
+    too: it ignores it, and the worker finishes, delivers and commits the batch in hand."""
+    n = 20_000
+    src, dst, group = new_topic("raw", 4), unique_name("out"), unique_name("grp")
+    topic_io.produce(src, _inputs(n))
+    w = worker_process("--input-topic", src, "--group", group, "--pipeline", "passthrough", "--passthrough-topic", dst,
+                       "--max-records", "100")
+    w.wait_health(lambda h: h["consumed"] >= 2000, timeout=40)
+    (child,) = _children(w.proc.pid)
+    os.kill(child, signal.SIGTERM)
+    w.signal(signal.SIGTERM)
+    assert w.wait(30) == 0, w.log()[-2000:]
+    committed = sum(topic_io.committed(group, src).values())
+    delivered = topic_io.read_all(dst)
+    assert 0 < committed <= n
+    assert len(delivered) == committed == len({r.value for r in delivered})
+    assert not _alive(child)
