@@ -76,14 +76,15 @@ def per_packet_policies(src: Path, dst: Path) -> list[Path]:
     return out
 
 
-def run_worker(env: dict, bootstrap: str, n: int, workdir: Path, tag: str) -> dict:
+def run_worker(env: dict, bootstrap: str, n: int, workdir: Path, tag: str, extra: tuple = ()) -> dict:
     from fleetcloak.streams.broker import free_port
     from fleetcloak.streams.topicio import unique_name
 
     summary = workdir / f"{tag}.summary.json"
     log = workdir / f"{tag}.log"
     cmd = [sys.executable, "-m", "fleetcloak.cli", "worker", "--broker", bootstrap, "--group", unique_name("bench.grp"),
-           "--metrics-port", str(free_port()), "--metrics-host", "127.0.0.1", "-l", "info", "--until-drained", "--summary-json", str(summary)]
+           "--metrics-port", str(free_port()), "--metrics-host", "127.0.0.1", "-l", "info", "--until-drained", "--summary-json", str(summary), *extra]
+    cpu0 = _children_cpu()
     with open(log, "wb") as f:
         proc = subprocess.Popen(cmd, env=env, stdout=f, stderr=subprocess.STDOUT)
     try:
@@ -92,6 +93,7 @@ def run_worker(env: dict, bootstrap: str, n: int, workdir: Path, tag: str) -> di
         if proc.poll() is None:
             proc.terminate()
             proc.wait(30)
+    cpu_s = _children_cpu() - cpu0  # the worker and its pipeline process, startup included
     if rc != 0:
         raise SystemExit(f"worker exited {rc}; log:\n{log.read_text(errors='replace')[-3000:]}")
     s = json.loads(summary.read_text())
@@ -99,7 +101,14 @@ def run_worker(env: dict, bootstrap: str, n: int, workdir: Path, tag: str) -> di
         raise SystemExit(f"worker consumed {s['consumed']} of {n} messages (balanced={s['balanced']}); see {log}")
     msgs_s = n / s["stream_s"]
     return {"msgs_s": msgs_s, "records_s": msgs_s * s["received"] / n, "out_msgs_s": msgs_s * s["produced"] / n,
-            "records": s["received"], "produced": s["produced"], "busy_msgs_s": n / s["busy_s"]}
+            "records": s["received"], "produced": s["produced"], "busy_msgs_s": n / s["busy_s"], "cpu_s": cpu_s}
+
+
+def _children_cpu() -> float:
+    import resource
+
+    ru = resource.getrusage(resource.RUSAGE_CHILDREN)
+    return ru.ru_utime + ru.ru_stime
 
 
 def read_raw(bootstrap: str) -> list:
@@ -144,6 +153,8 @@ def main() -> int:
     ap.add_argument("--quick", action="store_true", help="200 vehicles, 1 day, 1 run")
     ap.add_argument("--modes", default="per_record,per_packet", help="worker modes (default both)")
     ap.add_argument("--no-pure", action="store_true", help="skip the in-process pipeline figure")
+    ap.add_argument("--in-loop", action="store_true",
+                    help="run the workers with --pipeline-in-loop (one process) instead of the default child process")
     args = ap.parse_args()
     if args.quick:
         args.vehicles, args.days, args.runs = 200, 1, 1
@@ -180,11 +191,12 @@ def main() -> int:
                 rate = asyncio.run(bench_aiokafka(bootstrap, RAW, n))
                 results.setdefault("passthrough", []).append(rate)
                 print(f"run {run + 1} passthrough {rate:10,.0f} msgs/s", flush=True)
-                r = run_worker(env, bootstrap, n, work, f"{mode}-{run + 1}")
+                r = run_worker(env, bootstrap, n, work, f"{mode}-{run + 1}",
+                               ("--pipeline-in-loop",) if args.in_loop else ())
                 results.setdefault(mode, []).append(r)
                 print(f"run {run + 1} {mode:11s} {r['msgs_s']:10,.0f} msgs/s in, {r['records_s']:10,.0f} records/s, "
                       f"{r['out_msgs_s']:10,.0f} msgs/s out ({r['produced']:,} outputs); "
-                      f"busy {r['busy_msgs_s']:,.0f} msgs/s", flush=True)
+                      f"busy {r['busy_msgs_s']:,.0f} msgs/s; worker CPU {r['cpu_s']:.1f} s", flush=True)
         pure = {} if args.no_pure else bench_pure(
             bootstrap, {"per_record": work / "policies", "per_packet": work / "policies_per_packet"}, master, args.runs)
         base = statistics.median(results["passthrough"])
@@ -194,10 +206,12 @@ def main() -> int:
             if mode not in results:
                 continue
             med = {k: statistics.median(r[k] for r in results[mode])
-                   for k in ("msgs_s", "records_s", "out_msgs_s", "busy_msgs_s")}
+                   for k in ("msgs_s", "records_s", "out_msgs_s", "busy_msgs_s", "cpu_s")}
             print(f"  {mode:12s}  {med['msgs_s']:10,.0f} msgs/s in  ({med['msgs_s'] / base:.2f}x passthrough), "
                   f"{med['records_s']:10,.0f} records/s, {med['out_msgs_s']:10,.0f} msgs/s out "
-                  f"({med['out_msgs_s'] / base:.2f}x passthrough); busy {med['busy_msgs_s']:,.0f} msgs/s")
+                  f"({med['out_msgs_s'] / base:.2f}x passthrough); busy {med['busy_msgs_s']:,.0f} msgs/s; "
+                  f"worker CPU {med['cpu_s']:.1f} s ({'one process' if args.in_loop else 'loop + pipeline process'}, "
+                  f"startup included)")
         for mode, rates in pure.items():
             print(f"  pure pipeline {mode:11s} {statistics.median(rates):10,.0f} records/s per CPU second "
                   f"(in process, no Kafka)")
