@@ -153,8 +153,9 @@ def main() -> int:
     ap.add_argument("--quick", action="store_true", help="200 vehicles, 1 day, 1 run")
     ap.add_argument("--modes", default="per_record,per_packet", help="worker modes (default both)")
     ap.add_argument("--no-pure", action="store_true", help="skip the in-process pipeline figure")
-    ap.add_argument("--in-loop", action="store_true",
-                    help="run the workers with --pipeline-in-loop (one process) instead of the default child process")
+    ap.add_argument("--pipeline", default="loop",
+                    help="where the worker runs its pipeline, comma-separated to compare them in the same runs: "
+                         "loop (the default: in the delivery loop's process) and/or child (--pipeline-process)")
     args = ap.parse_args()
     if args.quick:
         args.vehicles, args.days, args.runs = 200, 1, 1
@@ -181,7 +182,10 @@ def main() -> int:
               f"simulated in {time.perf_counter() - t:.0f}s; workdir {work}", flush=True)
         base_policies = sorted((work / "policies").glob("*.yaml"))
         pp_policies = per_packet_policies(work / "policies", work / "policies_per_packet")
-        results: dict[str, list] = {}
+        results: dict = {}
+        wheres = args.pipeline.split(",")
+        if not set(wheres) <= {"child", "loop"}:
+            raise SystemExit(f"--pipeline takes child and/or loop, got {args.pipeline}")
         for mode in args.modes.split(","):
             if mode not in ("per_record", "per_packet"):
                 raise SystemExit(f"unknown mode {mode}")
@@ -191,27 +195,29 @@ def main() -> int:
                 rate = asyncio.run(bench_aiokafka(bootstrap, RAW, n))
                 results.setdefault("passthrough", []).append(rate)
                 print(f"run {run + 1} passthrough {rate:10,.0f} msgs/s", flush=True)
-                r = run_worker(env, bootstrap, n, work, f"{mode}-{run + 1}",
-                               ("--pipeline-in-loop",) if args.in_loop else ())
-                results.setdefault(mode, []).append(r)
-                print(f"run {run + 1} {mode:11s} {r['msgs_s']:10,.0f} msgs/s in, {r['records_s']:10,.0f} records/s, "
-                      f"{r['out_msgs_s']:10,.0f} msgs/s out ({r['produced']:,} outputs); "
-                      f"busy {r['busy_msgs_s']:,.0f} msgs/s; worker CPU {r['cpu_s']:.1f} s", flush=True)
+                for where in wheres:
+                    r = run_worker(env, bootstrap, n, work, f"{mode}-{where}-{run + 1}",
+                                   ("--pipeline-process",) if where == "child" else ())
+                    results.setdefault((mode, where), []).append(r)
+                    print(f"run {run + 1} {mode:10s} {where:5s} {r['msgs_s']:10,.0f} msgs/s in, "
+                          f"{r['records_s']:10,.0f} records/s, {r['out_msgs_s']:10,.0f} msgs/s out "
+                          f"({r['produced']:,} outputs); busy {r['busy_msgs_s']:,.0f} msgs/s; "
+                          f"worker CPU {r['cpu_s']:.1f} s", flush=True)
         pure = {} if args.no_pure else bench_pure(
             bootstrap, {"per_record": work / "policies", "per_packet": work / "policies_per_packet"}, master, args.runs)
         base = statistics.median(results["passthrough"])
         print(f"medians of {args.runs} run(s) per mode:")
         print(f"  passthrough   {base:10,.0f} msgs/s  (plain aiokafka, {len(results['passthrough'])} runs)")
         for mode in ("per_record", "per_packet"):
-            if mode not in results:
-                continue
-            med = {k: statistics.median(r[k] for r in results[mode])
-                   for k in ("msgs_s", "records_s", "out_msgs_s", "busy_msgs_s", "cpu_s")}
-            print(f"  {mode:12s}  {med['msgs_s']:10,.0f} msgs/s in  ({med['msgs_s'] / base:.2f}x passthrough), "
-                  f"{med['records_s']:10,.0f} records/s, {med['out_msgs_s']:10,.0f} msgs/s out "
-                  f"({med['out_msgs_s'] / base:.2f}x passthrough); busy {med['busy_msgs_s']:,.0f} msgs/s; "
-                  f"worker CPU {med['cpu_s']:.1f} s ({'one process' if args.in_loop else 'loop + pipeline process'}, "
-                  f"startup included)")
+            for where in wheres:
+                if (mode, where) not in results:
+                    continue
+                med = {k: statistics.median(r[k] for r in results[mode, where])
+                       for k in ("msgs_s", "records_s", "out_msgs_s", "busy_msgs_s", "cpu_s")}
+                print(f"  {mode:10s} {where:5s} {med['msgs_s']:10,.0f} msgs/s in  ({med['msgs_s'] / base:.2f}x passthrough), "
+                      f"{med['records_s']:10,.0f} records/s, {med['out_msgs_s']:10,.0f} msgs/s out "
+                      f"({med['out_msgs_s'] / base:.2f}x passthrough); busy {med['busy_msgs_s']:,.0f} msgs/s; "
+                      f"worker CPU {med['cpu_s']:.1f} s (startup included)")
         for mode, rates in pure.items():
             print(f"  pure pipeline {mode:11s} {statistics.median(rates):10,.0f} records/s per CPU second "
                   f"(in process, no Kafka)")

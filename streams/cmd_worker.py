@@ -31,9 +31,9 @@ def add_arguments(p) -> None:
     p.add_argument("--until-drained", action="store_true",
                    help="exit 0 once every assigned partition is processed up to its high-watermark (demo, batch runs)")
     p.add_argument("--summary-json", metavar="FILE", help="write the run's accounting to FILE as JSON at exit")
-    p.add_argument("--pipeline-in-loop", action="store_true",
-                   help="run the pipeline in the delivery loop's own process (one core) instead of a child "
-                        "process that works while this one does Kafka I/O (the default: two cores)")
+    p.add_argument("--pipeline-process", action="store_true",
+                   help="run the pipeline in a child process that works while this one does Kafka I/O (two cores; "
+                        "default: in the delivery loop's process)")
     p.add_argument("--no-control-plane", action="store_true", help="do not read the control topics (benches only)")
     p.add_argument("-l", "--loglevel", default="info", choices=["debug", "info", "warning", "error"],
                    help="log level (explicit: Faust's default is DEBUG behind a spinner)")
@@ -68,7 +68,7 @@ def run(args) -> int:
         loop=LoopSettings(args.broker, input_topic=args.input_topic, group_id=args.group, max_records=args.max_records,
                           session_timeout_ms=args.session_timeout_ms, stop_when_drained=args.until_drained,
                           heartbeat_interval_ms=max(args.session_timeout_ms // 5, 500),
-                          pipeline_in_child=not args.pipeline_in_loop),
+                          pipeline_in_child=args.pipeline_process),
         web_port=args.metrics_port, web_host=args.metrics_host,
         control_plane=not args.no_control_plane, raw_partitions=args.raw_partitions, notice=notice,
         summary_path=args.summary_json,

@@ -6,11 +6,10 @@
 
 A source offset is committed only after every output of its batch has been
 acknowledged by the broker (acks=all). Batches are pipelined: batch n is processed
-while batch n-1's outputs are produced and acknowledged and n+1 is fetched. With the
-pipeline in a child process (streams/runner.py, the worker's default) that is two
-cores at work: the child processes while this process does Kafka I/O. With the
-pipeline in the loop, processing blocks the event loop and the overlap is with the
-broker only. Commits stay in batch order. Anything else stops the loop *without*
+while batch n-1's outputs are acknowledged by the broker. With the pipeline in the loop
+(the default) processing blocks the event loop and the overlap is with the broker;
+with the pipeline in a child process (streams/runner.py, `--pipeline-process`) the
+child processes n while this process produces n-1 and fetches n+1, on two cores. Commits stay in batch order. Anything else stops the loop *without*
 committing: an exception from `process` (a bug: Faust would ack and skip it), a failed
 delivery (Faust's flush() would not even raise), a dead control-plane reader, a dead
 pipeline process. The batch in flight before a failed `process` is still delivered and
@@ -326,19 +325,20 @@ class BatchLoop:
             await self._settle()
 
     async def _step(self, batch: dict) -> None:
-        """One turn: collect the batch being processed, apply control changes, start the
-        new batch, then deliver and commit the oldest and produce the collected one."""
+        """One turn: wait for the batch being processed, apply control changes, start the
+        new batch, then deliver and commit the oldest and produce the one just done."""
         t0 = time.perf_counter()
         messages, last = self._take(batch)
-        result = await self._collect()
+        prepared = self._runner.prepare(messages) if messages else None  # while the pipeline works
+        done = await self._wait_started()
         if self._rebuild or self._changed:  # between batches: none is being processed
             await self._apply_control_changes()
         if messages:
             if self.first_batch_at is None:
                 self.first_batch_at = t0
-            self._started = _Started(self._runner.start(messages), len(messages), last, t0)
-        if result is not None:
-            await self._produce_result(*result)
+            self._started = _Started(self._runner.start(prepared), len(messages), last, t0)
+        if done is not None:
+            await self._produce_result(done, done.work.result())
         elif not messages:  # the input paused: settle the batch in flight now
             await self._finish_in_flight()
         self.busy += time.perf_counter() - t0
@@ -359,16 +359,18 @@ class BatchLoop:
             log.info("left %d fetched records of revoked partitions unprocessed", dropped)
         return messages, last
 
-    async def _collect(self) -> tuple | None:
-        """Await the batch being processed: (its started record, its ProcessResult), or None."""
+    async def _wait_started(self) -> _Started | None:
+        """Wait until the batch being processed is done (PipelineFailed if it failed): it
+        is returned, its result ready to decode, and the runner is free. None if none."""
         s = self._started
         if s is None:
             return None
         self._started = None
         try:
-            return s, await s.work.result()
+            await s.work.ready()
         except PipelineError as exc:
             raise PipelineFailed(f"process() raised {exc.blame} on a batch of {s.consumed} messages") from exc
+        return s
 
     async def _produce_result(self, s: _Started, result: ProcessResult) -> None:
         """Deliver and commit the batch in flight, then produce `result`'s outputs: it is in flight."""
@@ -378,9 +380,9 @@ class BatchLoop:
     async def _settle(self) -> None:
         """Finish everything started: the batch being processed is produced, then it and the
         batch in flight are delivered and committed."""
-        collected = await self._collect()
-        if collected is not None:
-            await self._produce_result(*collected)
+        done = await self._wait_started()
+        if done is not None:
+            await self._produce_result(done, done.work.result())
         await self._finish_in_flight()
 
     async def drained(self) -> bool:

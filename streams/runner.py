@@ -7,21 +7,24 @@ produce request goes out; the machine's second core idles. `ChildRunner` runs th
 factory and pipeline in a forked child process and talks to it over a pipe: while the
 child processes batch n, the parent's event loop fetches batch n+1 and sends the
 outputs of batch n-1. The seam is unchanged (pure, synchronous `process`); only where
-it runs differs. `InLoopRunner` is the single-process form (tests, and
-`fleetcloak worker --pipeline-in-loop`).
+it runs differs. `InLoopRunner` is the single-process form, the worker's default;
+`fleetcloak worker --pipeline-process` takes the child (measured on the 2-core bench box
+shared with the broker: +0-15 % messages/s for ~35 % more CPU, bench/README.md).
 
-Both have `build`, `refresh` (awaited) and `start(messages) -> Started`, whose
-`result()` is awaited later: the loop starts batch n, then produces batch n-1's outputs
-and awaits older acknowledgements while the child works. The in-loop runner processes
-in `start` itself (the event loop stands still, as it must with one core).
+Both have `build`, `refresh` (awaited), `prepare(messages)` and `start(prepared) ->
+Started`: the loop prepares batch n while batch n-1 is being processed, awaits n-1's
+`ready()` (its reply arrived and says it succeeded), starts n at once, and only then
+decodes n-1's `result()` and produces it, so the child waits for neither the encoding
+of its next batch nor the decoding of its last. The in-loop runner processes in `start`
+itself (the event loop stands still, as it must with one core).
 
 Protocol (one request at a time: a batch is started only when the previous reply was
-read), pickled tuples:
+read and said "ok"): requests are pickled tuples, replies one status byte and a pickle:
 
-    ("build", snapshot)             -> ("ok", (topics, description, refreshable))
-    ("refresh", changed, snapshot)  -> ("ok", absorbed)
-    ("process", columns)            -> ("ok", ProcessResult)
-    a failure of any of them        -> ("error", blame)   type and innermost frame only
+    ("build", snapshot)             -> b"K" (topics, description, refreshable)
+    ("refresh", changed, snapshot)  -> b"K" absorbed
+    ("process", columns)            -> b"K" ProcessResult
+    a failure of any of them        -> b"E" blame    type and innermost frame only
 
 Failure is never silent: a pipeline exception comes back as PipelineError (the loop
 stops without committing the batch), and a child that dies (killed, out of memory,
@@ -42,6 +45,8 @@ import multiprocessing
 import os
 import pickle
 import signal
+import socket
+import struct
 import traceback
 from dataclasses import dataclass
 from typing import Sequence
@@ -51,6 +56,8 @@ from fleetcloak.streams.seam import ControlSnapshot, PipelineFactory, ProcessRes
 log = logging.getLogger(__name__)
 
 _PICKLE = pickle.HIGHEST_PROTOCOL
+_FRAME = struct.Struct(">Q")    # each message: its length, then its bytes
+_SOCKET_BUFFER = 4 << 20
 
 
 def blame(exc: BaseException) -> str:
@@ -103,9 +110,12 @@ class InLoopRunner:
         except Exception as exc:
             raise PipelineError(blame(exc)) from exc
 
-    def start(self, messages: Sequence[RawMessage]) -> "Started":
+    def prepare(self, messages: Sequence[RawMessage]):
+        return messages
+
+    def start(self, prepared) -> "Started":
         try:
-            return _Done(self.pipeline.process(messages))
+            return _Done(self.pipeline.process(prepared))
         except Exception as exc:
             return _Done(error=PipelineError(blame(exc)))
 
@@ -114,10 +124,14 @@ class InLoopRunner:
 
 
 class Started:
-    """A batch handed to a runner; `await result()` gives its ProcessResult or raises
-    PipelineError (ChildDied)."""
+    """A batch handed to a runner. `await ready()`: processed without error (else
+    PipelineError, ChildDied), and the runner is free for the next request; then
+    `result()` decodes its ProcessResult."""
 
-    async def result(self) -> ProcessResult:
+    async def ready(self) -> None:
+        raise NotImplementedError
+
+    def result(self) -> ProcessResult:
         raise NotImplementedError
 
 
@@ -125,18 +139,34 @@ class _Done(Started):
     def __init__(self, value: ProcessResult | None = None, error: PipelineError | None = None) -> None:
         self._value, self._error = value, error
 
-    async def result(self) -> ProcessResult:
+    async def ready(self) -> None:
         if self._error is not None:
             raise self._error
+
+    def result(self) -> ProcessResult:
         return self._value
 
 
 class _Reply(Started):
-    def __init__(self, runner: "ChildRunner") -> None:
+    def __init__(self, runner: "ChildRunner", request: bytes) -> None:
         self._runner = runner
+        self._body: bytes | None = None
+        # sent now (start() is synchronous; the child has been started by build())
+        if runner._broken is not None or runner._writer is None:
+            self._error: PipelineError | None = ChildDied(runner._broken or "not started")
+        else:
+            self._error = None
+            runner._broken = "a request is unanswered"
+            runner._writer.write(_FRAME.pack(len(request)))
+            runner._writer.write(request)
 
-    async def result(self) -> ProcessResult:
-        return await self._runner._reply()
+    async def ready(self) -> None:
+        if self._error is not None:
+            raise self._error
+        self._body = await self._runner._reply_bytes()
+
+    def result(self) -> ProcessResult:
+        return pickle.loads(self._body)
 
 
 class ChildRunner:
@@ -145,55 +175,55 @@ class ChildRunner:
     def __init__(self, factory: PipelineFactory) -> None:
         self.factory = factory
         self._proc = None
-        self._conn = None
+        self._reader: asyncio.StreamReader | None = None
+        self._writer: asyncio.StreamWriter | None = None
         self._broken: str | None = None  # why the pipe can no longer be trusted
 
     # --- the parent side -------------------------------------------------------------
-    def _start(self) -> None:
+    async def _start(self) -> None:
         ctx = multiprocessing.get_context("fork")  # the factory may be a closure: inherit it, never pickle it
-        parent, child = ctx.Pipe(duplex=True)
-        proc = ctx.Process(target=_child_main, args=(child, parent, self.factory, os.getpid()),
+        mine, theirs = socket.socketpair()
+        for sock in (mine, theirs):
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, _SOCKET_BUFFER)
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, _SOCKET_BUFFER)
+        proc = ctx.Process(target=_child_main, args=(theirs, mine, self.factory, os.getpid()),
                            name="fleetcloak-pipeline", daemon=True)
         proc.start()
-        child.close()
-        self._proc, self._conn = proc, parent
+        theirs.close()
+        # The reader drains the child's replies whenever the event loop runs (a large reply
+        # must not wait, with the child blocked on a full socket, until the loop asks for
+        # it); no flow-control limit short of a whole reply.
+        self._reader, self._writer = await asyncio.open_connection(sock=mine, limit=1 << 30)
+        self._proc = proc
         log.info("pipeline process started (pid %d)", proc.pid)
 
-    def _send(self, request: tuple) -> None:
+    async def _send_bytes(self, request: bytes) -> None:
         if self._broken is not None:
             raise ChildDied(self._broken)
         if self._proc is None:
-            self._start()
+            await self._start()
         self._broken = "a request is unanswered"  # until its reply is read (cancelled mid-call: out of step)
-        try:
-            self._conn.send_bytes(pickle.dumps(request, protocol=_PICKLE))
-        except OSError as exc:
-            self._broken = f"the pipeline process died ({self._exit_status()})"
-            raise ChildDied(self._broken) from exc
+        self._writer.write(_FRAME.pack(len(request)))
+        self._writer.write(request)  # buffered by the transport: never blocks the event loop
 
     async def _call(self, request: tuple):
-        self._send(request)
-        return await self._reply()
+        await self._send_bytes(pickle.dumps(request, protocol=_PICKLE))
+        return pickle.loads(await self._reply_bytes())
 
-    async def _reply(self):
-        conn = self._conn
-        if conn is None:
+    async def _reply_bytes(self) -> memoryview:
+        """The pickled body of an "ok" reply; PipelineError for an error reply."""
+        if self._reader is None:
             raise ChildDied(self._broken or "closed")
         try:
-            loop = asyncio.get_running_loop()
-            readable = loop.create_future()
-            loop.add_reader(conn.fileno(), lambda: readable.done() or readable.set_result(None))
-            try:
-                await readable
-            finally:
-                loop.remove_reader(conn.fileno())
-            status, body = pickle.loads(conn.recv_bytes())
-        except (EOFError, OSError) as exc:
+            (size,) = _FRAME.unpack(await self._reader.readexactly(_FRAME.size))
+            reply = await self._reader.readexactly(size)
+        except (asyncio.IncompleteReadError, OSError) as exc:
             self._broken = f"the pipeline process died ({self._exit_status()})"
             raise ChildDied(self._broken) from exc
         self._broken = None
-        if status != "ok":
-            raise PipelineError(body)
+        body = memoryview(reply)[1:]
+        if reply[:1] != b"K":
+            raise PipelineError(pickle.loads(body))
         return body
 
     def _exit_status(self) -> str:
@@ -212,20 +242,19 @@ class ChildRunner:
     async def refresh(self, changed: frozenset[str], snapshot: ControlSnapshot) -> bool:
         return await self._call(("refresh", changed, snapshot))
 
-    def start(self, messages: Sequence[RawMessage]) -> Started:
-        try:
-            self._send(("process", _columns(messages)))
-        except PipelineError as exc:
-            return _Done(error=exc)
-        return _Reply(self)
+    def prepare(self, messages: Sequence[RawMessage]) -> bytes:
+        return pickle.dumps(("process", _columns(messages)), protocol=_PICKLE)
+
+    def start(self, prepared: bytes) -> Started:
+        return _Reply(self, prepared)
 
     async def close(self) -> None:
-        """Stop the child: EOF on its pipe ends its loop; killed if it does not exit."""
-        proc, conn = self._proc, self._conn
-        self._proc = self._conn = None
+        """Stop the child: EOF on its socket ends its loop; killed if it does not exit."""
+        proc, writer = self._proc, self._writer
+        self._proc = self._reader = self._writer = None
         self._broken = "closed"
-        if conn is not None:
-            conn.close()
+        if writer is not None:
+            writer.close()
         if proc is not None:
             await asyncio.get_running_loop().run_in_executor(None, proc.join, 5)
             if proc.exitcode is None:
@@ -284,16 +313,31 @@ def _detach(parent_pid: int) -> None:
         os._exit(1)
 
 
-def _child_main(conn, parent_end, factory: PipelineFactory, parent_pid: int) -> None:
+def _recv_exact(sock: socket.socket, n: int) -> bytearray | None:
+    buf = bytearray(n)
+    view, got = memoryview(buf), 0
+    while got < n:
+        k = sock.recv_into(view[got:])
+        if not k:
+            return None
+        got += k
+    return buf
+
+
+def _child_main(sock: socket.socket, parent_end: socket.socket, factory: PipelineFactory, parent_pid: int) -> None:
     _detach(parent_pid)
     parent_end.close()
     pipeline = None
     while True:
-        try:
-            request = pickle.loads(conn.recv_bytes())
-        except EOFError:
+        header = _recv_exact(sock, _FRAME.size)
+        if header is None:
+            return  # EOF: the parent closed the socket or is gone
+        raw = _recv_exact(sock, _FRAME.unpack(header)[0])
+        if raw is None:
             return
-        op = request[0]
+        request = pickle.loads(raw)
+        del raw
+        op, body = request[0], None
         try:
             if op == "process":
                 body = pipeline.process(_messages(request[1]))
@@ -304,10 +348,12 @@ def _child_main(conn, parent_end, factory: PipelineFactory, parent_pid: int) -> 
                 body = bool(pipeline.refresh(request[1], request[2]))
             else:
                 raise ValueError(f"unknown request {op!r}")
-            reply = pickle.dumps(("ok", body), protocol=_PICKLE)
+            status, reply = b"K", pickle.dumps(body, protocol=_PICKLE)
         except Exception as exc:
-            reply = pickle.dumps(("error", blame(exc)), protocol=_PICKLE)
+            status, reply = b"E", pickle.dumps(blame(exc), protocol=_PICKLE)
+        del request, body
         try:
-            conn.send_bytes(reply)
-        except OSError:  # the parent is gone or closed the pipe: nobody to answer
+            sock.sendall(_FRAME.pack(1 + len(reply)) + status)
+            sock.sendall(reply)
+        except OSError:  # the parent is gone or closed the socket: nobody to answer
             return

@@ -40,6 +40,12 @@ def _factory(calls: list):
     return build
 
 
+async def _process(runner, messages) -> ProcessResult:
+    started = runner.start(runner.prepare(messages))
+    await started.ready()
+    return started.result()
+
+
 def _msgs(n: int, poison: int | None = None) -> list[Message]:
     return [Message(b"boom" if i == poison else b"m%d" % i, b"35%013d" % i, [("h", b"%d" % i)], offset=i)
             for i in range(n)]
@@ -54,8 +60,8 @@ def test_child_runs_the_pipeline_in_another_process_with_the_in_loop_results():
             assert (built.topics, built.description, built.refreshable) == (("a-topic-spec",), "v1", True)
             assert calls == []  # built in the child, not here
             await here.build(SNAP)
-            got = await child.start(_msgs(50)).result()
-            want = await here.start(_msgs(50)).result()
+            got = await _process(child, _msgs(50))
+            want = await _process(here, _msgs(50))
             assert got.outputs == want.outputs and got.counts == want.counts
             (block,), (mine,) = got.blocks, want.blocks
             assert block.keys == mine.keys
@@ -64,7 +70,7 @@ def test_child_runs_the_pipeline_in_another_process_with_the_in_loop_results():
             assert await child.refresh(frozenset({"keys"}), SNAP) is True
             assert await child.refresh(frozenset({"policies"}), SNAP) is False
             await child.build(ControlSnapshot({}, {}, {}, 7))  # a rebuild reaches the child
-            again = await child.start(_msgs(3)).result()
+            again = await _process(child, _msgs(3))
             assert all(v.split(b"|")[2] == b"7" for v in again.blocks[0].values)
         finally:
             await child.close()
@@ -77,10 +83,10 @@ def test_a_pipeline_exception_in_the_child_comes_back_as_its_type_and_place_only
         try:
             await child.build(SNAP)
             with pytest.raises(PipelineError) as failed:
-                await child.start(_msgs(20, poison=5)).result()
+                await _process(child, _msgs(20, poison=5))
             assert failed.value.blame.startswith("ZeroDivisionError at test_runner.py:")
             assert "35" not in failed.value.blame  # not the message, which quotes a key
-            assert len((await child.start(_msgs(5)).result()).blocks[0]) == 5  # the child lives on
+            assert len((await _process(child, _msgs(5))).blocks[0]) == 5  # the child lives on
         finally:
             await child.close()
     asyncio.run(go())
@@ -93,9 +99,9 @@ def test_a_killed_child_is_reported_with_its_signal_and_stays_dead():
             await child.build(SNAP)
             os.kill(child._proc.pid, signal.SIGKILL)
             with pytest.raises(ChildDied, match="killed by signal 9"):
-                await child.start(_msgs(5)).result()
+                await _process(child, _msgs(5))
             with pytest.raises(ChildDied):
-                await child.start(_msgs(5)).result()
+                await _process(child, _msgs(5))
             with pytest.raises(ChildDied):
                 await child.build(SNAP)
         finally:
@@ -205,7 +211,7 @@ def test_sigkill_of_the_pipeline_process_stops_the_worker_and_a_restart_delivers
     src, dst, group = new_topic("raw", 4), unique_name("out"), unique_name("grp")
     topic_io.produce(src, _inputs(n))
     args = ("--input-topic", src, "--group", group, "--pipeline", "passthrough", "--passthrough-topic", dst,
-            "--max-records", "100", "--session-timeout-ms", "6000")
+            "--max-records", "100", "--session-timeout-ms", "6000", "--pipeline-process")
     w1 = worker_process(*args)
     w1.wait_health(lambda h: h["consumed"] >= 2000, timeout=40)
     (child,) = _children(w1.proc.pid)
@@ -240,7 +246,7 @@ def test_sigterm_to_worker_and_pipeline_process_alike_still_stops_cleanly(broker
     src, dst, group = new_topic("raw", 4), unique_name("out"), unique_name("grp")
     topic_io.produce(src, _inputs(n))
     w = worker_process("--input-topic", src, "--group", group, "--pipeline", "passthrough", "--passthrough-topic", dst,
-                       "--max-records", "100")
+                       "--max-records", "100", "--pipeline-process")
     w.wait_health(lambda h: h["consumed"] >= 2000, timeout=40)
     (child,) = _children(w.proc.pid)
     os.kill(child, signal.SIGTERM)
