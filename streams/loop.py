@@ -293,13 +293,15 @@ class BatchLoop:
                 if self._listener_failure is not None:
                     raise WorkerFailed(f"settling before a rebalance failed: {self._listener_failure!r}") \
                         from self._listener_failure
-                # While a batch is being processed, wait for the next one to arrive (the
-                # pipeline is the slower side: have its next batch ready when it is done);
-                # with only a batch in flight, look without waiting, and settle it if the
-                # input paused. getmany() waits through a rebalance without a timeout
-                # (seconds on Tansu); the step after it applies any control change (an
-                # erasure) that arrived.
-                wait = self._started is not None or self._in_flight is None
+                # While a batch is being processed elsewhere, wait for the next one to
+                # arrive (the pipeline is the slower side: have its next batch ready when it
+                # is done); with a processed batch or one in flight, look without waiting,
+                # so its outputs go out (and it is settled if the input paused).
+                # getmany() waits through a rebalance without a timeout (seconds on
+                # Tansu); the step after it applies any control change (an erasure) that
+                # arrived.
+                s = self._started
+                wait = s.work.working if s is not None else self._in_flight is None
                 batch = await consumer.getmany(timeout_ms=self.settings.poll_timeout_ms if wait else 0,
                                                max_records=self.settings.max_records)
                 if self._stopping:  # fetched but not started: leave it uncommitted

@@ -126,7 +126,9 @@ class InLoopRunner:
 class Started:
     """A batch handed to a runner. `await ready()`: processed without error (else
     PipelineError, ChildDied), and the runner is free for the next request; then
-    `result()` decodes its ProcessResult."""
+    `result()` decodes its ProcessResult. `working`: still being processed elsewhere."""
+
+    working = False
 
     async def ready(self) -> None:
         raise NotImplementedError
@@ -148,6 +150,8 @@ class _Done(Started):
 
 
 class _Reply(Started):
+    working = True
+
     def __init__(self, runner: "ChildRunner", request: bytes) -> None:
         self._runner = runner
         self._body: bytes | None = None
@@ -164,6 +168,7 @@ class _Reply(Started):
         if self._error is not None:
             raise self._error
         self._body = await self._runner._reply_bytes()
+        self.working = False
 
     def result(self) -> ProcessResult:
         return pickle.loads(self._body)
