@@ -48,6 +48,7 @@ import signal
 import socket
 import struct
 import traceback
+from abc import ABC, abstractmethod
 from dataclasses import dataclass
 from typing import Sequence
 
@@ -123,18 +124,19 @@ class InLoopRunner:
         pass
 
 
-class Started:
-    """A batch handed to a runner. `await ready()`: processed without error (else
-    PipelineError, ChildDied), and the runner is free for the next request; then
-    `result()` decodes its ProcessResult. `working`: still being processed elsewhere."""
+class Started(ABC):
+    """A batch handed to a runner. `working`: still being processed elsewhere."""
 
     working = False
 
+    @abstractmethod
     async def ready(self) -> None:
-        raise NotImplementedError
+        """Return once it is processed without error (else raise PipelineError or
+        ChildDied); the runner is then free for the next request."""
 
+    @abstractmethod
     def result(self) -> ProcessResult:
-        raise NotImplementedError
+        """Its ProcessResult, after ready()."""
 
 
 class _Done(Started):
@@ -152,21 +154,11 @@ class _Done(Started):
 class _Reply(Started):
     working = True
 
-    def __init__(self, runner: "ChildRunner", request: bytes) -> None:
+    def __init__(self, runner: "ChildRunner") -> None:
         self._runner = runner
-        self._body: bytes | None = None
-        # sent now (start() is synchronous; the child has been started by build())
-        if runner._broken is not None or runner._writer is None:
-            self._error: PipelineError | None = ChildDied(runner._broken or "not started")
-        else:
-            self._error = None
-            runner._broken = "a request is unanswered"
-            runner._writer.write(_FRAME.pack(len(request)))
-            runner._writer.write(request)
+        self._body: memoryview | None = None
 
     async def ready(self) -> None:
-        if self._error is not None:
-            raise self._error
         self._body = await self._runner._reply_bytes()
         self.working = False
 
@@ -202,17 +194,18 @@ class ChildRunner:
         self._proc = proc
         log.info("pipeline process started (pid %d)", proc.pid)
 
-    async def _send_bytes(self, request: bytes) -> None:
-        if self._broken is not None:
-            raise ChildDied(self._broken)
-        if self._proc is None:
-            await self._start()
+    def _write(self, request: bytes) -> None:
+        """Send one request (buffered by the transport: never blocks the event loop)."""
+        if self._broken is not None or self._writer is None:
+            raise ChildDied(self._broken or "not started")
         self._broken = "a request is unanswered"  # until its reply is read (cancelled mid-call: out of step)
         self._writer.write(_FRAME.pack(len(request)))
-        self._writer.write(request)  # buffered by the transport: never blocks the event loop
+        self._writer.write(request)
 
     async def _call(self, request: tuple):
-        await self._send_bytes(pickle.dumps(request, protocol=_PICKLE))
+        if self._proc is None and self._broken is None:
+            await self._start()  # by the first build(), before any batch
+        self._write(pickle.dumps(request, protocol=_PICKLE))
         return pickle.loads(await self._reply_bytes())
 
     async def _reply_bytes(self) -> memoryview:
@@ -251,7 +244,11 @@ class ChildRunner:
         return pickle.dumps(("process", _columns(messages)), protocol=_PICKLE)
 
     def start(self, prepared: bytes) -> Started:
-        return _Reply(self, prepared)
+        try:
+            self._write(prepared)
+        except ChildDied as exc:
+            return _Done(error=exc)
+        return _Reply(self)
 
     async def close(self) -> None:
         """Stop the child: EOF on its socket ends its loop; killed if it does not exit."""
