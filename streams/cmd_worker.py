@@ -68,7 +68,7 @@ def run(args) -> int:
         loop=LoopSettings(args.broker, input_topic=args.input_topic, group_id=args.group, max_records=args.max_records,
                           session_timeout_ms=args.session_timeout_ms, stop_when_drained=args.until_drained,
                           heartbeat_interval_ms=max(args.session_timeout_ms // 5, 500),
-                          pipeline_in_child=args.pipeline_process),
+                          pipeline_process=args.pipeline_process),
         web_port=args.metrics_port, web_host=args.metrics_host,
         control_plane=not args.no_control_plane, raw_partitions=args.raw_partitions, notice=notice,
         summary_path=args.summary_json,

@@ -9,8 +9,8 @@ acknowledged by the broker (acks=all). Batches are pipelined: batch n is process
 while batch n-1's outputs are acknowledged by the broker. With the pipeline in the loop
 (the default) processing blocks the event loop and the overlap is with the broker;
 with the pipeline in a child process (streams/runner.py, `--pipeline-process`) the
-child processes n while this process produces n-1 and fetches n+1, on two cores. Commits stay in batch order. Anything else stops the loop *without*
-committing: an exception from `process` (a bug: Faust would ack and skip it), a failed
+child processes n while this process produces n-1 and fetches n+1, on two cores.
+Commits stay in batch order. Anything else stops the loop *without* committing: an exception from `process` (a bug: Faust would ack and skip it), a failed
 delivery (Faust's flush() would not even raise), a dead control-plane reader, a dead
 pipeline process. The batch in flight before a failed `process` is still delivered and
 committed (its outputs were produced before the failure); the failed batch and anything
@@ -25,9 +25,10 @@ outputs, delivers and commits both it and the batch in flight), so every batch w
 processing started is delivered and committed while this member still owns its
 partitions (the commit of the old generation is accepted until the
 group moves on). Records fetched for a partition that was revoked before their batch
-started are dropped unprocessed and uncommitted. Control changes apply between batches, when no batch is being processed. A commit
-refused because the group already moved on is not an error: the outputs are delivered, the new owner redelivers
-the records, consumers see duplicates.
+started are dropped unprocessed and uncommitted. Control changes apply between batches,
+when no batch is being processed. A commit refused because the group already moved on
+is not an error: the outputs are delivered, the new owner redelivers the records,
+consumers see duplicates.
 
 This module knows nothing of telematics: see streams/seam.py for the pipeline seam.
 """
@@ -36,7 +37,6 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from operator import itemgetter
 from dataclasses import dataclass
 from typing import Callable
 
@@ -80,7 +80,7 @@ class LoopSettings:
     stop_when_drained: bool = False     # return once every owned partition is processed up to its high-watermark
     session_timeout_ms: int = 10_000
     heartbeat_interval_ms: int = 3_000
-    pipeline_in_child: bool = False     # run the pipeline in a child process (streams/runner.py)
+    pipeline_process: bool = False     # run the pipeline in a child process (streams/runner.py)
 
 
 async def await_delivery(futures: list) -> None:
@@ -92,8 +92,8 @@ async def await_delivery(futures: list) -> None:
 
 
 @dataclass
-class _Started:
-    """A batch handed to the pipeline runner, not yet produced."""
+class _InProcess:
+    """A batch handed to the pipeline runner: being processed, not yet produced."""
 
     work: Started         # its result, when ready
     consumed: int
@@ -179,9 +179,9 @@ class BatchLoop:
         self.control = control      # ControlPlane or None (an empty snapshot then)
         self.metrics = metrics or WorkerMetrics()
         self.on_started = on_started
-        self._runner = ChildRunner(factory) if settings.pipeline_in_child else InLoopRunner(factory)
+        self._runner = ChildRunner(factory) if settings.pipeline_process else InLoopRunner(factory)
         self.pipeline: Built | None = None  # what the runner's pipeline needs: its topics, its description
-        self._started: _Started | None = None  # handed to the runner, not yet produced
+        self._in_process: _InProcess | None = None  # handed to the runner, not yet produced
         self._listener_failure: BaseException | None = None
         self.assigned = asyncio.Event()
         self._owned: set[TopicPartition] = set()
@@ -199,7 +199,7 @@ class BatchLoop:
         self.lag: dict[TopicPartition, int] = {}  # as of each partition's last batch
         self.consumed = 0
         self.produced = 0
-        self.busy = 0.0  # seconds spent in batches (process + deliver + commit)
+        self.busy = 0.0  # seconds spent in steps and settles (process + produce + deliver + commit)
         self.first_batch_at: float | None = None  # perf_counter: the first fetched batch in hand
         self.last_commit_at: float | None = None  # perf_counter: the last batch committed
         self.started_at: float | None = None
@@ -273,7 +273,7 @@ class BatchLoop:
             if client is None:
                 continue
             try:
-                await (client.close() if client is self._runner else client.stop())
+                await client.stop()
             except Exception as exc:  # closing must not hide the failure that got us here
                 log.warning("closing %s failed: %r", type(client).__name__, exc)
         if self.started_at is not None:
@@ -300,7 +300,7 @@ class BatchLoop:
                 # getmany() waits through a rebalance without a timeout (seconds on
                 # Tansu); the step after it applies any control change (an erasure) that
                 # arrived.
-                s = self._started
+                s = self._in_process
                 wait = s.work.working if s is not None else self._in_flight is None
                 batch = await consumer.getmany(timeout_ms=self.settings.poll_timeout_ms if wait else 0,
                                                max_records=self.settings.max_records)
@@ -308,7 +308,7 @@ class BatchLoop:
                     break
                 async with self._batch_lock:
                     await self._step(batch)
-                if not batch and self._started is None and self._in_flight is None \
+                if not batch and self._in_process is None and self._in_flight is None \
                         and self.settings.stop_when_drained and await self.drained():
                     log.info("input drained up to the high-watermark of %s: stopping", _fmt_tps(self._owned))
                     break
@@ -332,13 +332,13 @@ class BatchLoop:
         t0 = time.perf_counter()
         messages, last = self._take(batch)
         prepared = self._runner.prepare(messages) if messages else None  # while the pipeline works
-        done = await self._wait_started()
+        done = await self._wait_processed()
         if self._rebuild or self._changed:  # between batches: none is being processed
             await self._apply_control_changes()
         if messages:
             if self.first_batch_at is None:
                 self.first_batch_at = t0
-            self._started = _Started(self._runner.start(prepared), len(messages), last, t0)
+            self._in_process = _InProcess(self._runner.start(prepared), len(messages), last, t0)
         if done is not None:
             await self._produce_result(done, done.work.result())
         elif not messages:  # the input paused: settle the batch in flight now
@@ -361,20 +361,20 @@ class BatchLoop:
             log.info("left %d fetched records of revoked partitions unprocessed", dropped)
         return messages, last
 
-    async def _wait_started(self) -> _Started | None:
+    async def _wait_processed(self) -> _InProcess | None:
         """Wait until the batch being processed is done (PipelineFailed if it failed): it
         is returned, its result ready to decode, and the runner is free. None if none."""
-        s = self._started
+        s = self._in_process
         if s is None:
             return None
-        self._started = None
+        self._in_process = None
         try:
             await s.work.ready()
         except PipelineError as exc:
             raise PipelineFailed(f"process() raised {exc.blame} on a batch of {s.consumed} messages") from exc
         return s
 
-    async def _produce_result(self, s: _Started, result: ProcessResult) -> None:
+    async def _produce_result(self, s: _InProcess, result: ProcessResult) -> None:
         """Deliver and commit the batch in flight, then produce `result`'s outputs: it is in flight."""
         await self._finish_in_flight()
         self._in_flight = _InFlight(s.consumed, len(result), result.counts, s.last, await self._produce(result), s.started)
@@ -382,10 +382,12 @@ class BatchLoop:
     async def _settle(self) -> None:
         """Finish everything started: the batch being processed is produced, then it and the
         batch in flight are delivered and committed."""
-        done = await self._wait_started()
+        t0 = time.perf_counter()
+        done = await self._wait_processed()
         if done is not None:
             await self._produce_result(done, done.work.result())
         await self._finish_in_flight()
+        self.busy += time.perf_counter() - t0
 
     async def drained(self) -> bool:
         """Every owned partition processed up to its high-watermark (not end_offsets(): wrong
@@ -403,7 +405,6 @@ class BatchLoop:
         b = self._in_flight
         if b is None:
             return
-        t0 = time.perf_counter()
         b.failed = True  # until it is settled: never settle a batch twice
         await await_delivery(b.futures)
         self._in_flight = None
@@ -420,7 +421,6 @@ class BatchLoop:
             if hw is not None:
                 self._set_lag(tp, hw - off - 1)
         now = self.last_commit_at = time.perf_counter()
-        self.busy += now - t0
         self.metrics.batches.inc()
         self.metrics.batch_seconds.observe(now - b.started)
 
@@ -493,9 +493,8 @@ class BatchLoop:
             codes = np.fromiter(part_of, dtype=np.int64, count=len(part_of))
             groups = {}
             for p in sorted(distinct):
-                pick = itemgetter(*np.flatnonzero(codes == p).tolist())
-                k, v = pick(keys), pick(values)
-                groups[p] = (k, v) if type(k) is tuple else ((k,), (v,))  # itemgetter of one index: the item
+                rows = np.flatnonzero(codes == p).tolist()
+                groups[p] = ([keys[i] for i in rows], [values[i] for i in rows])
         timestamp_ms = int(time.time() * 1000)
         producer, max_bytes, futures = self._producer, self.settings.producer_batch_bytes, []
         for p, (k, v) in groups.items():

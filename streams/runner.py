@@ -120,7 +120,7 @@ class InLoopRunner:
         except Exception as exc:
             return _Done(error=PipelineError(blame(exc)))
 
-    async def close(self) -> None:
+    async def stop(self) -> None:
         pass
 
 
@@ -250,7 +250,7 @@ class ChildRunner:
             return _Done(error=exc)
         return _Reply(self)
 
-    async def close(self) -> None:
+    async def stop(self) -> None:
         """Stop the child: EOF on its socket ends its loop; killed if it does not exit."""
         proc, writer = self._proc, self._writer
         self._proc = self._reader = self._writer = None

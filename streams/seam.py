@@ -10,8 +10,8 @@ telematics and nothing about Kafka. They meet here:
 and returns every output message for it plus the batch's accounting: single messages
 (`outputs`: dead letters, key writes, anything with headers) and blocks of many
 messages to one topic (`blocks`: the telemetry routes), which the loop turns into Kafka
-record batches in one C call each instead of one Python call per message. It must not do IO
-and must not keep a reference to the batch. It MAY raise: the loop then stops the worker
+record batches in one C call each instead of one Python call per message. It must not
+do IO and must not keep a reference to the batch. It MAY raise: the loop then stops the worker
 without committing anything of the batch (bad *input* is data, routed to the dead-letter
 topic by the pipeline; an exception means a bug, and a bug must not be acked).
 

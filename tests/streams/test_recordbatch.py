@@ -24,7 +24,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from fleetcloak.streams import _recordbatch
-from fleetcloak.streams.recordbatch import BATCH_OVERHEAD, PrebuiltBatch, RecordTooLarge, build_batches
+from fleetcloak.streams.recordbatch import BATCH_OVERHEAD, RecordTooLarge, build_batches
 
 TS = 1_718_000_000_123
 

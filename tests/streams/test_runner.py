@@ -3,6 +3,7 @@ failures never silent, no orphan, and no record lost when the child dies mid-str
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import os
 import signal
 import subprocess
@@ -40,6 +41,17 @@ def _factory(calls: list):
     return build
 
 
+@contextlib.asynccontextmanager
+async def _built_child(factory=None):
+    """A ChildRunner with its pipeline built from SNAP, stopped afterwards."""
+    child = ChildRunner(factory or _factory([]))
+    try:
+        await child.build(SNAP)
+        yield child
+    finally:
+        await child.stop()
+
+
 async def _process(runner, messages) -> ProcessResult:
     started = runner.start(runner.prepare(messages))
     await started.ready()
@@ -73,30 +85,24 @@ def test_child_runs_the_pipeline_in_another_process_with_the_in_loop_results():
             again = await _process(child, _msgs(3))
             assert all(v.split(b"|")[2] == b"7" for v in again.blocks[0].values)
         finally:
-            await child.close()
+            await child.stop()
     asyncio.run(go())
 
 
 def test_a_pipeline_exception_in_the_child_comes_back_as_its_type_and_place_only():
     async def go():
-        child = ChildRunner(_factory([]))
-        try:
-            await child.build(SNAP)
+        async with _built_child() as child:
             with pytest.raises(PipelineError) as failed:
                 await _process(child, _msgs(20, poison=5))
             assert failed.value.blame.startswith("ZeroDivisionError at test_runner.py:")
             assert "35" not in failed.value.blame  # not the message, which quotes a key
             assert len((await _process(child, _msgs(5))).blocks[0]) == 5  # the child lives on
-        finally:
-            await child.close()
     asyncio.run(go())
 
 
 def test_a_killed_child_is_reported_with_its_signal_and_stays_dead():
     async def go():
-        child = ChildRunner(_factory([]))
-        try:
-            await child.build(SNAP)
+        async with _built_child() as child:
             os.kill(child._proc.pid, signal.SIGKILL)
             with pytest.raises(ChildDied, match="killed by signal 9"):
                 await _process(child, _msgs(5))
@@ -104,8 +110,6 @@ def test_a_killed_child_is_reported_with_its_signal_and_stays_dead():
                 await _process(child, _msgs(5))
             with pytest.raises(ChildDied):
                 await child.build(SNAP)
-        finally:
-            await child.close()
     asyncio.run(go())
 
 
@@ -114,7 +118,7 @@ def test_close_reaps_the_child():
         child = ChildRunner(_factory([]))
         await child.build(SNAP)
         proc = child._proc
-        await child.close()
+        await child.stop()
         assert proc.exitcode == 0
     asyncio.run(go())
 
@@ -176,7 +180,7 @@ def test_loop_with_the_child_commits_only_what_it_delivered_before_a_failure(bro
     n = 3000
     src, dst, group = new_topic("raw", 2), unique_name("out"), unique_name("grp")
     topic_io.produce(src, _inputs(n))
-    settings = LoopSettings(broker, input_topic=src, group_id=group, max_records=200, pipeline_in_child=True)
+    settings = LoopSettings(broker, input_topic=src, group_id=group, max_records=200, pipeline_process=True)
 
     async def run(loop, remaining):
         task = asyncio.create_task(loop.run())
