@@ -15,7 +15,7 @@ from fleetcloak.anonymize.keystore import MasterKey
 from fleetcloak.cli import main as cli
 from fleetcloak.codecs import AvlPacket, AvlRecord, encode
 from fleetcloak.streams.cli_policy_apply import policy_key, policy_value
-from fleetcloak.streams.pipeline import PipelineBuilder, udp_datagram_to_frame
+from fleetcloak.streams.pipeline import DuplicateWindow, PipelineBuilder, udp_datagram_to_frame
 from fleetcloak.streams.seam import ControlSnapshot, Counts, Message
 
 REPO = Path(__file__).resolve().parents[2]
@@ -187,9 +187,23 @@ def test_too_old_future_and_unknown_never_reach_a_tenant_topic(fleet):
         assert not any(u in value for u in unknown)
 
 
+def test_duplicate_window_forwards_each_id_once_and_keeps_at_least_half_its_capacity():
+    w = DuplicateWindow(capacity=8)
+    assert w.fresh(["a", "b", "a", "c"]).tolist() == [True, True, False, True]   # a repeat inside a call
+    assert w.fresh(("b", "d")).tolist() == [False, True]                           # across calls, any sequence
+    assert w.fresh([]).tolist() == []
+    # 4 ids filled the young generation (capacity/2): it became the old one, still remembered
+    assert len(w) == 4 and w.fresh(["a", "d", "e"]).tolist() == [False, False, True]
+    w.fresh(["f", "g", "h"])      # the young generation is full again: "b", "c" are forgotten,
+    assert w.fresh(["e", "a", "b"]).tolist() == [False, False, True]   # "a", seen again, was kept
+    assert len(w) == 6 + 3   # at most the capacity plus one call's ids
+    w.clear()
+    assert len(w) == 0 and w.fresh(["e"]).tolist() == [True]
+
+
 def test_batching_does_not_change_the_outputs(fleet):
     _, a, builder = run(fleet, batch_size=97)
-    builder.duplicates._seen.clear()  # same keys, a worker that forwarded nothing yet
+    builder.duplicates.clear()  # same keys, a worker that forwarded nothing yet
     _, b, _ = run(fleet, batch_size=5000, builder=builder)
     pick = lambda outs: sorted((t, v) for t, _, v, _ in outs if t.startswith("tenant."))
     assert len(pick(a)) == len(pick(b))
