@@ -186,22 +186,28 @@ class Pseudonymizer:
 
     def imeis(self, imeis: np.ndarray | Sequence, timestamps_ms: np.ndarray, *, on_erased: str = "raise") -> np.ndarray:
         """Device pseudonyms for a column of IMEIs (15-digit str, or integers)."""
+        return self.imeis_coded(imeis, timestamps_ms, on_erased=on_erased)[0]
+
+    def imeis_coded(self, imeis: np.ndarray | Sequence, timestamps_ms: np.ndarray, *,
+                    on_erased: str = "raise") -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """`imeis`, and the distinct pseudonyms with an index into them per record
+        (what `_unique_objects` of the result gives, up to order, without another pass
+        over the records; an erased device's None may appear more than once)."""
         arr = _imeis_as_ints(np.asarray(imeis))
         ts = np.asarray(timestamps_ms)
         out = np.empty(arr.shape[0], dtype=object)
+        codes = np.empty(arr.shape[0], dtype=np.intp)
+        distinct: list[np.ndarray] = []
+        base = 0
         for epoch, idx in self._by_epoch(ts, arr.shape[0]):
             sub = arr if idx is None else arr[idx]
             if sub.dtype.kind in "iu":
                 uniq, inv = np.unique(sub, return_inverse=True)
+                inv = inv.reshape(-1)
                 if uniq.size and (uniq.min() < 0 or uniq.max() >= 10**15):
                     raise ValueError("an IMEI is 15 ASCII digits")
                 res_arr = np.empty(uniq.size, dtype=object)
                 res_arr[:] = self._int_lookup("device", uniq.tolist(), epoch, _imei_bytes, on_erased)
-                if idx is None:
-                    out[:] = res_arr[inv]
-                else:
-                    out[idx] = res_arr[inv]
-                continue
             else:
                 uniq, inv = _unique_objects(sub)
                 known = self._imei_canon
@@ -213,13 +219,18 @@ class Pseudonymizer:
                     if c is None:
                         c = known[u] = canonical_imei(u)
                     canon.append(c)
-            res_arr = np.empty(len(canon), dtype=object)
-            res_arr[:] = self._lookup_unique("device", canon, epoch, on_erased)
+                res_arr = np.empty(len(canon), dtype=object)
+                res_arr[:] = self._lookup_unique("device", canon, epoch, on_erased)
             if idx is None:
                 out[:] = res_arr[inv]
+                codes[:] = inv
             else:
                 out[idx] = res_arr[inv]
-        return out
+                codes[idx] = inv + base
+            distinct.append(res_arr)
+            base += res_arr.shape[0]
+        uniq_all = distinct[0] if len(distinct) == 1 else np.concatenate(distinct) if distinct else np.empty(0, dtype=object)
+        return out, uniq_all, codes
 
     def canonicals_indexed(self, kind: str, values: Sequence[bytes | None], index: np.ndarray,
                            timestamps_ms: np.ndarray, *, on_erased: str = "raise") -> np.ndarray:

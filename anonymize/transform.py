@@ -162,14 +162,7 @@ def _identifiers(cols: Columns, pseudo: Pseudonymizer, pseudonymise: frozenset[s
                     out = shown[inv]
                     present = vals != 0
             else:
-                lists = [(p.tolist() if p is not None else [None] * m) for p in parts]
-                # distinct values (tuples of the parts) by a dict pass, tuples built only
-                # per distinct value when the group has one part
-                rowvals = lists[0] if len(lists) == 1 else list(zip(*lists))
-                index = {v: i for i, v in enumerate(dict.fromkeys(rowvals))}
-                inv = np.fromiter(map(index.__getitem__, rowvals), dtype=np.intp, count=m)
-                uniq_l = [(v,) for v in index] if len(lists) == 1 else list(index)
-                canon = [canonical_group(group, t, fam) for t in uniq_l]
+                canon, inv = _group_canonicals(group, fam, parts, m)
                 if hide:
                     # one pseudonym per distinct canonical and epoch (epochs are per record)
                     out = pseudo.canonicals_indexed(group.kind, canon, inv, sub_ts, on_erased=on_erased)
@@ -201,6 +194,52 @@ def _identifiers(cols: Columns, pseudo: Pseudonymizer, pseudonymise: frozenset[s
         else:
             driver[rows] = fam_driver
     return Identifiers(driver, replace, erased, multipart)
+
+
+def _live_rows(parts: list, m: int) -> np.ndarray | None:
+    """Rows where any part may hold a value (not None, not 0), or None when that is not
+    known cheaply (a part neither object nor integer). The other rows' canonical form is
+    None whatever the group's form: every canonical form of all-absent parts is None."""
+    live = None
+    for p in parts:
+        if p is None:
+            continue
+        a = np.asarray(p)
+        if a.dtype == object:
+            nz = np.not_equal(a, None)
+        elif a.dtype.kind in "iu":
+            nz = a != 0
+        else:
+            return None
+        live = nz if live is None else live | nz
+    return np.flatnonzero(live) if live is not None else np.zeros(0, dtype=np.intp)
+
+
+def _group_canonicals(group, fam: str, parts: list, m: int) -> tuple[list, np.ndarray]:
+    """(distinct canonicals, index into them per row) of an identifier group given as
+    per-row parts. Distinct values (tuples of the parts) by a dict pass over the rows
+    that carry a value only; the rest share one None entry."""
+    live = _live_rows(parts, m)
+    if live is None or live.shape[0] == m:
+        lists = [(np.asarray(p).tolist() if p is not None else [None] * m) for p in parts]
+        off = 0
+        inv = None
+    else:
+        k = live.shape[0]
+        lists = [(np.asarray(p)[live].tolist() if p is not None else [None] * k) for p in parts]
+        off = 1
+    # tuples built only per distinct value when the group has one part
+    rowvals = lists[0] if len(lists) == 1 else list(zip(*lists))
+    index = {v: i for i, v in enumerate(dict.fromkeys(rowvals), off)}
+    sub_inv = np.fromiter(map(index.__getitem__, rowvals), dtype=np.intp, count=len(rowvals))
+    if off:
+        inv = np.zeros(m, dtype=np.intp)
+        inv[live] = sub_inv
+    else:
+        inv = sub_inv
+    uniq_l = [(v,) for v in index] if len(lists) == 1 else list(index)
+    canon = [None] * off + [canonical_group(group, t, fam) for t in uniq_l]
+    return canon, inv
 
 
 def _put(replace: dict[int, np.ndarray], io_id: int, values: np.ndarray, rows: np.ndarray | None, n: int) -> None:
@@ -482,14 +521,23 @@ class GroupGate:
         self._groups: dict[tuple[int, int], set] = {}
         self._latest = None
 
-    def admit(self, cells: np.ndarray, buckets: np.ndarray, devices: np.ndarray) -> np.ndarray:
-        """True for the rows whose (cell, bucket) group has >= k distinct devices."""
+    def admit(self, cells: np.ndarray, buckets: np.ndarray, devices: np.ndarray | None,
+              device_codes: tuple[np.ndarray, np.ndarray] | None = None) -> np.ndarray:
+        """True for the rows whose (cell, bucket) group has >= k distinct devices.
+
+        device_codes: (distinct devices, index into them per row) instead of `devices`,
+        when the caller has them (the distinct values must be distinct, but may include
+        some that no row uses)."""
         n = len(cells)
         if self.k <= 1 or n == 0:
             return np.ones(n, dtype=bool)
         cells = np.asarray(cells).astype(np.int64, copy=False)
         buckets = np.asarray(buckets, dtype=np.int64)
-        dev_uniq, dev_inv = _unique_objects(np.asarray(devices, dtype=object))
+        if device_codes is None:
+            dev_uniq, dev_inv = _unique_objects(np.asarray(devices, dtype=object))
+        else:
+            dev_uniq, dev_inv = device_codes
+            dev_inv = np.asarray(dev_inv, dtype=np.int64)
         # group id per row: runs of equal (bucket, cell) after one lexsort
         order = np.lexsort((cells, buckets))
         cs, bs = cells[order], buckets[order]
@@ -598,6 +646,23 @@ class ControllerTransform:
         clat, clon = h3_centres(cells)
         return cells.astype(np.int64), h3_strings(cells), clat, clon
 
+    def _cells(self, lat: np.ndarray, lon: np.ndarray):
+        """`cells`, and the distinct cell keys' centres with an index into them per
+        record (for one zone lookup per distinct cell). H3: one np.unique of the cells
+        serves the centres, the labels and the zone lookup."""
+        loc = self.service.location
+        if loc.grid_m is not None:
+            ids, label, clat, clon = self.cells(lat, lon)
+            _, uidx, uinv = np.unique(ids, return_index=True, return_inverse=True)
+            return ids, label, clat, clon, clat[uidx], clon[uidx], uinv.reshape(-1)
+        cells = h3_cells(lat, lon, loc.h3_resolution)
+        ucells, uinv = np.unique(cells, return_inverse=True)
+        uinv = uinv.reshape(-1)
+        ulat, ulon = h3_centres(ucells)
+        labels = np.empty(ucells.shape[0], dtype=object)
+        labels[:] = [format(c, "x") if c else None for c in ucells.tolist()]
+        return cells.astype(np.int64), labels[uinv], ulat[uinv], ulon[uinv], ulat, ulon, uinv
+
     def apply(self, cols: Columns, *, private: np.ndarray | None = None,
               zone: np.ndarray | None = None) -> ControllerResult:
         """private, zone: what the tenant's ProcessorTransform already computed for the
@@ -617,7 +682,7 @@ class ControllerTransform:
         if private.any():
             keep &= ~private
             drops["private_mode"] = int(private.sum())
-        device = self.pseudo.imeis(cols.imei, ts, on_erased="none")
+        device, dev_uniq, dev_inv = self.pseudo.imeis_coded(cols.imei, ts, on_erased="none")
         want_driver = "driver" in self.allow
         ident = _identifiers(cols, self.pseudo, frozenset({"driver"}), "none", want_io=False, only=frozenset({"driver"})) if want_driver else None
         erased = np.equal(device, None)
@@ -629,14 +694,13 @@ class ControllerTransform:
             drops["subject_erased"] = int(erased.sum())
         lat = np.asarray(cols.lat, dtype=np.float64)
         lon = np.asarray(cols.lon, dtype=np.float64)
-        cell_key, cell, clat, clon = self.cells(lat, lon)
+        cell_key, cell, clat, clon, ulat, ulon, uinv = self._cells(lat, lon)
         why = np.full(n, None, dtype=object)
         nopos = np.isnan(clat)
         if len(self.zones):
             raw = zone if zone is not None else self.zones.locate(lat, lon)
             # cell centres: one lookup per distinct cell
-            ukeys, uidx, uinv = np.unique(cell_key, return_index=True, return_inverse=True)
-            centre_in = self.zones.locate(clat[uidx], clon[uidx])[uinv.reshape(-1)] >= 0
+            centre_in = self.zones.locate(ulat, ulon)[uinv] >= 0
             inz = (raw >= 0) | centre_in
             why[inz] = PRIVACY_ZONE
             nopos |= inz
@@ -644,7 +708,7 @@ class ControllerTransform:
         tsb = truncate_time(ts, self.service.time_bucket_s)
         cand = keep & ~nopos
         if cand.any():
-            ok = self.gate.admit(cell_key[cand], tsb[cand] // bucket_ms, device[cand])
+            ok = self.gate.admit(cell_key[cand], tsb[cand] // bucket_ms, None, device_codes=(dev_uniq, dev_inv[cand]))
             small = np.flatnonzero(cand)[~ok]
             why[small] = MIN_GROUP
             nopos[small] = True

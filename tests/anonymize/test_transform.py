@@ -279,3 +279,54 @@ def test_multipart_identifier_with_a_missing_first_part(keyring, t0, policies):
     res = ProcessorTransform(pol, keyring).apply(cols)
     io = res.record_io(0, {148: CARD_LO, 239: 1})
     assert set(io) == {"147", "239"} and io["147"] == res.driver[0] and io["147"].startswith("drv_")
+
+
+def test_group_canonicals_of_sparse_parts_match_the_every_row_pass():
+    """Only rows carrying a value go through the dict pass; the others share one None
+    canonical. Same canonical per row as canonicalising every row, for object, integer
+    and mixed parts, empty values included."""
+    from fleetcloak.anonymize.canonical import canonical_group
+    from fleetcloak.anonymize.transform import _group_canonicals
+    from fleetcloak.codecs.iodict import identifier_groups
+
+    groups = {g.ids: g for g in identifier_groups("FMB")}
+    card, iccid, barcode = groups[(147, 148)], groups[(11, 14)], groups[(264,)]
+    rng = np.random.default_rng(7)
+    n = 200
+    pick = rng.integers(0, 4, size=(3, n))
+    obj = [np.array([[None, b"", b"DRV1", b"DRV2"][k] for k in row], dtype=object) for row in pick]
+    ints = np.array([[0, 0, 8937020, 42][k] for k in pick[0]], dtype=np.uint64)
+    for group, parts in ((card, [obj[0], obj[1]]), (card, [None, obj[1]]), (card, [obj[0], ints]),
+                         (iccid, [ints, obj[2]]), (barcode, [obj[2]]), (barcode, [np.full(n, None, dtype=object)]),
+                         (barcode, [obj[0][:0]])):
+        m = len(parts[-1])
+        canon, inv = _group_canonicals(group, "FMB", parts, m)
+        rows = [[None if p is None else (p[i].item() if hasattr(p[i], "item") else p[i]) for p in parts] for i in range(m)]
+        assert [canon[j] for j in inv.tolist()] == [canonical_group(group, r, "FMB") for r in rows]
+
+
+def test_imeis_coded_gives_the_distinct_pseudonyms(keyring, t0):
+    from fleetcloak.anonymize.pseudonyms import Pseudonymizer
+
+    p = Pseudonymizer(keyring, tenant="acme-logistics", route="controller", rotation="daily")
+    imei = np.array([IMEIS[i % 3] for i in range(12)])
+    ts = t0 + np.arange(12, dtype=np.int64) * 3_600_000 * 5  # spans several daily epochs
+    out, uniq, codes = p.imeis_coded(imei, ts, on_erased="none")
+    assert out.tolist() == p.imeis(imei, ts, on_erased="none").tolist()
+    assert uniq[codes].tolist() == out.tolist()
+    assert len(set(uniq.tolist())) == len(uniq)
+    out2, uniq2, codes2 = p.imeis_coded(imei.astype(object), ts, on_erased="none")  # the per-value path
+    assert out2.tolist() == out.tolist() and uniq2[codes2].tolist() == out.tolist()
+
+
+def test_group_gate_with_device_codes_admits_as_with_devices():
+    rng = np.random.default_rng(3)
+    devs = np.array([f"dev_{i}" for i in range(9)], dtype=object)
+    a, b = GroupGate(3), GroupGate(3)
+    for batch in range(4):
+        n = 300
+        cells = rng.integers(0, 5, n)
+        buckets = np.full(n, batch // 2) + rng.integers(0, 2, n)
+        di = rng.integers(0, 9, n)
+        extra = np.concatenate([devs, np.array(["unused"], dtype=object)])  # a code no row uses
+        assert a.admit(cells, buckets, devs[di]).tolist() == b.admit(cells, buckets, None, device_codes=(extra, di)).tolist()
