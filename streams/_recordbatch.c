@@ -1,6 +1,7 @@
 /*
- * _recordbatch: whole, uncompressed Kafka RecordBatch v2 buffers in C, for
- * fleetcloak.streams.recordbatch (the producer's batches without a Python call per message).
+ * _recordbatch: whole, uncompressed Kafka RecordBatch v2 buffers in C, both ways, for
+ * fleetcloak.streams.recordbatch: the producer's batches built, and the consumer's fetched
+ * batches read, without a Python call per message.
  *
  * Entry points:
  *   build(keys, values, timestamp_ms, max_bytes) -> list[tuple[bytearray, int]]
@@ -8,9 +9,24 @@
  *       encoded size <= max_bytes; (buffer, record count) per batch. A record that does
  *       not fit a batch of its own raises the class registered with
  *       set_too_large_error(cls) as cls(index, size, max_bytes) (ValueError before that).
+ *   read(data, pos, topic, partition, next_offset, check_crcs) -> (records, next_offset, pos, stop)
+ *       the records of a fetched partition's batches (one after another, from byte pos),
+ *       as FetchedRecord struct sequences (ConsumerRecord's attributes), with aiokafka's
+ *       PartitionRecords offset rules: a record below next_offset is skipped, an emitted
+ *       one sets next_offset = its offset + 1, a finished batch sets it to the batch's
+ *       last offset + 1. It reads whole batches only and stops, at pos = the start of the
+ *       batch it did not read, with stop =
+ *         STOP_END       no complete batch left (fewer than 12 bytes, or a batch cut off
+ *                        by the fetch size: normal at the end of a fetch);
+ *         STOP_FALLBACK  a batch for aiokafka's own reader: not magic 2, compressed,
+ *                        transactional, control, or not well-formed in any way (lengths,
+ *                        varints, record count, a header key not UTF-8); its records
+ *                        are not in the list, aiokafka reads them or raises its error;
+ *         STOP_BAD_CRC   check_crcs and the batch's CRC-32C does not match.
  *   _crc32c(data, force_portable=False) -> int     CRC-32C, for the tests
  *   set_too_large_error(cls)
- *   constants BATCH_OVERHEAD (61), CRC_IMPL ("sse4.2" or "portable", chosen at import)
+ *   FetchedRecord, constants BATCH_OVERHEAD (61), CRC_IMPL ("sse4.2" or "portable",
+ *   chosen at import), STOP_END, STOP_FALLBACK, STOP_BAD_CRC
  *
  * Wire layout (Kafka's DefaultRecordBatch / DefaultRecord), integers big-endian:
  *    0 baseOffset i64 = 0 (the broker assigns it)
@@ -45,6 +61,11 @@
  *    exactly its size. A mismatch raises RuntimeError, never writes out of bounds.
  *  - The GIL is held throughout: items are borrowed from the sequence and copied while
  *    no Python code can run.
+ *  - read() holds the buffer (y*: any C-contiguous bytes-like object) for the call. A batch's
+ *    length is checked against the bytes left, and every varint, key, value and header
+ *    against the end of its own record, before it is read; a record's fields must end
+ *    exactly at its length and the batch's records at its end. A batch is read entirely
+ *    or not at all: the records of one found malformed midway are dropped from the list.
  */
 #define PY_SSIZE_T_CLEAN
 #include <Python.h>
@@ -359,6 +380,252 @@ done:
     return result;
 }
 
+/* ---------------------------------------------------------------- reading ------- */
+
+/* What read() hands out per record: the attributes of aiokafka's ConsumerRecord, in its
+ * field order (a struct sequence: a tuple with named fields, as cheap to make as one). */
+static PyTypeObject *FetchedRecordType = NULL;
+
+static PyStructSequence_Field fetched_fields[] = {
+    {"topic", NULL}, {"partition", NULL}, {"offset", NULL},
+    {"timestamp", "ms since the epoch"},
+    {"timestamp_type", "0 CreateTime, 1 LogAppendTime (then the batch's maxTimestamp)"},
+    {"key", "bytes or None"}, {"value", "bytes or None"},
+    {"checksum", "None (v2 records have no per-record checksum)"},
+    {"serialized_key_size", "len(key), -1 for None"},
+    {"serialized_value_size", "len(value), -1 for None"},
+    {"headers", "tuple of (str, bytes or None)"},
+    {NULL, NULL}
+};
+static PyStructSequence_Desc fetched_desc = {
+    "fleetcloak.streams._recordbatch.FetchedRecord",
+    "One consumed record, with the attributes of aiokafka's ConsumerRecord.",
+    fetched_fields, 11
+};
+
+enum { STOP_END = 0, STOP_FALLBACK = 1, STOP_BAD_CRC = 2 };
+
+#define ATTR_COMPRESSION 0x07
+#define ATTR_LOG_APPEND_TIME 0x08
+#define ATTR_TRANSACTIONAL 0x10
+#define ATTR_CONTROL 0x20
+
+static inline uint16_t load16be(const uint8_t *p) { return (uint16_t)((p[0] << 8) | p[1]); }
+static inline uint32_t load32be(const uint8_t *p) {
+    return ((uint32_t)p[0] << 24) | ((uint32_t)p[1] << 16) | ((uint32_t)p[2] << 8) | p[3];
+}
+static inline uint64_t load64be(const uint8_t *p) { return ((uint64_t)load32be(p) << 32) | load32be(p + 4); }
+
+/* A zigzag varint of up to 10 bytes at *pp, below end. -1 if it runs past end or is
+ * longer than 64 bits. */
+static inline int get_varint(const uint8_t **pp, const uint8_t *end, int64_t *out) {
+    const uint8_t *p = *pp;
+    uint64_t v = 0;
+    for (int shift = 0; shift < 64 && p < end; shift += 7) {
+        uint8_t b = *p++;
+        v |= (uint64_t)(b & 0x7F) << shift;
+        if (!(b & 0x80)) {
+            *pp = p;
+            *out = (int64_t)(v >> 1) ^ -(int64_t)(v & 1);
+            return 0;
+        }
+    }
+    return -1;
+}
+
+/* Header keys repeat on every record of a topic: decode each distinct one once per call. */
+#define KEY_CACHE 8
+typedef struct { const uint8_t *ptr; Py_ssize_t len; PyObject *str; } KeyEntry;
+typedef struct { KeyEntry e[KEY_CACHE]; int n; } KeyCache;
+
+/* New reference to the str of these UTF-8 bytes; NULL (no exception set) if they are not
+ * UTF-8, NULL with MemoryError if out of memory. */
+static PyObject *header_key(KeyCache *kc, const uint8_t *p, Py_ssize_t n) {
+    for (int i = 0; i < kc->n; i++)
+        if (kc->e[i].len == n && memcmp(kc->e[i].ptr, p, (size_t)n) == 0) return Py_NewRef(kc->e[i].str);
+    PyObject *s = PyUnicode_DecodeUTF8((const char *)p, n, "strict");
+    if (!s) {
+        if (PyErr_ExceptionMatches(PyExc_UnicodeDecodeError)) PyErr_Clear();
+        return NULL;
+    }
+    if (kc->n < KEY_CACHE) kc->e[kc->n++] = (KeyEntry){p, n, Py_NewRef(s)};
+    return s;
+}
+
+/* Bytes of length n at p, None for n == -1. */
+static inline PyObject *nullable_bytes(const uint8_t *p, int64_t n) {
+    return n < 0 ? Py_NewRef(Py_None) : PyBytes_FromStringAndSize((const char *)p, (Py_ssize_t)n);
+}
+
+/* Result of reading one record: appended, skipped (offset below the fetch offset), not
+ * well-formed (the batch goes to aiokafka), or a Python error (out of memory). */
+enum { REC_OK = 0, REC_MALFORMED = 1, REC_ERROR = -1 };
+
+typedef struct {
+    int64_t base_offset, first_ts, max_ts;
+    int log_append;
+    PyObject *topic, *partition, *out;
+    KeyCache *keys;
+} BatchCtx;
+
+/* Reads the record at *pp (below bend), advances *pp past it and appends it to ctx->out
+ * unless its offset is below *min_offset; then *min_offset = offset + 1 (aiokafka's
+ * next_fetch_offset). Every length is checked against the record's own end. */
+static int read_record(const BatchCtx *ctx, const uint8_t **pp, const uint8_t *bend, int64_t *min_offset) {
+    const uint8_t *p = *pp;
+    int64_t rlen, attrs, ts_delta, off_delta, klen, vlen, hcount;
+    if (get_varint(&p, bend, &rlen) < 0 || rlen < 0 || rlen > bend - p) return REC_MALFORMED;
+    const uint8_t *rend = p + rlen;
+    /* attributes are read as a varint, as aiokafka does (always 0 in practice) */
+    if (get_varint(&p, rend, &attrs) < 0 || get_varint(&p, rend, &ts_delta) < 0 ||
+        get_varint(&p, rend, &off_delta) < 0 || get_varint(&p, rend, &klen) < 0) return REC_MALFORMED;
+    if (klen < -1 || klen > rend - p) return REC_MALFORMED;
+    const uint8_t *kp = p;
+    if (klen > 0) p += klen;
+    if (get_varint(&p, rend, &vlen) < 0 || vlen < -1 || vlen > rend - p) return REC_MALFORMED;
+    const uint8_t *vp = p;
+    if (vlen > 0) p += vlen;
+    if (get_varint(&p, rend, &hcount) < 0 || hcount < 0 || hcount > rend - p) return REC_MALFORMED;
+
+    const int64_t offset = (int64_t)((uint64_t)ctx->base_offset + (uint64_t)off_delta);
+    const int emit = offset >= *min_offset;
+    PyObject *headers = NULL, *rec = NULL;
+    int status = REC_ERROR;
+    if (emit && !(headers = PyTuple_New((Py_ssize_t)hcount))) return REC_ERROR;
+    for (int64_t h = 0; h < hcount; h++) {
+        int64_t hklen, hvlen;
+        if (get_varint(&p, rend, &hklen) < 0 || hklen < 0 || hklen > rend - p) goto malformed;
+        const uint8_t *hkp = p;
+        p += hklen;
+        if (get_varint(&p, rend, &hvlen) < 0 || hvlen < -1 || hvlen > rend - p) goto malformed;
+        const uint8_t *hvp = p;
+        if (hvlen > 0) p += hvlen;
+        if (!emit) continue;
+        PyObject *k = header_key(ctx->keys, hkp, (Py_ssize_t)hklen);
+        if (!k) {
+            if (PyErr_Occurred()) goto done;
+            goto malformed;                    /* not UTF-8: aiokafka's error, not ours */
+        }
+        PyObject *v = nullable_bytes(hvp, hvlen);
+        if (!v) { Py_DECREF(k); goto done; }
+        PyObject *pair = PyTuple_Pack(2, k, v);
+        Py_DECREF(k);
+        Py_DECREF(v);
+        if (!pair) goto done;
+        PyObject_GC_UnTrack(pair);  /* a str and bytes/None: no cycle through it */
+        PyTuple_SET_ITEM(headers, (Py_ssize_t)h, pair);
+    }
+    if (p != rend) goto malformed;             /* the record's length must match its fields */
+    *pp = p;
+    if (!emit) return REC_OK;
+    /* Untracked like its pairs (and the struct sequence, which 3.11 does not track): the
+     * cyclic GC need not walk a fetch's thousands of records, none can be in a cycle. */
+    if (hcount) PyObject_GC_UnTrack(headers);
+
+    const int64_t ts = ctx->log_append ? ctx->max_ts
+                                       : (int64_t)((uint64_t)ctx->first_ts + (uint64_t)ts_delta);
+    if (!(rec = PyStructSequence_New(FetchedRecordType))) goto done;
+    /* Items left NULL on a failure are skipped by the struct sequence's dealloc. */
+    PyObject *item;
+    PyStructSequence_SET_ITEM(rec, 0, Py_NewRef(ctx->topic));
+    PyStructSequence_SET_ITEM(rec, 1, Py_NewRef(ctx->partition));
+    if (!(item = PyLong_FromLongLong(offset))) goto done;
+    PyStructSequence_SET_ITEM(rec, 2, item);
+    if (!(item = PyLong_FromLongLong(ts))) goto done;
+    PyStructSequence_SET_ITEM(rec, 3, item);
+    if (!(item = PyLong_FromLong(ctx->log_append))) goto done;
+    PyStructSequence_SET_ITEM(rec, 4, item);
+    if (!(item = nullable_bytes(kp, klen))) goto done;
+    PyStructSequence_SET_ITEM(rec, 5, item);
+    if (!(item = nullable_bytes(vp, vlen))) goto done;
+    PyStructSequence_SET_ITEM(rec, 6, item);
+    PyStructSequence_SET_ITEM(rec, 7, Py_NewRef(Py_None));
+    if (!(item = PyLong_FromLongLong(klen))) goto done;
+    PyStructSequence_SET_ITEM(rec, 8, item);
+    if (!(item = PyLong_FromLongLong(vlen))) goto done;
+    PyStructSequence_SET_ITEM(rec, 9, item);
+    PyStructSequence_SET_ITEM(rec, 10, headers);
+    headers = NULL;
+    if (PyList_Append(ctx->out, rec) < 0) goto done;
+    *min_offset = offset + 1;
+    status = REC_OK;
+    goto done;
+malformed:
+    status = REC_MALFORMED;
+done:
+    Py_XDECREF(headers);
+    Py_XDECREF(rec);
+    return status;
+}
+
+static PyObject *read_batches(PyObject *self, PyObject *args, PyObject *kw) {
+    (void)self;
+    static char *kwlist[] = {"data", "pos", "topic", "partition", "next_offset", "check_crcs", NULL};
+    Py_buffer data;
+    Py_ssize_t pos;
+    PyObject *topic, *partition;
+    long long next_offset;
+    int check_crcs;
+    if (!PyArg_ParseTupleAndKeywords(args, kw, "y*nUO!Lp:read", kwlist, &data, &pos, &topic,
+                                     &PyLong_Type, &partition, &next_offset, &check_crcs)) return NULL;
+    PyObject *out = NULL, *result = NULL;
+    KeyCache keys = {.n = 0};
+    if (pos < 0 || pos > data.len) {
+        PyErr_Format(PyExc_ValueError, "pos %zd is outside the %zd-byte buffer", pos, data.len);
+        goto done;
+    }
+    if (!(out = PyList_New(0))) goto done;
+    const uint8_t *const buf = data.buf;
+    const size_t len = (size_t)data.len;
+    size_t at = (size_t)pos;
+    int64_t min_offset = next_offset;
+    int stop;
+    for (;;) {
+        const uint8_t *b = buf + at;
+        const size_t rem = len - at;
+        if (rem < 12) { stop = STOP_END; break; }                 /* what is left is no batch */
+        const int32_t length = (int32_t)load32be(b + 8);
+        if (length < 0) { stop = STOP_FALLBACK; break; }
+        if ((uint64_t)length + 12 > rem) { stop = STOP_END; break; }  /* cut by the fetch size */
+        const size_t bsize = (size_t)length + 12;
+        if (bsize < BATCH_OVERHEAD || b[16] != 2) { stop = STOP_FALLBACK; break; }
+        const uint16_t attrs = load16be(b + 21);
+        if (attrs & (ATTR_COMPRESSION | ATTR_TRANSACTIONAL | ATTR_CONTROL)) { stop = STOP_FALLBACK; break; }
+        if (check_crcs && ~crc_update(0xFFFFFFFFu, b + CRC_START, bsize - CRC_START) != load32be(b + 17)) {
+            stop = STOP_BAD_CRC;
+            break;
+        }
+        const int32_t count = (int32_t)load32be(b + 57);
+        if (count < 0) { stop = STOP_FALLBACK; break; }
+        const BatchCtx ctx = {
+            .base_offset = (int64_t)load64be(b), .first_ts = (int64_t)load64be(b + 27),
+            .max_ts = (int64_t)load64be(b + 35), .log_append = (attrs & ATTR_LOG_APPEND_TIME) != 0,
+            .topic = topic, .partition = partition, .out = out, .keys = &keys,
+        };
+        const Py_ssize_t mark = PyList_GET_SIZE(out);
+        int64_t batch_min = min_offset;
+        const uint8_t *p = b + BATCH_OVERHEAD, *const bend = b + bsize;
+        int rc = REC_OK;
+        for (int32_t i = 0; i < count && rc == REC_OK; i++) rc = read_record(&ctx, &p, bend, &batch_min);
+        if (rc == REC_ERROR) goto done;
+        if (rc == REC_MALFORMED || p != bend) {   /* whole batches only: drop what it gave */
+            if (PyList_SetSlice(out, mark, PyList_GET_SIZE(out), NULL) < 0) goto done;
+            stop = STOP_FALLBACK;
+            break;
+        }
+        /* as aiokafka: after a v2 batch, the next offset is its last offset + 1 even if
+         * compaction removed the records at the end */
+        min_offset = (int64_t)((uint64_t)ctx.base_offset + (uint64_t)(int64_t)(int32_t)load32be(b + 23) + 1);
+        at += bsize;
+    }
+    result = Py_BuildValue("(OLni)", out, (long long)min_offset, (Py_ssize_t)at, stop);
+done:
+    for (int i = 0; i < keys.n; i++) Py_DECREF(keys.e[i].str);
+    Py_XDECREF(out);
+    PyBuffer_Release(&data);
+    return result;
+}
+
 /* ---------------------------------------------------------------- helpers ------- */
 
 static PyObject *crc32c(PyObject *self, PyObject *args, PyObject *kw) {
@@ -383,6 +650,9 @@ static PyMethodDef methods[] = {
     {"build", build, METH_VARARGS,
      "build(keys, values, timestamp_ms, max_bytes) -> list[tuple[bytearray, int]]\n"
      "The records cut into as few RecordBatch v2 buffers of at most max_bytes as possible."},
+    {"read", (PyCFunction)(void (*)(void))read_batches, METH_VARARGS | METH_KEYWORDS,
+     "read(data, pos, topic, partition, next_offset, check_crcs) -> (records, next_offset, pos, stop)\n"
+     "The records of the fetched batches from pos on, up to the first batch left to aiokafka."},
     {"_crc32c", (PyCFunction)(void (*)(void))crc32c, METH_VARARGS | METH_KEYWORDS,
      "_crc32c(data, force_portable=False) -> int: CRC-32C (Castagnoli) of a bytes-like object."},
     {"set_too_large_error", set_too_large_error, METH_O,
@@ -391,7 +661,7 @@ static PyMethodDef methods[] = {
 };
 
 static struct PyModuleDef mod = {PyModuleDef_HEAD_INIT, "_recordbatch",
-    "Kafka RecordBatch v2 buffers built in C (see fleetcloak.streams.recordbatch).", -1, methods,
+    "Kafka RecordBatch v2 buffers built and read in C (see fleetcloak.streams.recordbatch).", -1, methods,
     NULL, NULL, NULL, NULL};
 
 PyMODINIT_FUNC PyInit__recordbatch(void) {
@@ -399,9 +669,14 @@ PyMODINIT_FUNC PyInit__recordbatch(void) {
 #if HAVE_SSE42_PATH
     if (have_sse42()) crc_update = crc_sse42;
 #endif
+    if (!FetchedRecordType && !(FetchedRecordType = PyStructSequence_NewType(&fetched_desc))) return NULL;
     PyObject *m = PyModule_Create(&mod);
     if (m && (PyModule_AddIntConstant(m, "BATCH_OVERHEAD", BATCH_OVERHEAD) < 0 ||
-              PyModule_AddStringConstant(m, "CRC_IMPL", crc_update == crc_portable ? "portable" : "sse4.2") < 0))
+              PyModule_AddStringConstant(m, "CRC_IMPL", crc_update == crc_portable ? "portable" : "sse4.2") < 0 ||
+              PyModule_AddIntConstant(m, "STOP_END", STOP_END) < 0 ||
+              PyModule_AddIntConstant(m, "STOP_FALLBACK", STOP_FALLBACK) < 0 ||
+              PyModule_AddIntConstant(m, "STOP_BAD_CRC", STOP_BAD_CRC) < 0 ||
+              PyModule_AddObjectRef(m, "FetchedRecord", (PyObject *)FetchedRecordType) < 0))
         Py_CLEAR(m);
     return m;
 }

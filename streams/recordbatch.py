@@ -1,9 +1,11 @@
-"""Whole Kafka RecordBatch v2 buffers for many records in one C call.
+"""Whole Kafka RecordBatch v2 buffers for many records in one C call, both ways.
 
 The producer loop used to call aiokafka's `BatchBuilder.append` once per output message;
 `build_batches` encodes a partition's messages at once (`_recordbatch.c`) and hands back
 `PrebuiltBatch` objects that `AIOKafkaProducer.send_batch` takes in place of the
-builder from `producer.create_batch()`.
+builder from `producer.create_batch()`. The other way, `read_batches` turns a fetched
+partition's batches into `FetchedRecord`s (ConsumerRecord's attributes) in one C call;
+streams/fetch.py puts it under the worker's consumer.
 
 The buffers are byte for byte what aiokafka's producer writes for
 `append(timestamp=t, key=k, value=v)` with no headers (tested): magic 2, no compression,
@@ -94,3 +96,25 @@ def build_batches(keys: Sequence[bytes | None], values: Sequence[bytes | None],
     RecordTooLarge (a ValueError) with its index and the size it needs.
     """
     return [PrebuiltBatch(buf, count) for buf, count in _recordbatch.build(keys, values, timestamp_ms, max_bytes)]
+
+
+FetchedRecord = _recordbatch.FetchedRecord  # topic, partition, offset, timestamp, timestamp_type,
+#   key, value, checksum (None), serialized_key_size, serialized_value_size, headers (tuple of (str, bytes | None))
+STOP_END = _recordbatch.STOP_END            # no complete batch left at pos
+STOP_FALLBACK = _recordbatch.STOP_FALLBACK  # the batch at pos is for aiokafka's reader
+STOP_BAD_CRC = _recordbatch.STOP_BAD_CRC    # the batch at pos fails its CRC-32C
+
+
+def read_batches(data, pos: int, topic: str, partition: int, next_offset: int,
+                 check_crcs: bool = True) -> tuple[list[FetchedRecord], int, int, int]:
+    """The records of the uncompressed, non-control, non-transactional v2 batches in `data`
+    (a fetched partition's bytes, any bytes-like object) from byte `pos` on.
+
+    Returns (records, next_offset, pos, stop), with aiokafka's PartitionRecords rules for
+    next_offset: records below it are skipped, and after each batch it is the batch's last
+    offset + 1. Reading stops at the first batch it does not read, pos then being that
+    batch's start: STOP_END (no complete batch left), STOP_FALLBACK (magic != 2,
+    compressed, transactional, control, or malformed in any way: for aiokafka's reader),
+    STOP_BAD_CRC (check_crcs and a CRC mismatch). A batch is read whole or not at all.
+    """
+    return _recordbatch.read(data, pos, topic, partition, next_offset, check_crcs)

@@ -24,7 +24,16 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from fleetcloak.streams import _recordbatch
-from fleetcloak.streams.recordbatch import BATCH_OVERHEAD, RecordTooLarge, build_batches
+from fleetcloak.streams.recordbatch import (
+    BATCH_OVERHEAD,
+    STOP_BAD_CRC,
+    STOP_END,
+    STOP_FALLBACK,
+    FetchedRecord,
+    RecordTooLarge,
+    build_batches,
+    read_batches,
+)
 
 TS = 1_718_000_000_123
 
@@ -370,6 +379,94 @@ def test_prebuilt_batch_in_a_message_batch():
         with pytest.raises(RuntimeError, match="idempotent or transactional"):
             mb.set_producer_state(producer_id=7, producer_epoch=0, base_sequence=0)
     asyncio.run(go())
+
+
+# --- reading: read_batches (the consumer's side; streams/fetch.py, tests/streams/test_fetch.py) -----
+
+def _read_all(buf, fetch_offset=0, check_crcs=True):
+    return read_batches(buf, 0, "t", 2, fetch_offset, check_crcs)
+
+
+@settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(st.lists(st.tuples(st.one_of(st.none(), st.binary(max_size=300)), st.one_of(st.none(), st.binary(max_size=3000))),
+                min_size=1, max_size=60),
+       st.integers(-1, 2 ** 62), st.integers(68, 5000))
+def test_read_batches_reads_back_what_build_batches_wrote(records, timestamp_ms, max_bytes):
+    keys, values = [k for k, _ in records], [v for _, v in records]
+    try:
+        batches = build_batches(keys, values, timestamp_ms, max_bytes)
+    except RecordTooLarge:
+        return
+    buf, offset = bytearray(), 0
+    for b in batches:  # offsets as the broker gives them
+        one = bytearray(b._build())
+        one[0:8] = offset.to_bytes(8, "big")
+        offset += b.record_count()
+        buf += one
+    got, next_offset, pos, stop = _read_all(bytes(buf))
+    assert (next_offset, pos, stop) == (len(records), len(buf), STOP_END)
+    assert [(r.offset, r.key, r.value, r.timestamp, r.timestamp_type, r.headers, r.checksum) for r in got] == \
+        [(i, k, v, timestamp_ms, 0, (), None) for i, (k, v) in enumerate(records)]
+    assert [(r.serialized_key_size, r.serialized_value_size) for r in got] == \
+        [(-1 if k is None else len(k), -1 if v is None else len(v)) for k, v in records]
+    assert all((r.topic, r.partition) == ("t", 2) for r in got)
+
+
+def test_read_batches_log_append_time_headers_and_skipping():
+    b = BatchBuilder(1 << 20, 0)
+    for i in range(5):
+        b.append(timestamp=1000 + i, key=b"k%d" % i, value=b"v", headers=[("a", b"1"), ("\u00e9", None)])
+    buf = bytearray(b._build())
+    buf[0:8] = (40).to_bytes(8, "big")
+    got, next_offset, pos, stop = _read_all(bytes(buf), fetch_offset=42)
+    assert [(r.offset, r.timestamp, r.timestamp_type, r.headers) for r in got] == \
+        [(o, 1000 + o - 40, 0, (("a", b"1"), ("\u00e9", None))) for o in (42, 43, 44)]
+    assert (next_offset, pos, stop) == (45, len(buf), STOP_END)
+    # LogAppendTime (attributes bit 3; the CRC covers it): every record has maxTimestamp
+    buf[22] |= 0x08
+    buf[17:21] = _recordbatch._crc32c(bytes(buf[21:])).to_bytes(4, "big")
+    assert {(r.timestamp, r.timestamp_type) for r in _read_all(bytes(buf))[0]} == {(1004, 1)}
+    # a record type usable as a ConsumerRecord, a tuple in its field order
+    r = _read_all(bytes(buf))[0][0]
+    assert type(r) is FetchedRecord
+    assert tuple(r) == (r.topic, r.partition, r.offset, r.timestamp, r.timestamp_type, r.key, r.value,
+                        r.checksum, r.serialized_key_size, r.serialized_value_size, r.headers)
+
+
+def test_read_batches_stops_at_what_it_does_not_read():
+    b = BatchBuilder(1 << 20, 0)
+    b.append(timestamp=1, key=b"k", value=b"v", headers=[])
+    one = bytes(b._build())
+    g = BatchBuilder(1 << 20, 1)  # gzip
+    g.append(timestamp=1, key=b"k", value=b"v", headers=[])
+    gz = bytearray(g._build())
+    gz[0:8] = (1).to_bytes(8, "big")
+    got, next_offset, pos, stop = _read_all(one + bytes(gz) + one)
+    assert (len(got), next_offset, pos, stop) == (1, 1, len(one), STOP_FALLBACK)
+    bad = bytearray(one)
+    bad[-2] ^= 1  # the value's byte
+    assert _read_all(bytes(bad))[1:] == (0, 0, STOP_BAD_CRC)
+    assert [r.value for r in _read_all(bytes(bad), check_crcs=False)[0]] == [b"w"]
+    # a record whose length does not match its fields (CRC fixed): for aiokafka's reader
+    bad[-2] ^= 1
+    bad[61] += 2
+    bad[17:21] = _recordbatch._crc32c(bytes(bad[21:])).to_bytes(4, "big")
+    assert _read_all(one + bytes(bad))[1:] == (1, len(one), STOP_FALLBACK)
+    for cut in range(len(one)):  # a batch cut off by the fetch size
+        assert _read_all(one[:cut]) == ([], 0, 0, STOP_END)
+
+
+@pytest.mark.parametrize("args, exc, match", [
+    ((b"", -1, "t", 0, 0, True), ValueError, "pos -1 is outside the 0-byte buffer"),
+    ((b"abc", 4, "t", 0, 0, True), ValueError, "pos 4 is outside"),
+    ((b"", 0, b"t", 0, 0, True), TypeError, "str"),
+    ((b"", 0, "t", "0", 0, True), TypeError, "int"),
+    (("abc", 0, "t", 0, 0, True), TypeError, "bytes-like"),
+    ((memoryview(b"abcdef")[::2], 0, "t", 0, 0, True), BufferError, "not C-contiguous"),
+])
+def test_read_batches_wrong_arguments(args, exc, match):
+    with pytest.raises(exc, match=match):
+        read_batches(*args)
 
 
 # --- the real broker ---------------------------------------------------------------------------
