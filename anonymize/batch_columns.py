@@ -50,18 +50,37 @@ def columns_from_batch(batch, imei, *, family="FMB", io_ids: Iterable[int] = (),
     columns the transforms read (`ProcessorTransform.io_ids_needed`)."""
     fams = {family} if isinstance(family, str) else set(np.asarray(family).tolist())
     as_bytes = _bytes_ids(fams)
+    wanted = np.array(sorted(set(io_ids) | {PRIVATE_MODE_IO}), dtype=np.int64)
+    wanted = wanted[(wanted >= 0) & (wanted < 65536)]  # IO ids are u16
     ids = np.asarray(batch.io_id)
-    nx = np.asarray(batch.io_width) == 0
-    as_bytes |= set(np.unique(ids[nx]).tolist()) if nx.any() else set()
+    # the wanted ids' elements, picked in one pass (not one pass over every element per id)
+    lut = np.zeros(65536, dtype=bool)
+    lut[wanted] = True
+    sel = np.flatnonzero(lut[ids]) if ids.size else np.zeros(0, dtype=np.intp)
+    sel_ids = ids[sel]
     io: dict[int, np.ndarray] = {}
-    present = set(np.unique(ids).tolist())  # an absent id is an absent column
-    for io_id in sorted((set(io_ids) | {PRIVATE_MODE_IO}) & present):
-        if io_id not in as_bytes:  # fixed-size numbers (raw8 identifiers, flags, sensors)
-            io[io_id] = batch.io_column(io_id, 0)
-        else:
-            col = np.empty(len(batch), dtype=object)
-            col[:] = batch.io_bytes(io_id)
-            io[io_id] = col
+    if sel.size:
+        width = np.asarray(batch.io_width)[sel]
+        as_bytes |= set(np.unique(sel_ids[width == 0]).tolist())  # an id sent NX anywhere
+        order = np.argsort(sel_ids, kind="stable")  # each id's elements in batch order
+        sorted_ids = sel_ids[order]
+        heads = np.flatnonzero(np.concatenate(([True], sorted_ids[1:] != sorted_ids[:-1])))
+        bounds = heads.tolist() + [order.shape[0]]
+        record = _io_record(batch)[sel]
+        value = np.asarray(batch.io_value)[sel]
+        nx_len = np.asarray(batch.io_nx_len)[sel]
+        n = len(batch)
+        for a, b in zip(bounds[:-1], bounds[1:]):  # an absent id is an absent column
+            io_id = int(sorted_ids[a])
+            el = order[a:b]
+            if io_id not in as_bytes:  # fixed-size numbers (raw8 identifiers, flags, sensors)
+                # as batch.io_column(io_id, 0): NX elements count as absent, the last wins
+                el = el[width[el] != 0]
+                col = np.zeros(n, dtype=np.uint64)
+                col[record[el]] = value[el]
+                io[io_id] = col
+            else:  # as batch.io_bytes(io_id): NX bytes, or a fixed value's wire bytes
+                io[io_id] = _bytes_column(n, record[el], width[el], value[el], nx_len[el], batch.nx_data)
     return Columns(
         imei=np.asarray(imei),
         timestamp_ms=np.asarray(batch.timestamp_ms).astype(np.int64, copy=False),
@@ -70,6 +89,27 @@ def columns_from_batch(batch, imei, *, family="FMB", io_ids: Iterable[int] = (),
         event_io_id=batch.event_io_id, io=io, family=family,
         content=record_contents(batch) if content else None,
     )
+
+
+def _bytes_column(n: int, record: np.ndarray, width: np.ndarray, value: np.ndarray, nx_len: np.ndarray,
+                  nx_data: bytes) -> np.ndarray:
+    """An object column of one id's values as bytes (None where absent; the last
+    element of a record wins), from that id's elements only."""
+    col: list = [None] * n
+    for r, w, v, ln in zip(record.tolist(), width.tolist(), value.tolist(), nx_len.tolist()):
+        col[r] = nx_data[v:v + ln] if w == 0 else v.to_bytes(w, "big")
+    out = np.empty(n, dtype=object)
+    out[:] = col
+    return out
+
+
+def _io_record(batch) -> np.ndarray:
+    """The record of each IO element (the batch's own when it has it)."""
+    rec = getattr(batch, "io_record", None)
+    if rec is not None:
+        return np.asarray(rec)
+    counts = np.diff(np.asarray(batch.io_offsets))
+    return np.repeat(np.arange(counts.shape[0], dtype=np.int64), counts)
 
 
 def record_contents(batch) -> Sequence[bytes]:

@@ -14,7 +14,7 @@ Points are snapped to their cell's centre. NaN stays NaN. The (band, slice) pair
 stable cell id for grouping (`grid_cells`).
 
 H3 (analytics): `h3_cells` / `h3_centres` use the h3 4 API; h3 has no vectorised
-latlng_to_cell, so the per-point call runs once per distinct (lat, lon) pair.
+latlng_to_cell, so the per-point call runs once per run of equal consecutive points.
 """
 from __future__ import annotations
 
@@ -73,7 +73,8 @@ def haversine_m(lat1, lon1, lat2, lon2) -> np.ndarray:
 
 # --- H3 ----------------------------------------------------------------------------
 def h3_cells(lat: np.ndarray, lon: np.ndarray, resolution: int) -> np.ndarray:
-    """H3 cell per point as uint64 (0 where lat/lon is NaN), one h3 call per distinct point."""
+    """H3 cell per point as uint64 (0 where lat/lon is NaN), one h3 call per run of equal
+    consecutive points."""
     from itertools import repeat
 
     from h3 import _cy  # the compiled call the h3.api wrappers make (they add a Python frame per point)
@@ -84,12 +85,15 @@ def h3_cells(lat: np.ndarray, lon: np.ndarray, resolution: int) -> np.ndarray:
     ok = ~(np.isnan(lat) | np.isnan(lon))
     if not ok.any():
         return out
-    # distinct points via one complex-number sort (much cheaper than unique(axis=0))
-    pts = lat[ok] + 1j * lon[ok]
-    uniq, inv = np.unique(pts, return_inverse=True)
-    cells = np.fromiter(map(_cy.latlng_to_cell, uniq.real.tolist(), uniq.imag.tolist(), repeat(int(resolution))),
-                        dtype=np.uint64, count=uniq.shape[0])
-    out[ok] = cells[inv.reshape(-1)]
+    # one call per run of equal consecutive points (a parked device repeats its position
+    # in adjacent records): a sort to find every repeat cost more than the calls it saved
+    la, lo = lat[ok], lon[ok]
+    head = np.ones(la.shape[0], dtype=bool)
+    head[1:] = (la[1:] != la[:-1]) | (lo[1:] != lo[:-1])
+    heads = np.flatnonzero(head)
+    cells = np.fromiter(map(_cy.latlng_to_cell, la[heads].tolist(), lo[heads].tolist(), repeat(int(resolution))),
+                        dtype=np.uint64, count=heads.shape[0])
+    out[ok] = cells[np.cumsum(head) - 1]
     return out
 
 

@@ -80,3 +80,19 @@ def test_time_speed_heading_altitude():
     assert bucket(np.array([0, 9, 10, 57, 130]), 10).tolist() == [0, 0, 10, 50, 130]
     assert (np.mod(round_to(np.array([0, 22, 23, 359, 180]), 45), 360)).tolist() == [0, 0, 45, 0, 180]
     assert round_to(np.array([149, 151, -40]), 100).tolist() == [100, 200, -0.0]
+
+
+def test_h3_cells_with_repeated_and_missing_points_equal_one_call_per_point():
+    import h3
+
+    from fleetcloak.anonymize.coarsen import h3_cells
+
+    rng = np.random.default_rng(5)
+    lat = np.repeat(52.0 + rng.random(40) * 0.1, rng.integers(1, 4, 40))  # parked runs
+    lon = 13.0 + np.round(lat * 7 % 1, 3) * 0.1
+    lat = np.concatenate([lat, lat[:5]])  # a repeat that is not adjacent
+    lon = np.concatenate([lon, lon[:5]])
+    lat[[3, 17]] = np.nan
+    got = h3_cells(lat, lon, 8)
+    want = [0 if np.isnan(a) or np.isnan(b) else h3.str_to_int(h3.latlng_to_cell(a, b, 8)) for a, b in zip(lat, lon)]
+    assert got.dtype == np.uint64 and got.tolist() == want

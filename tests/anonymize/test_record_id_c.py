@@ -375,3 +375,29 @@ def test_contents_of_an_empty_batch():
     empty = {name: np.zeros(1 if name == "io_offsets" else 0, dtype=dtype) for name, dtype in _CONTENT_COLUMNS}
     buf, off = _contents(empty, b"")
     assert buf == b"" and np.frombuffer(off, dtype=np.int64).tolist() == [0]
+
+
+@pytest.mark.parametrize("seed", range(6))
+def test_columns_from_batch_io_equal_the_batch_accessors(seed, make_imei):
+    """The IO columns, picked from the wanted ids' elements in one pass, are what the
+    batch's own io_column (fixed-size ids) and io_bytes (ids sent NX anywhere in the
+    batch, identifiers built from bytes) give, on whole batches and row selections."""
+    from fleetcloak.anonymize.batch_columns import _bytes_ids
+
+    batch, imeis = random_batch(seed, make_imei)
+    ids = np.asarray(batch.io_id)
+    for b in (batch, batch.select(np.arange(len(batch))[::-2])):
+        im = np.asarray([imeis[0]] * len(b))
+        present = sorted(set(np.asarray(b.io_id).tolist()))
+        nx_ids = set(np.asarray(b.io_id)[np.asarray(b.io_width) == 0].tolist())
+        for wanted in (range(65536), present[::3], [78, 147, 148, 256, 391, 70000]):
+            cols = columns_from_batch(b, im, io_ids=wanted)
+            expect = sorted((set(wanted) | {391}) & set(present))
+            assert list(cols.io) == expect
+            for io_id in expect:
+                got = cols.io[io_id]
+                if io_id in nx_ids or io_id in _bytes_ids({"FMB"}):
+                    assert got.dtype == object and got.tolist() == b.io_bytes(io_id)
+                else:
+                    assert got.dtype == np.uint64 and got.tolist() == b.io_column(io_id, 0).tolist()
+    assert ids.size and (np.asarray(batch.io_width) == 0).any()
