@@ -45,6 +45,7 @@ from aiokafka.errors import CommitFailedError, IllegalStateError
 from aiokafka.partitioner import murmur2
 import numpy as np
 
+from fleetcloak.streams.fetch import use_fast_fetch
 from fleetcloak.streams.metrics import WorkerMetrics, summary_line
 from fleetcloak.streams.recordbatch import RecordTooLarge, build_batches
 from fleetcloak.streams.runner import Built, ChildRunner, InLoopRunner, PipelineError, Started
@@ -250,6 +251,7 @@ class BatchLoop:
             await self._producer.start()
             await self._build_pipeline()
             await self._consumer.start()
+            use_fast_fetch(self._consumer)  # fetched batches read in C (streams/fetch.py)
             self._consumer.subscribe([s.input_topic], listener=_Rebalance(self))
             self.started_at = time.monotonic()
             self.metrics.up.set(1)
