@@ -189,11 +189,16 @@ class Pseudonymizer:
         return self.imeis_coded(imeis, timestamps_ms, on_erased=on_erased)[0]
 
     def imeis_coded(self, imeis: np.ndarray | Sequence, timestamps_ms: np.ndarray, *,
-                    on_erased: str = "raise") -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+                    on_erased: str = "raise", distinct: tuple[np.ndarray, np.ndarray] | None = None,
+                    ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         """`imeis`, and the distinct pseudonyms with an index into them per record
         (what `_unique_objects` of the result gives, up to order, without another pass
-        over the records; an erased device's None may appear more than once)."""
+        over the records; an erased device's None may appear more than once).
+
+        distinct: `_unique_objects(imeis)` when the caller has it (used for an object
+        column of one epoch)."""
         arr = _imeis_as_ints(np.asarray(imeis))
+        given = distinct if arr.dtype == object else None
         ts = np.asarray(timestamps_ms)
         out = np.empty(arr.shape[0], dtype=object)
         codes = np.empty(arr.shape[0], dtype=np.intp)
@@ -209,7 +214,7 @@ class Pseudonymizer:
                 res_arr = np.empty(uniq.size, dtype=object)
                 res_arr[:] = self._int_lookup("device", uniq.tolist(), epoch, _imei_bytes, on_erased)
             else:
-                uniq, inv = _unique_objects(sub)
+                uniq, inv = _unique_objects(sub) if idx is not None or given is None else given
                 known = self._imei_canon
                 if len(known) > self.max_entries:
                     known.clear()

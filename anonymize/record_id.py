@@ -142,9 +142,11 @@ class RecordIds:
         self._prefixes: dict = {}  # IMEI (str or int) -> tenant NUL canonical IMEI NUL
 
     def compute(self, imeis: Sequence | np.ndarray, timestamps_ms: np.ndarray,
-                content: Sequence[bytes] | RecordContents) -> np.ndarray:
+                content: Sequence[bytes] | RecordContents, *,
+                distinct: tuple[np.ndarray, np.ndarray] | None = None) -> np.ndarray:
         """The ids (object array of str) of records given by IMEI, timestamp and content
-        (a RecordContents, or one bytes object per record)."""
+        (a RecordContents, or one bytes object per record). distinct: (distinct IMEIs,
+        index into them per record) when the caller has them."""
         ts = np.asarray(timestamps_ms, dtype=np.int64)
         n = ts.shape[0]
         out = np.empty(n, dtype=object)
@@ -156,10 +158,25 @@ class RecordIds:
             raise ValueError(f"{len(content)} record contents for {n} timestamps")
         labels, inv = epoch_ids(ts, self.rotation)
         keys = [self.keyring.derive(self.scope, self.route, "record_id", lab).reveal() for lab in labels]
-        prefixes, pidx = self._prefix_index(imeis, n)
+        prefixes, pidx = self._prefix_index(imeis, n) if distinct is None else self._prefixes_of(*distinct, n)
         out[:] = _recordid.ids(keys, inv.astype(np.int64, copy=False), prefixes, pidx,
                                content.buffer, content.offsets, content.rows)
         return out
+
+    def _prefixes_of(self, uniq, inv, n: int) -> tuple[list[bytes], np.ndarray]:
+        inv = np.asarray(inv, dtype=np.int64)
+        if inv.shape[0] != n:
+            raise ValueError(f"{inv.shape[0]} IMEIs for {n} timestamps")
+        known = self._prefixes
+        if len(known) > 1_000_000:
+            known.clear()
+        prefixes = []
+        for v in np.asarray(uniq).tolist():
+            p = known.get(v)
+            if p is None:
+                p = known[v] = self._tenant + canonical_imei(v) + b"\0"
+            prefixes.append(p)
+        return prefixes, inv
 
     def _prefix_index(self, imeis, n: int) -> tuple[list[bytes], np.ndarray]:
         """(distinct prefixes, index into them per record), by a dict pass (no sorting)."""

@@ -101,6 +101,18 @@ class Columns:
             cached = self.__dict__["_family_rows"] = (self.family, groups)
         yield from cached[1]
 
+    def imei_codes(self) -> tuple[np.ndarray, np.ndarray] | None:
+        """(distinct IMEIs, index into them per record) of an object IMEI column, by one
+        dict pass kept with these columns (both routes' pseudonyms and record ids use
+        it); None for other columns."""
+        arr = np.asarray(self.imei)
+        if arr.dtype != object:
+            return None
+        cached = self.__dict__.get("_imei_codes")
+        if cached is None or cached[0] is not self.imei:
+            cached = self.__dict__["_imei_codes"] = (self.imei, _unique_objects(arr))
+        return cached[1]
+
     def record_content(self) -> Sequence[bytes]:
         if self.content is not None:
             return self.content
@@ -421,7 +433,7 @@ class ProcessorTransform:
 
     def devices(self, cols: Columns) -> np.ndarray:
         if "device" in self.pseudonymise:
-            return self.pseudo.imeis(cols.imei, cols.timestamp_ms)
+            return self.pseudo.imeis_coded(cols.imei, cols.timestamp_ms, distinct=cols.imei_codes())[0]
         arr = np.asarray(cols.imei)
         out = np.empty(arr.shape[0], dtype=object)
         out[:] = [f"{v:015d}" if isinstance(v, int) else str(v) for v in arr.tolist()]
@@ -483,7 +495,7 @@ class ProcessorTransform:
         strip_io = private if "cell_ids" in self.strip else np.zeros(n, dtype=bool)
         return ProcessorResult(
             tenant=self.policy.tenant,
-            record_id=self.ids.compute(cols.imei, ts, cols.record_content()),
+            record_id=self.ids.compute(cols.imei, ts, cols.record_content(), distinct=cols.imei_codes()),
             device=self.devices(cols),
             driver=ident.driver,
             timestamp_ms=ts,
@@ -682,7 +694,7 @@ class ControllerTransform:
         if private.any():
             keep &= ~private
             drops["private_mode"] = int(private.sum())
-        device, dev_uniq, dev_inv = self.pseudo.imeis_coded(cols.imei, ts, on_erased="none")
+        device, dev_uniq, dev_inv = self.pseudo.imeis_coded(cols.imei, ts, on_erased="none", distinct=cols.imei_codes())
         want_driver = "driver" in self.allow
         ident = _identifiers(cols, self.pseudo, frozenset({"driver"}), "none", want_io=False, only=frozenset({"driver"})) if want_driver else None
         erased = np.equal(device, None)
@@ -735,7 +747,7 @@ class ControllerTransform:
             tenant=self.tenant.tenant,
             keep=keep,
             drops=drops,
-            record_id=self.ids.compute(cols.imei, ts, cols.record_content()),
+            record_id=self.ids.compute(cols.imei, ts, cols.record_content(), distinct=cols.imei_codes()),
             device=device,
             driver=ident.driver if ident is not None else None,
             timestamp_ms=tsb,

@@ -330,3 +330,22 @@ def test_group_gate_with_device_codes_admits_as_with_devices():
         di = rng.integers(0, 9, n)
         extra = np.concatenate([devs, np.array(["unused"], dtype=object)])  # a code no row uses
         assert a.admit(cells, buckets, devs[di]).tolist() == b.admit(cells, buckets, None, device_codes=(extra, di)).tolist()
+
+
+def test_distinct_imeis_shared_by_pseudonyms_and_record_ids(keyring, t0, policies):
+    """Columns.imei_codes (one dict pass kept with the columns) gives the same device
+    pseudonyms and record ids as each step deduplicating on its own."""
+    from fleetcloak.anonymize.record_id import RecordIds
+
+    cols = _cols(t0, n=30)
+    cols.imei = cols.imei.astype(object)
+    codes = cols.imei_codes()
+    assert codes is cols.imei_codes() and codes[0][codes[1]].tolist() == cols.imei.tolist()
+    pol = policies.tenants["acme-logistics"]
+    t = ProcessorTransform(pol, keyring)
+    assert t.devices(cols).tolist() == t.pseudo.imeis(cols.imei, cols.timestamp_ms).tolist()
+    ids = RecordIds(keyring, tenant="acme-logistics")
+    assert (ids.compute(cols.imei, cols.timestamp_ms, cols.content, distinct=codes).tolist()
+            == ids.compute(cols.imei, cols.timestamp_ms, cols.content).tolist())
+    cols.imei = cols.imei[::-1].copy()  # new column: the kept codes are not reused
+    assert cols.imei_codes()[0][cols.imei_codes()[1]].tolist() == cols.imei.tolist()
