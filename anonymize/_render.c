@@ -18,30 +18,40 @@
  *             K_BOOL   one-byte buffer (numpy bool/uint8): false/true
  *   rows:   None (record r reads row r of every column) or an int64 buffer of n row
  *           indexes into the columns (a subset or permutation, without copying them).
- *   io:     None, or the record's IO object, rendered last under the key "io":
- *           (el, bounds, io_id, io_width, io_value, io_nx_len, nx_data,
- *            rep_pos, rep_val, extra_rows, extra_items)
- *           el (int64)          batch element indexes of the kept elements, record after
- *                               record; record r owns el[bounds[r] : bounds[r+1]]
- *           bounds (int64, n+1) non-decreasing, bounds[0] == 0, bounds[n] <= len(el)
- *           io_id u16, io_width u8 (0 = NX), io_value u64 (NX: start in nx_data),
- *           io_nx_len u16       the decoded batch's element columns (codecs/batch.py)
- *           nx_data (bytes)     the NX bytes
- *           rep_pos (int64)     strictly increasing positions into `el` whose value is
- *                               replaced by rep_val[k] (a Python value, see K_OBJ)
- *           extra_rows (int64)  non-decreasing record numbers that get one more IO
- *           extra_items (list)  member each, (key: str, value), after their elements
- *           A record that names the same IO id twice renders it once, at its first
- *           place with its last value (what a dict built from the pairs holds).
+ *   io:     None, or the processor record's IO object, rendered last under the key "io",
+ *           by the rules of transform.ProcessorResult.record_io (render.py's io_spec):
+ *           (io_offsets, io_id, io_width, io_value, io_nx_len, nx_data,
+ *            keep, cell, strip, replace, multipart, (KEEP, OMIT))
+ *           io_offsets..nx_data the decoded batch's columns (codecs/batch.py): row i's
+ *                               elements are io_*[io_offsets[i] : io_offsets[i+1]], in
+ *                               wire order (io_offsets int64, io_id u16, io_width u8
+ *                               with 0 = NX, io_value u64, io_nx_len u16); an NX value
+ *                               is io_nx_len bytes of nx_data from io_value, as hex
+ *           keep (callable)     the tenant's IO filter, io_id -> bool; asked once per
+ *                               distinct id of the records, before rendering
+ *           cell (uint8[65536]) per IO id: 1 for the cell ids ...
+ *           strip (bool, rows)  ... that row i leaves out where strip[i]
+ *           replace (dict)      {io_id: list per row}: row i's value of io_id is
+ *                               replace[io_id][i] (a Python value, see K_OBJ), or the
+ *                               element's own value where it is KEEP, or none (the
+ *                               element is left out) where it is OMIT
+ *           multipart (list)    (first, others, values) per multi-part identifier whose
+ *                               first id passes keep: a row without `first` but with
+ *                               one of `others` gets "first": values[i] after its
+ *                               elements when values[i] is a str (in list order)
+ *           Row i of the io columns is row i of the fields (rows picks both). A record
+ *           that names the same IO id twice renders it once, at its first place with its
+ *           last value (what a dict built from the pairs holds).
  *
  * Numbers: integers in decimal; floats as the shortest text that reads back to the same
  * double (Python's repr; a fast exact path for values with at most 7 decimals, which
  * is every coordinate here), so json.loads gives back exactly the values of the dicts.
  *
- * SAFETY: every index read from a caller's buffer (rows, el, bounds, rep_pos, extra_rows,
- * NX start/length) is checked against the length of what it indexes before use, and a
- * bad one raises ValueError naming it; buffers are checked for their item size. The
- * GIL is held throughout (Python objects are read), so the buffers cannot change.
+ * SAFETY: every index read from a caller's buffer (rows, io_offsets, NX start/length) or
+ * list is checked against the length of what it indexes before use, and a bad one
+ * raises ValueError naming it; buffers are checked for their item size. The GIL is held
+ * throughout (Python objects are read) and no Python code runs once rendering has
+ * started (keep is asked before), so the buffers and lists cannot change under it.
  */
 #define PY_SSIZE_T_CLEAN
 #include <Python.h>
@@ -86,9 +96,24 @@ static const char DIGITS2[] =
     "40414243444546474849505152535455565758596061626364656667686970717273747576777879"
     "8081828384858687888990919293949596979899";
 
-/* decimal of v into the end of tmp[24], returns the start */
-static inline char *u64_text(uint64_t v, char *end) {
-    char *p = end;
+static const uint64_t POW10[20] = {
+    1ull, 10ull, 100ull, 1000ull, 10000ull, 100000ull, 1000000ull, 10000000ull, 100000000ull,
+    1000000000ull, 10000000000ull, 100000000000ull, 1000000000000ull, 10000000000000ull,
+    100000000000000ull, 1000000000000000ull, 10000000000000000ull, 100000000000000000ull,
+    1000000000000000000ull, 10000000000000000000ull,
+};
+
+/* The writers w_*: text at o, which has room for it (the caller reserved), returning
+ * the end; put_* reserve, then write. */
+
+#define U64_MAX_TEXT 20
+
+static inline char *w_u64(char *o, uint64_t v) {
+    /* digits: from the bit length (log10(2) ~ 1233/4096), one above for some values */
+    int n = ((64 - __builtin_clzll(v | 1)) * 1233) >> 12;
+    n += (n < 20 && v >= POW10[n]) ? 1 : 0;
+    n += n == 0;
+    char *p = o + n;
     while (v >= 100) {
         unsigned d = (unsigned)(v % 100);
         v /= 100;
@@ -96,26 +121,29 @@ static inline char *u64_text(uint64_t v, char *end) {
         memcpy(p, DIGITS2 + 2 * d, 2);
     }
     if (v >= 10) {
-        p -= 2;
-        memcpy(p, DIGITS2 + 2 * v, 2);
+        memcpy(p - 2, DIGITS2 + 2 * v, 2);
     } else {
-        *--p = (char)('0' + v);
+        p[-1] = (char)('0' + v);
     }
-    return p;
+    return o + n;
+}
+
+static inline char *w_i64(char *o, int64_t v) {
+    if (v >= 0) return w_u64(o, (uint64_t)v);
+    *o++ = '-';
+    return w_u64(o, (uint64_t)0 - (uint64_t)v);
 }
 
 static inline int put_u64(Buf *b, uint64_t v) {
-    char tmp[24];
-    char *s = u64_text(v, tmp + sizeof tmp);
-    return put(b, s, tmp + sizeof tmp - s);
+    if (reserve(b, U64_MAX_TEXT) < 0) return -1;
+    b->len = w_u64(b->p + b->len, v) - b->p;
+    return 0;
 }
 
 static inline int put_i64(Buf *b, int64_t v) {
-    if (v < 0) {
-        if (PUT_LIT(b, "-") < 0) return -1;
-        return put_u64(b, (uint64_t)0 - (uint64_t)v);
-    }
-    return put_u64(b, (uint64_t)v);
+    if (reserve(b, U64_MAX_TEXT + 1) < 0) return -1;
+    b->len = w_i64(b->p + b->len, v) - b->p;
+    return 0;
 }
 
 /* The shortest round-trip text of v (Python's repr), null for NaN/inf (as orjson).
@@ -130,16 +158,18 @@ static int put_f64(Buf *b, double v) {
     if (fabs(scaled) < 1e15) {
         int64_t k = (int64_t)llround(scaled);
         if ((double)k / 1e7 == v && !(k == 0 && signbit(v))) {
+            if (reserve(b, 32) < 0) return -1;  /* -, 8 digits, ., 7 decimals */
+            char *o = b->p + b->len;
             uint64_t a = k < 0 ? (uint64_t)0 - (uint64_t)k : (uint64_t)k;
             uint64_t ip = a / 10000000u, fp = a % 10000000u;
-            if (k < 0 && PUT_LIT(b, "-") < 0) return -1;
-            if (put_u64(b, ip) < 0) return -1;
-            char frac[8];
+            if (k < 0) *o++ = '-';
+            o = w_u64(o, ip);
+            *o++ = '.';
             int nd = 7;
-            for (int i = 6; i >= 0; i--) { frac[i] = (char)('0' + fp % 10); fp /= 10; }
-            while (nd > 1 && frac[nd - 1] == '0') nd--;
-            if (PUT_LIT(b, ".") < 0) return -1;
-            return put(b, frac, nd);
+            for (int i = 6; i >= 0; i--) { o[i] = (char)('0' + fp % 10); fp /= 10; }
+            while (nd > 1 && o[nd - 1] == '0') nd--;
+            b->len = o + nd - b->p;
+            return 0;
         }
     }
     char *s = PyOS_double_to_string(v, 'r', 0, Py_DTSF_ADD_DOT_0, NULL);
@@ -151,10 +181,17 @@ static int put_f64(Buf *b, double v) {
 
 static const char HEX[] = "0123456789abcdef";
 
-/* a JSON string from UTF-8 bytes */
-static int put_str_utf8(Buf *b, const char *s, Py_ssize_t n) {
-    if (reserve(b, n + 2) < 0) return -1;
-    b->p[b->len++] = '"';
+/* Any byte of x that JSON escapes: a control character (< 0x20), '"' or '\\'? Eight
+ * bytes at a time; exact (a byte < n sets its high bit in x - n*ones, with no borrow
+ * from the bytes below it, the lowest such byte anyway; bytes >= 0x80 are masked by ~x). */
+static inline int escape_in8(uint64_t x) {
+    const uint64_t ones = 0x0101010101010101ull, high = 0x8080808080808080ull;
+    uint64_t q = x ^ (ones * '"'), s = x ^ (ones * '\\');
+    return (((x - ones * 0x20) & ~x) | ((q - ones) & ~q) | ((s - ones) & ~s)) & high ? 1 : 0;
+}
+
+static int put_str_escaped(Buf *b, const char *s, Py_ssize_t n) {
+    if (PUT_LIT(b, "\"") < 0) return -1;
     Py_ssize_t start = 0;
     for (Py_ssize_t i = 0; i < n; i++) {
         unsigned char c = (unsigned char)s[i];
@@ -181,6 +218,28 @@ static int put_str_utf8(Buf *b, const char *s, Py_ssize_t n) {
     return PUT_LIT(b, "\"");
 }
 
+/* a JSON string from UTF-8 bytes: copied as they are unless a byte needs escaping */
+static int put_str_utf8(Buf *b, const char *s, Py_ssize_t n) {
+    Py_ssize_t i = 0;
+    uint64_t x;
+    for (; i + 8 <= n; i += 8) {
+        memcpy(&x, s + i, 8);
+        if (escape_in8(x)) return put_str_escaped(b, s, n);
+    }
+    if (i < n) {
+        x = 0x2020202020202020ull;  /* spaces: nothing to escape */
+        memcpy(&x, s + i, (size_t)(n - i));
+        if (escape_in8(x)) return put_str_escaped(b, s, n);
+    }
+    if (reserve(b, n + 2) < 0) return -1;
+    char *o = b->p + b->len;
+    *o = '"';
+    memcpy(o + 1, s, (size_t)n);
+    o[n + 1] = '"';
+    b->len += n + 2;
+    return 0;
+}
+
 static int put_hex(Buf *b, const unsigned char *s, Py_ssize_t n) {
     if (reserve(b, 2 * n + 2) < 0) return -1;
     char *o = b->p + b->len;
@@ -200,6 +259,8 @@ static int put_obj(Buf *b, PyObject *v, const char *what) {
     if (v == Py_True) return PUT_LIT(b, "true");
     if (v == Py_False) return PUT_LIT(b, "false");
     if (PyUnicode_Check(v)) {
+        if (PyUnicode_IS_READY(v) && PyUnicode_IS_COMPACT_ASCII(v))  /* its bytes, as they are */
+            return put_str_utf8(b, (const char *)PyUnicode_DATA(v), PyUnicode_GET_LENGTH(v));
         Py_ssize_t n;
         const char *s = PyUnicode_AsUTF8AndSize(v, &n);
         if (!s) return -1;
@@ -268,97 +329,218 @@ typedef struct {
     const char *name;
     int kind;
     PyObject *obj;          /* K_OBJ: the list; K_CONST: the value (borrowed) */
+    Buf text;               /* K_CONST: the value's text, written once */
     Arr arr;                /* buffer kinds */
     Py_ssize_t len;         /* rows the column has */
-    struct F64Text *texts;  /* K_F64: texts written, by value (see put_f64_cached) */
 } Field;
+
+/* The processor route's IO object of a record: its elements, filtered and replaced
+ * by the rules of transform.ProcessorResult.record_io, applied element by element. */
+typedef struct {
+    unsigned first;             /* the first id, whose pseudonym goes out */
+    const uint16_t *others;     /* the other parts' ids */
+    Py_ssize_t n_others;
+    PyObject *values;           /* list per row (owned) */
+} Multi;
 
 typedef struct {
     int on;
-    Arr el, bounds, id, width, value, nxlen, nx, rep_pos, extra_rows;
-    PyObject *rep_val, *extra_items;   /* borrowed lists */
-    uint32_t *stamp;                   /* per IO id: the record that last saw it */
-    int32_t *last;                     /* per IO id: its last position in that record */
+    Arr offsets, id, width, value, nxlen, nx, cell, strip;
+    PyObject *keep, *omit;            /* the KEEP and OMIT sentinels (borrowed) */
+    PyObject *rep_cols[255];          /* replacement lists, by slot (owned) */
+    int n_rep;
+    Multi *multi;
+    Py_ssize_t n_multi;
+    uint16_t *others;                 /* every Multi's others, in one array */
+    uint8_t *rule;                    /* per IO id: RULE_* bits, 0 = not asked */
+    uint8_t *slot;                    /* per IO id: 0, or 1 + its slot in rep_cols */
+    uint64_t *present, *done;         /* per IO id, one bit: in this record / rendered */
+    int64_t *last;                    /* per IO id: its last element in this record (dups) */
 } Io;
 
+enum { RULE_SEEN = 1, RULE_PASS = 2, RULE_CELL = 4 };
+enum { LEAVE_OUT = 0, OWN_VALUE = 1, REPLACED = 2 };
+
+static inline int bit_test(const uint64_t *bits, unsigned id) { return (int)((bits[id >> 6] >> (id & 63)) & 1); }
+static inline void bit_set(uint64_t *bits, unsigned id) { bits[id >> 6] |= (uint64_t)1 << (id & 63); }
+static inline void bit_clear(uint64_t *bits, unsigned id) { bits[id >> 6] &= ~((uint64_t)1 << (id & 63)); }
+
 static void io_release(Io *io) {
-    Arr *arrs[] = {&io->el, &io->bounds, &io->id, &io->width, &io->value, &io->nxlen, &io->nx,
-                   &io->rep_pos, &io->extra_rows};
+    Arr *arrs[] = {&io->offsets, &io->id, &io->width, &io->value, &io->nxlen, &io->nx, &io->cell, &io->strip};
     for (size_t i = 0; i < sizeof arrs / sizeof arrs[0]; i++) arr_release(arrs[i]);
-    PyMem_Free(io->stamp);
+    for (int s = 0; s < io->n_rep; s++) Py_CLEAR(io->rep_cols[s]);
+    for (Py_ssize_t m = 0; m < io->n_multi; m++) Py_CLEAR(io->multi[m].values);
+    PyMem_Free(io->multi);
+    PyMem_Free(io->others);
+    PyMem_Free(io->rule);
+    PyMem_Free(io->slot);
+    PyMem_Free(io->present);
+    PyMem_Free(io->done);
     PyMem_Free(io->last);
-    io->stamp = NULL;
-    io->last = NULL;
+    memset(io, 0, sizeof *io);
 }
 
-static int io_parse(Io *io, PyObject *spec) {
-    PyObject *o[11];
-    if (!PyTuple_Check(spec) || PyTuple_GET_SIZE(spec) != 11) {
-        PyErr_SetString(PyExc_TypeError, "_render: io is a tuple of 11 items (see _render.c)");
+/* an IO id from the caller, 0..65535 */
+static int io_id_of(PyObject *o, const char *what) {
+    if (!PyLong_Check(o)) {
+        PyErr_Format(PyExc_TypeError, "_render: %s: %R is not an int", what, o);
         return -1;
     }
-    for (int i = 0; i < 11; i++) o[i] = PyTuple_GET_ITEM(spec, i);
-    if (arr_get(&io->el, o[0], 8, "io el") < 0 || arr_get(&io->bounds, o[1], 8, "io bounds") < 0 ||
-        arr_get(&io->id, o[2], 2, "io_id") < 0 || arr_get(&io->width, o[3], 1, "io_width") < 0 ||
-        arr_get(&io->value, o[4], 8, "io_value") < 0 || arr_get(&io->nxlen, o[5], 2, "io_nx_len") < 0 ||
-        arr_get(&io->nx, o[6], 1, "nx_data") < 0 || arr_get(&io->rep_pos, o[7], 8, "io rep_pos") < 0 ||
-        arr_get(&io->extra_rows, o[9], 8, "io extra_rows") < 0)
-        return -1;
-    if (!PyList_Check(o[8]) || PyList_GET_SIZE(o[8]) != io->rep_pos.n) {
-        PyErr_SetString(PyExc_ValueError, "_render: io rep_val is a list as long as rep_pos");
+    long v = PyLong_AsLong(o);
+    if (v == -1 && PyErr_Occurred()) return -1;
+    if (v < 0 || v > 65535) {
+        PyErr_Format(PyExc_ValueError, "_render: %s: %ld is not an IO id (0-65535)", what, v);
         return -1;
     }
-    if (!PyList_Check(o[10]) || PyList_GET_SIZE(o[10]) != io->extra_rows.n) {
-        PyErr_SetString(PyExc_ValueError, "_render: io extra_items is a list as long as extra_rows");
+    return (int)v;
+}
+
+/* a list per row, as many rows as needed */
+static int io_rows_list(PyObject *col, Py_ssize_t need, const char *what, int id) {
+    if (!PyList_Check(col)) {
+        PyErr_Format(PyExc_TypeError, "_render: %s of IO %d is not a list", what, id);
         return -1;
     }
-    io->rep_val = o[8];
-    io->extra_items = o[10];
+    if (PyList_GET_SIZE(col) < need) {
+        PyErr_Format(PyExc_ValueError, "_render: %s of IO %d has %zd rows, %zd needed", what, id,
+                     PyList_GET_SIZE(col), need);
+        return -1;
+    }
+    return 0;
+}
+
+static int io_parse_replace(Io *io, PyObject *replace, Py_ssize_t need) {
+    if (!PyDict_Check(replace)) {
+        PyErr_SetString(PyExc_TypeError, "_render: io replace is a dict {io_id: list}");
+        return -1;
+    }
+    if (PyDict_GET_SIZE(replace) > 255) {
+        PyErr_SetString(PyExc_ValueError, "_render: io replace has more than 255 ids");
+        return -1;
+    }
+    Py_ssize_t pos = 0;
+    PyObject *key, *col;
+    while (PyDict_Next(replace, &pos, &key, &col)) {
+        int id = io_id_of(key, "io replace");
+        if (id < 0 || io_rows_list(col, need, "io replace", id) < 0) return -1;
+        Py_INCREF(col);
+        io->rep_cols[io->n_rep++] = col;
+        io->slot[id] = (uint8_t)io->n_rep;
+    }
+    return 0;
+}
+
+static int io_parse_multipart(Io *io, PyObject *multipart, Py_ssize_t need) {
+    static const char *form = "_render: io multipart is a list of (first: int, others: tuple, values: list)";
+    if (!PyList_Check(multipart)) {
+        PyErr_SetString(PyExc_TypeError, form);
+        return -1;
+    }
+    Py_ssize_t n = PyList_GET_SIZE(multipart), n_others = 0;
+    for (Py_ssize_t m = 0; m < n; m++) {
+        PyObject *item = PyList_GET_ITEM(multipart, m);
+        if (!PyTuple_Check(item) || PyTuple_GET_SIZE(item) != 3 || !PyTuple_Check(PyTuple_GET_ITEM(item, 1))) {
+            PyErr_SetString(PyExc_TypeError, form);
+            return -1;
+        }
+        n_others += PyTuple_GET_SIZE(PyTuple_GET_ITEM(item, 1));
+    }
+    io->multi = PyMem_Calloc(n ? (size_t)n : 1, sizeof(Multi));
+    io->others = PyMem_Malloc(n_others ? (size_t)n_others * sizeof(uint16_t) : 1);
+    if (!io->multi || !io->others) { PyErr_NoMemory(); return -1; }
+    uint16_t *o = io->others;
+    for (Py_ssize_t m = 0; m < n; m++) {
+        PyObject *item = PyList_GET_ITEM(multipart, m), *others = PyTuple_GET_ITEM(item, 1);
+        Multi *mp = &io->multi[m];
+        int first = io_id_of(PyTuple_GET_ITEM(item, 0), "io multipart first id");
+        if (first < 0 || io_rows_list(PyTuple_GET_ITEM(item, 2), need, "io multipart values", first) < 0) return -1;
+        mp->first = (unsigned)first;
+        mp->others = o;
+        mp->n_others = PyTuple_GET_SIZE(others);
+        for (Py_ssize_t j = 0; j < mp->n_others; j++) {
+            int id = io_id_of(PyTuple_GET_ITEM(others, j), "io multipart other id");
+            if (id < 0) return -1;
+            *o++ = (uint16_t)id;
+        }
+        mp->values = PyTuple_GET_ITEM(item, 2);
+        Py_INCREF(mp->values);
+        io->n_multi = m + 1;
+    }
+    return 0;
+}
+
+/* The filter's verdict on every distinct IO id of the records, asked once per id
+ * before rendering (so that no Python code runs while rendering). */
+static int io_ask_filter(Io *io, PyObject *keep_fn, const int64_t *row, Py_ssize_t n) {
+    if (!PyCallable_Check(keep_fn)) {
+        PyErr_SetString(PyExc_TypeError, "_render: io keep is a callable io_id -> bool");
+        return -1;
+    }
+    const int64_t *off = io->offsets.view.buf;
+    const uint16_t *ids = io->id.view.buf;
+    const uint8_t *cell = io->cell.view.buf;
+    for (Py_ssize_t r = 0; r < n; r++) {
+        Py_ssize_t i = row ? (Py_ssize_t)row[r] : r;
+        for (int64_t e = off[i]; e < off[i + 1]; e++) {
+            unsigned id = ids[e];
+            if (io->rule[id]) continue;
+            PyObject *verdict = PyObject_CallFunction(keep_fn, "I", id);
+            if (!verdict) return -1;
+            int pass = PyObject_IsTrue(verdict);
+            Py_DECREF(verdict);
+            if (pass < 0) return -1;
+            io->rule[id] = (uint8_t)(RULE_SEEN | (pass ? RULE_PASS : 0) | (cell[id] ? RULE_CELL : 0));
+        }
+    }
+    return 0;
+}
+
+/* `need`: rows the io columns must have (every rows[r] below it) */
+static int io_parse(Io *io, PyObject *spec, const int64_t *row, Py_ssize_t n, Py_ssize_t need) {
+    if (!PyTuple_Check(spec) || PyTuple_GET_SIZE(spec) != 12) {
+        PyErr_SetString(PyExc_TypeError, "_render: io is a tuple of 12 items (see _render.c)");
+        return -1;
+    }
+    PyObject *o[12];
+    for (int i = 0; i < 12; i++) o[i] = PyTuple_GET_ITEM(spec, i);
+    if (arr_get(&io->offsets, o[0], 8, "io_offsets") < 0 || arr_get(&io->id, o[1], 2, "io_id") < 0 ||
+        arr_get(&io->width, o[2], 1, "io_width") < 0 || arr_get(&io->value, o[3], 8, "io_value") < 0 ||
+        arr_get(&io->nxlen, o[4], 2, "io_nx_len") < 0 || arr_get(&io->nx, o[5], 1, "nx_data") < 0 ||
+        arr_get(&io->cell, o[7], 1, "io cell") < 0 || arr_get(&io->strip, o[8], 1, "io strip") < 0)
+        return -1;
     if (io->width.n != io->id.n || io->value.n != io->id.n || io->nxlen.n != io->id.n) {
         PyErr_SetString(PyExc_ValueError, "_render: io_id, io_width, io_value, io_nx_len differ in length");
         return -1;
     }
-    const int64_t *el = io->el.view.buf;
-    for (Py_ssize_t j = 0; j < io->el.n; j++)
-        if (el[j] < 0 || el[j] >= io->id.n) {
-            PyErr_Format(PyExc_ValueError, "_render: io el[%zd] = %lld is not an element of the batch", j,
-                         (long long)el[j]);
+    if (io->cell.n != 65536) {
+        PyErr_SetString(PyExc_ValueError, "_render: io cell is a table of 65536 bytes, one per IO id");
+        return -1;
+    }
+    if (io->offsets.n < need + 1 || io->strip.n < need) {
+        PyErr_Format(PyExc_ValueError, "_render: io_offsets / io strip cover fewer than the %zd rows needed", need);
+        return -1;
+    }
+    const int64_t *off = io->offsets.view.buf;
+    for (Py_ssize_t i = 0; i + 1 < io->offsets.n; i++)
+        if (off[i] < 0 || off[i + 1] < off[i] || off[i + 1] > io->id.n) {
+            PyErr_Format(PyExc_ValueError, "_render: io_offsets[%zd:%zd] is not a range of elements", i, i + 2);
             return -1;
         }
-    const int64_t *rp = io->rep_pos.view.buf;
-    for (Py_ssize_t k = 0; k < io->rep_pos.n; k++)
-        if (rp[k] < 0 || rp[k] >= io->el.n || (k && rp[k] <= rp[k - 1])) {
-            PyErr_Format(PyExc_ValueError, "_render: io rep_pos[%zd] is out of range or not increasing", k);
-            return -1;
-        }
-    io->stamp = PyMem_Calloc(65536, sizeof(uint32_t));
-    io->last = PyMem_Malloc(65536 * sizeof(int32_t));
-    if (!io->stamp || !io->last) { PyErr_NoMemory(); return -1; }
+    if (!PyTuple_Check(o[11]) || PyTuple_GET_SIZE(o[11]) != 2) {
+        PyErr_SetString(PyExc_TypeError, "_render: the last io item is the (KEEP, OMIT) sentinels");
+        return -1;
+    }
+    io->keep = PyTuple_GET_ITEM(o[11], 0);
+    io->omit = PyTuple_GET_ITEM(o[11], 1);
+    io->rule = PyMem_Calloc(65536, 1);
+    io->slot = PyMem_Calloc(65536, 1);
+    io->present = PyMem_Calloc(1024, sizeof(uint64_t));
+    io->done = PyMem_Calloc(1024, sizeof(uint64_t));
+    if (!io->rule || !io->slot || !io->present || !io->done) { PyErr_NoMemory(); return -1; }
+    if (io_ask_filter(io, o[6], row, n) < 0 || io_parse_replace(io, o[9], need) < 0 ||
+        io_parse_multipart(io, o[10], need) < 0)
+        return -1;
     io->on = 1;
-    return 0;
-}
-
-static int io_check_rows(Io *io, Py_ssize_t n) {
-    if (io->bounds.n != n + 1) {
-        PyErr_Format(PyExc_ValueError, "_render: io bounds has %zd items for %zd records", io->bounds.n, n);
-        return -1;
-    }
-    const int64_t *bd = io->bounds.view.buf;
-    if (bd[0] != 0 || bd[n] > io->el.n) {
-        PyErr_SetString(PyExc_ValueError, "_render: io bounds must start at 0 and end within el");
-        return -1;
-    }
-    for (Py_ssize_t r = 0; r < n; r++)
-        if (bd[r + 1] < bd[r]) {
-            PyErr_Format(PyExc_ValueError, "_render: io bounds decrease at %zd", r);
-            return -1;
-        }
-    const int64_t *er = io->extra_rows.view.buf;
-    for (Py_ssize_t k = 0; k < io->extra_rows.n; k++)
-        if (er[k] < 0 || er[k] >= n || (k && er[k] < er[k - 1])) {
-            PyErr_Format(PyExc_ValueError, "_render: io extra_rows[%zd] is out of range or decreasing", k);
-            return -1;
-        }
     return 0;
 }
 
@@ -376,69 +558,79 @@ static int put_element_value(Buf *b, Io *io, int64_t e) {
     return put_hex(b, (const unsigned char *)io->nx.view.buf + start, (Py_ssize_t)len);
 }
 
-static int put_key(Buf *b, int first, unsigned id) {
-    if (!first && PUT_LIT(b, ",") < 0) return -1;
-    if (PUT_LIT(b, "\"") < 0 || put_u64(b, id) < 0) return -1;
-    return PUT_LIT(b, "\":");
+/* What row i's IO `id` becomes (record_io): left out (the filter; a cell id of a
+ * stripped row; OMIT), its own value (no replacement; KEEP), or *rep. */
+static inline int element_fate(const Io *io, unsigned id, Py_ssize_t i, PyObject **rep) {
+    uint8_t rule = io->rule[id];
+    if (!(rule & RULE_PASS)) return LEAVE_OUT;
+    if ((rule & RULE_CELL) && ((const uint8_t *)io->strip.view.buf)[i]) return LEAVE_OUT;
+    uint8_t slot = io->slot[id];
+    if (!slot) return OWN_VALUE;
+    PyObject *v = PyList_GET_ITEM(io->rep_cols[slot - 1], i);
+    if (v == io->omit) return LEAVE_OUT;
+    if (v == io->keep) return OWN_VALUE;
+    *rep = v;
+    return REPLACED;
 }
 
-/* record r's IO object; *rep (cursor into rep_pos) and *xr (into extra_rows) advance */
-static int put_io(Buf *b, Io *io, Py_ssize_t r, Py_ssize_t *rep, Py_ssize_t *xr, uint32_t gen) {
-    const int64_t *bd = io->bounds.view.buf, *el = io->el.view.buf, *rp = io->rep_pos.view.buf;
+static inline int put_key(Buf *b, int first, unsigned id) {
+    if (reserve(b, 9 + U64_MAX_TEXT) < 0) return -1;  /* ,"65535": */
+    char *o = b->p + b->len;
+    if (!first) *o++ = ',';
+    *o++ = '"';
+    o = w_u64(o, id);
+    *o++ = '"';
+    *o++ = ':';
+    b->len = o - b->p;
+    return 0;
+}
+
+/* row i's IO object */
+static int put_io(Buf *b, Io *io, Py_ssize_t i) {
+    const int64_t *off = io->offsets.view.buf;
     const uint16_t *ids = io->id.view.buf;
-    int64_t j0 = bd[r], j1 = bd[r + 1];
-    Py_ssize_t k0 = *rep;
-    while (*rep < io->rep_pos.n && rp[*rep] < j0) (*rep)++;  /* positions of skipped rows */
-    k0 = *rep;
-    while (*rep < io->rep_pos.n && rp[*rep] < j1) (*rep)++;
-    Py_ssize_t k1 = *rep;
-    /* duplicate ids in this record? (rare: then first place, last value) */
-    int dup = 0;
-    for (int64_t j = j0; j < j1; j++) {
-        unsigned id = ids[el[j]];
-        if (io->stamp[id] == gen) dup = 1;
-        io->stamp[id] = gen;
-        io->last[id] = (int32_t)(j - j0);
+    int64_t e0 = off[i], e1 = off[i + 1];
+    int dup = 0;  /* a repeated id (rare): then first place, last value */
+    for (int64_t e = e0; e < e1; e++) {
+        unsigned id = ids[e];
+        dup |= bit_test(io->present, id);
+        bit_set(io->present, id);
+    }
+    if (dup) {
+        if (!io->last && !(io->last = PyMem_Malloc(65536 * sizeof(int64_t)))) { PyErr_NoMemory(); return -1; }
+        for (int64_t e = e0; e < e1; e++) io->last[ids[e]] = e;
     }
     if (PUT_LIT(b, "{") < 0) return -1;
     int first = 1;
-    Py_ssize_t k = k0;
-    for (int64_t j = j0; j < j1; j++) {
-        unsigned id = ids[el[j]];
-        int64_t src = j;
+    for (int64_t e = e0; e < e1; e++) {
+        unsigned id = ids[e];
+        int64_t src = e;
         if (dup) {
-            if (io->stamp[id] != gen) continue;          /* already rendered */
-            io->stamp[id] = gen - 1;                     /* mark rendered (gen >= 2) */
-            src = j0 + io->last[id];
+            if (bit_test(io->done, id)) continue;
+            bit_set(io->done, id);
+            src = io->last[id];
         }
+        PyObject *rep = NULL;
+        int fate = element_fate(io, id, i, &rep);
+        if (fate == LEAVE_OUT) continue;
         if (put_key(b, first, id) < 0) return -1;
         first = 0;
-        /* the replacement at position src, if any */
-        PyObject *repl = NULL;
-        if (!dup) {
-            while (k < k1 && rp[k] < src) k++;
-            if (k < k1 && rp[k] == src) repl = PyList_GET_ITEM(io->rep_val, k);
-        } else {
-            for (Py_ssize_t q = k0; q < k1; q++)
-                if (rp[q] == src) { repl = PyList_GET_ITEM(io->rep_val, q); break; }
-        }
-        if (repl ? put_obj(b, repl, "an IO replacement") : put_element_value(b, io, el[src])) return -1;
+        if (fate == REPLACED ? put_obj(b, rep, "an IO replacement") : put_element_value(b, io, src)) return -1;
     }
-    const int64_t *er = io->extra_rows.view.buf;
-    while (*xr < io->extra_rows.n && er[*xr] == r) {
-        PyObject *item = PyList_GET_ITEM(io->extra_items, *xr);
-        if (!PyTuple_Check(item) || PyTuple_GET_SIZE(item) != 2 || !PyUnicode_Check(PyTuple_GET_ITEM(item, 0))) {
-            PyErr_SetString(PyExc_TypeError, "_render: io extra_items are (key: str, value) tuples");
-            return -1;
-        }
-        Py_ssize_t n;
-        const char *key = PyUnicode_AsUTF8AndSize(PyTuple_GET_ITEM(item, 0), &n);
-        if (!key) return -1;
-        if ((!first && PUT_LIT(b, ",") < 0) || put_str_utf8(b, key, n) < 0 || PUT_LIT(b, ":") < 0 ||
-            put_obj(b, PyTuple_GET_ITEM(item, 1), "an IO extra") < 0)
-            return -1;
+    /* a multi-part identifier whose first part is missing but another part is there */
+    for (Py_ssize_t m = 0; m < io->n_multi; m++) {
+        const Multi *mp = &io->multi[m];
+        if (bit_test(io->present, mp->first)) continue;
+        int other = 0;
+        for (Py_ssize_t j = 0; j < mp->n_others && !other; j++) other = bit_test(io->present, mp->others[j]);
+        PyObject *v = PyList_GET_ITEM(mp->values, i);
+        if (!other || !PyUnicode_Check(v)) continue;
+        if (put_key(b, first, mp->first) < 0 || put_obj(b, v, "an IO pseudonym") < 0) return -1;
         first = 0;
-        (*xr)++;
+    }
+    for (int64_t e = e0; e < e1; e++) {
+        bit_clear(io->present, ids[e]);
+        bit_clear(io->done, ids[e]);
     }
     return PUT_LIT(b, "}");
 }
@@ -487,7 +679,7 @@ static int field_parse(Field *f, PyObject *spec, int index) {
         return 0;
     case K_CONST:
         f->len = PY_SSIZE_T_MAX;
-        return 0;
+        return put_obj(&f->text, f->obj, f->name);
     case K_I64: case K_F64: case K_F64INT:
         if (arr_get(&f->arr, f->obj, 8, f->name) < 0) return -1;
         f->len = f->arr.n;
@@ -502,24 +694,28 @@ static int field_parse(Field *f, PyObject *spec, int index) {
 }
 
 /* Coarsened positions repeat (a parked vehicle, a grid cell, a fleet's records
- * interleaved in a batch) and repr's slow path costs ~1 us per value: a direct-mapped
- * cache of the texts already written for a column, keyed by the value's bits. */
-#define F64_TEXTS 512
+ * interleaved in a batch, the same fleet's cells batch after batch) and repr's slow
+ * path costs ~1 us per value: a direct-mapped cache of the texts already written, keyed
+ * by the value's bits, kept from call to call (a text depends on the value only; the
+ * GIL, held throughout records(), serialises its users). */
+#define F64_TEXTS_BITS 12
 struct F64Text {
     uint64_t bits;
     uint8_t len;            /* 0: empty */
     char txt[31];
 };
+static struct F64Text f64_texts[1 << F64_TEXTS_BITS];
 
-static int put_f64_cached(Buf *b, Field *f, double v) {
+static int put_f64_cached(Buf *b, double v) {
     uint64_t bits;
     memcpy(&bits, &v, sizeof bits);
-    if (!f->texts) {
-        f->texts = PyMem_Calloc(F64_TEXTS, sizeof(struct F64Text));
-        if (!f->texts) { PyErr_NoMemory(); return -1; }
+    struct F64Text *t = &f64_texts[(bits * 0x9E3779B97F4A7C15ull) >> (64 - F64_TEXTS_BITS)];
+    if (t->len && t->bits == bits) {
+        if (reserve(b, sizeof t->txt) < 0) return -1;
+        memcpy(b->p + b->len, t->txt, sizeof t->txt);  /* whole: a fixed-size copy */
+        b->len += t->len;
+        return 0;
     }
-    struct F64Text *t = &f->texts[(bits * 0x9E3779B97F4A7C15ull) >> 55];  /* 9 bits */
-    if (t->len && t->bits == bits) return put(b, t->txt, t->len);
     Py_ssize_t start = b->len;
     if (put_f64(b, v) < 0) return -1;
     Py_ssize_t n = b->len - start;
@@ -531,26 +727,47 @@ static int put_f64_cached(Buf *b, Field *f, double v) {
     return 0;
 }
 
+/* FIXED_ROOM: room for any fixed-size value (I64, F64INT, BOOL; a cached F64 text) */
+#define FIXED_ROOM 32
+
 static int put_field(Buf *b, Field *f, Py_ssize_t i) {
-    if (put(b, f->prefix, f->prefix_len) < 0) return -1;
+    if (reserve(b, f->prefix_len + FIXED_ROOM) < 0) return -1;
+    if (f->prefix_len <= 32)  /* the usual short key: a fixed-size copy */
+        memcpy(b->p + b->len, f->prefix, 32);
+    else
+        memcpy(b->p + b->len, f->prefix, (size_t)f->prefix_len);
+    b->len += f->prefix_len;
+    char *o = b->p + b->len;
     switch (f->kind) {
     case K_OBJ: return put_obj(b, PyList_GET_ITEM(f->obj, i), f->name);
-    case K_CONST: return put_obj(b, f->obj, f->name);
-    case K_I64: return put_i64(b, ((const int64_t *)f->arr.view.buf)[i]);
-    case K_F64: return put_f64_cached(b, f, ((const double *)f->arr.view.buf)[i]);
+    case K_CONST: return put(b, f->text.p, f->text.len);
+    case K_I64: o = w_i64(o, ((const int64_t *)f->arr.view.buf)[i]); break;
+    case K_F64: return put_f64_cached(b, ((const double *)f->arr.view.buf)[i]);
     case K_F64INT: {
         double v = ((const double *)f->arr.view.buf)[i];
-        if (isnan(v)) return PUT_LIT(b, "null");
-        if (!(fabs(v) < 9.2e18)) {
+        if (isnan(v)) {
+            memcpy(o, "null", 4);
+            o += 4;
+        } else if (fabs(v) < 9.2e18) {
+            o = w_i64(o, (int64_t)v);
+        } else {
             PyErr_Format(PyExc_ValueError, "_render: field %s: %g is not a 64-bit integer", f->name, v);
             return -1;
         }
-        return put_i64(b, (int64_t)v);
+        break;
     }
     case K_BOOL:
-        return ((const uint8_t *)f->arr.view.buf)[i] ? PUT_LIT(b, "true") : PUT_LIT(b, "false");
+        if (((const uint8_t *)f->arr.view.buf)[i]) {
+            memcpy(o, "true", 4);
+            o += 4;
+        } else {
+            memcpy(o, "false", 5);
+            o += 5;
+        }
+        break;
     }
-    return -1;
+    b->len = o - b->p;
+    return 0;
 }
 
 static PyObject *render_records(PyObject *self, PyObject *args) {
@@ -590,17 +807,16 @@ static PyObject *render_records(PyObject *self, PyObject *args) {
             if (row[r] + 1 > need) need = (Py_ssize_t)row[r] + 1;
         }
     }
+    /* io first: its filter is Python code, run before the columns' lengths are checked */
+    if (io_obj != Py_None && io_parse(&io, io_obj, row, n, need) < 0) goto done;
     for (Py_ssize_t k = 0; k < nf; k++)
         if (fields[k].len < need) {
             PyErr_Format(PyExc_ValueError, "_render: field %s has %zd rows, %zd needed", fields[k].name,
                          fields[k].len, need);
             goto done;
         }
-    if (io_obj != Py_None && (io_parse(&io, io_obj) < 0 || io_check_rows(&io, n) < 0)) goto done;
     out = PyList_New(n);
     if (!out) goto done;
-    Py_ssize_t rep = 0, xr = 0;
-    uint32_t gen = 1;
     for (Py_ssize_t r = 0; r < n; r++) {
         Py_ssize_t i = row ? (Py_ssize_t)row[r] : r;
         b.len = 0;
@@ -608,10 +824,8 @@ static PyObject *render_records(PyObject *self, PyObject *args) {
         for (Py_ssize_t k = 0; k < nf; k++)
             if (put_field(&b, &fields[k], i) < 0) goto fail;
         if (io.on) {
-            gen += 2;  /* two stamps per record (seen, rendered); wraps after 2^31 records */
-            if (gen < 3) { memset(io.stamp, 0, 65536 * sizeof(uint32_t)); gen = 3; }
             if ((nf ? PUT_LIT(&b, ",\"io\":") : PUT_LIT(&b, "\"io\":")) < 0) goto fail;
-            if (put_io(&b, &io, r, &rep, &xr, gen) < 0) goto fail;
+            if (put_io(&b, &io, i) < 0) goto fail;
         }
         if (PUT_LIT(&b, "}") < 0) goto fail;
         PyObject *one = PyBytes_FromStringAndSize(b.p, b.len);
@@ -624,7 +838,7 @@ fail:
 done:
     for (Py_ssize_t k = 0; fields && k < nf; k++) {
         arr_release(&fields[k].arr);
-        PyMem_Free(fields[k].texts);
+        PyMem_Free(fields[k].text.p);
     }
     PyMem_Free(fields);
     io_release(&io);

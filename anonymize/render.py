@@ -7,8 +7,9 @@ Each value is one JSON object, equal (after json.loads) to the dict the result's
 `records()` gives for the same record -- the readable reference of the output contract
 (schemas/) -- but built in C (`_render.c`) from numpy columns, without a Python dict per
 record. Which IO elements a processor record carries (the tenant's IO filter, cell ids
-stripped in private mode, identifiers replaced by their pseudonyms) is decided here with
-numpy, per distinct IO id and per element; C only writes the bytes.
+stripped in private mode, identifiers replaced by their pseudonyms, the first part of a
+multi-part identifier) follows ProcessorResult.record_io's rules; `io_spec` below lists
+them and hands the C code what it needs to apply them element by element.
 """
 from __future__ import annotations
 
@@ -18,8 +19,8 @@ from ..codecs.iodict import CELL_IDS
 from . import _render
 from .transform import KEEP, OMIT, ControllerResult, ProcessorResult
 
-_CELL_IDS = np.fromiter(sorted(CELL_IDS), dtype=np.int64)
-_EMPTY_I64 = np.zeros(0, dtype=np.int64)
+_CELL_TABLE = np.zeros(65536, dtype=np.uint8)  # per IO id: 1 for a cell id
+_CELL_TABLE[sorted(CELL_IDS)] = 1
 
 
 def _f64(col) -> np.ndarray:
@@ -51,8 +52,7 @@ def processor_json(res: ProcessorResult, batch, rows: np.ndarray | None = None) 
     fields.append(("private", _render.K_BOOL, np.ascontiguousarray(res.private, dtype=bool)))
     fields.append(("location_suppressed", _render.K_OBJ, np.asarray(res.location_suppressed).tolist()))
     n = len(res) if sel is None else len(sel)
-    io = None if batch is None else io_selection(batch, np.arange(len(res)) if sel is None else sel, res)
-    return _render.records(n, fields, sel, io)
+    return _render.records(n, fields, sel, None if batch is None else io_spec(batch, res))
 
 
 def controller_json(res: ControllerResult) -> list[bytes]:
@@ -73,90 +73,20 @@ def controller_json(res: ControllerResult) -> list[bytes]:
     return _render.records(len(idx), fields, idx, None)
 
 
-def io_selection(batch, rows: np.ndarray, proc: ProcessorResult) -> tuple:
-    """The `io` argument of _render.records for records `rows` of `batch` (and of
-    `proc`): their kept elements, the replaced values, and the pseudonyms of multi-part
-    identifiers whose first part is missing (ProcessorResult.record_io's rules)."""
-    offs = batch.io_offsets
-    starts, ends = offs[rows], offs[rows + 1]
-    counts = ends - starts
-    total = int(counts.sum())
-    bounds = np.zeros(len(rows) + 1, dtype=np.int64)
-    np.cumsum(counts, out=bounds[1:])
-    el = np.repeat(starts - bounds[:-1], counts) + np.arange(total)
-    ids = batch.io_id[el]
-    # the tenant's IO filter, per distinct id (ids are 16-bit: a lookup table, no sort)
-    seen = np.zeros(int(ids.max()) + 1 if total else 1, dtype=bool)
-    seen[ids] = True
-    uniq = np.flatnonzero(seen)
-    lut = np.zeros(seen.size, dtype=bool)
-    lut[uniq] = [proc.io_keep(i) for i in uniq.tolist()]
-    keep = lut[ids]
-    local = None  # element -> its record's position among `rows`
-    strip = proc.strip_io[rows]
-    if strip.any():
-        local = np.repeat(np.arange(len(rows)), counts)
-        keep &= ~(strip[local] & np.isin(ids, _CELL_IDS))
-    # identifier replacements: (element positions, values); OMIT un-keeps
-    hits, reps_all = [], []
-    for io_id, col in proc.io_replace.items():
-        hit = np.flatnonzero((ids == io_id) & keep)
-        if not hit.size:
-            continue
-        if local is None:
-            local = np.repeat(np.arange(len(rows)), counts)
-        reps = np.asarray(col, dtype=object)[rows[local[hit]]]
-        omit = reps == OMIT   # object ==: identity for these sentinels, False for values
-        if omit.any():
-            keep[hit[omit]] = False
-        sel = ~(omit | (reps == KEEP))
-        if sel.any():
-            hits.append(hit[sel])
-            reps_all.append(reps[sel])
-    # element positions among the kept ones
-    if keep.all():
-        kept_el, pos = el, None
-        kept_bounds = bounds
-    else:
-        kel = np.flatnonzero(keep)
-        kept_el = el[kel]
-        pos = np.cumsum(keep) - 1
-        if local is None:
-            local = np.repeat(np.arange(len(rows)), counts)
-        kept_bounds = np.zeros(len(rows) + 1, dtype=np.int64)
-        np.cumsum(np.bincount(local[kel], minlength=len(rows)), out=kept_bounds[1:])
-    rep_pos, rep_val = _EMPTY_I64, []
-    if hits:
-        p = np.concatenate(hits)
-        v = np.concatenate(reps_all)
-        if pos is not None:
-            p = pos[p]
-        order = np.argsort(p, kind="stable")
-        rep_pos = np.ascontiguousarray(p[order], dtype=np.int64)
-        rep_val = v[order].tolist()
-    extra_rows, extra_items = _multipart_extras(batch, rows, proc)
-    return (np.ascontiguousarray(kept_el, dtype=np.int64), kept_bounds, batch.io_id, batch.io_width,
-            batch.io_value, batch.io_nx_len, batch.nx_data, rep_pos, rep_val, extra_rows, extra_items)
+def io_spec(batch, proc: ProcessorResult) -> tuple:
+    """The `io` argument of _render.records: the batch's IO elements and what
+    ProcessorResult.record_io does to them, which the C code applies element by element:
 
-
-def _multipart_extras(batch, rows: np.ndarray, proc: ProcessorResult) -> tuple[np.ndarray, list]:
-    """A multi-part identifier whose first part is missing from a record but whose other
-    parts are there: its pseudonym still goes out under the first id (record_io)."""
-    if not proc.io_multipart:
-        return _EMPTY_I64, []
-    out: list[tuple[int, str, str]] = []
-    for first, ids in proc.io_multipart.items():
-        if not proc.io_keep(first):
-            continue
-        want = ~batch.io_present(first)[rows]
-        others = np.zeros(len(rows), dtype=bool)
-        for other in ids[1:]:
-            others |= batch.io_present(other)[rows]
-        for r in np.flatnonzero(want & others).tolist():
-            v = proc.io_replace[first][rows[r]]
-            if isinstance(v, str):
-                out.append((r, str(first), v))
-    if not out:
-        return _EMPTY_I64, []
-    out.sort(key=lambda t: t[0])
-    return np.array([t[0] for t in out], dtype=np.int64), [(k, v) for _, k, v in out]
+    - an element passes the tenant's IO filter (proc.io_keep, asked once per distinct id),
+    - a cell id (iodict.CELL_IDS) is left out of a record with proc.strip_io set,
+    - an identifier's value is proc.io_replace[id][row]: KEEP keeps the element's own
+      value, OMIT leaves the element out (the other parts of a multi-part identifier),
+    - a multi-part identifier whose first part is missing from a record while another
+      part is there still goes out under its first id, when its pseudonym is a str.
+    """
+    replace = {io_id: col.tolist() for io_id, col in proc.io_replace.items() if proc.io_keep(io_id)}
+    multipart = [(first, tuple(ids[1:]), replace[first])
+                 for first, ids in proc.io_multipart.items() if proc.io_keep(first)]
+    return (batch.io_offsets, batch.io_id, batch.io_width, batch.io_value, batch.io_nx_len, batch.nx_data,
+            proc.io_keep, _CELL_TABLE, np.ascontiguousarray(proc.strip_io, dtype=bool), replace, multipart,
+            (KEEP, OMIT))

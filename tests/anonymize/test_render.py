@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import json
 import math
+import random
+from types import SimpleNamespace
 
 import numpy as np
 import pytest
@@ -13,7 +15,9 @@ from hypothesis import strategies as st
 from fleetcloak.anonymize import _render
 from fleetcloak.anonymize.batch_columns import columns_from_batch
 from fleetcloak.anonymize.render import controller_json, processor_json
-from fleetcloak.anonymize.transform import ControllerTransform, GroupGate, ProcessorTransform
+from fleetcloak.anonymize.policy import IoFilter
+from fleetcloak.anonymize.transform import (KEEP, OMIT, ControllerTransform, GroupGate, ProcessorResult,
+                                           ProcessorTransform)
 from fleetcloak.codecs import AvlPacket, AvlRecord, decode_batch, encode
 
 IMEIS = ["356307042441013", "352093081452251", "490154203237518"]
@@ -140,38 +144,167 @@ def test_nan_is_null_and_rows_pick_and_permute():
     assert out[0] == b'{"x":-2,"s":"c"}'
 
 
-def _io(el, bounds, ids, width, value, nxlen, nx, rep_pos=(), rep_val=(), extra_rows=(), extra=()):
-    a = lambda v, t: np.array(v, dtype=t)  # noqa: E731
-    return (a(el, np.int64), a(bounds, np.int64), a(ids, np.uint16), a(width, np.uint8), a(value, np.uint64),
-            a(nxlen, np.uint16), nx, a(rep_pos, np.int64), list(rep_val), a(extra_rows, np.int64), list(extra))
+# ------------------------------------------------------------- the IO object in C
+# Batches built column by column (what render reads of a decoded batch), so that a
+# record can name an id twice, as the wire allows; results built field by field, so
+# that every rule of record_io meets every kind of value. The oracle is the readable
+# reference: ProcessorResult.records() dumped by json (compact, UTF-8), byte for byte.
+
+def _dumps(d: dict) -> bytes:
+    return json.dumps(d, separators=(",", ":"), ensure_ascii=False).encode()
+
+
+def _fake_batch(records):
+    """records: one list of (io_id, value) per record; value int (fixed) or bytes (NX)."""
+    ids, width, value, nxlen, nx, offsets = [], [], [], [], bytearray(), [0]
+    for pairs in records:
+        for io_id, v in pairs:
+            ids.append(io_id)
+            if isinstance(v, bytes):
+                width.append(0), value.append(len(nx)), nxlen.append(len(v))
+                nx += v
+            else:
+                width.append(8), value.append(v), nxlen.append(0)
+        offsets.append(len(ids))
+    return SimpleNamespace(io_offsets=np.array(offsets, dtype=np.int64), io_id=np.array(ids, dtype=np.uint16),
+                           io_width=np.array(width, dtype=np.uint8), io_value=np.array(value, dtype=np.uint64),
+                           io_nx_len=np.array(nxlen, dtype=np.uint16), nx_data=bytes(nx))
+
+
+def _result(n, rnd, *, io_filter=IoFilter(), replace=None, multipart=None, strip=None, dropped=()):
+    nan_or = lambda: [rnd.choice([math.nan, float(rnd.randint(-5, 400))]) for _ in range(n)]  # noqa: E731
+    cols = {name: (None if name in dropped else np.array(nan_or()))
+            for name in ("altitude", "angle", "speed", "satellites")}
+    return ProcessorResult(
+        tenant="t-é", record_id=np.array([f"r{i}" for i in range(n)], dtype=object),
+        device=np.array([rnd.choice(["dev_a", "dev_\"b\"", "d\u00e9v\n"]) for _ in range(n)], dtype=object),
+        driver=np.array([rnd.choice([None, "drv_x", 0]) for _ in range(n)], dtype=object),
+        timestamp_ms=np.array([rnd.randint(0, 2**53) for _ in range(n)], dtype=np.int64),
+        lat=np.array([rnd.choice([math.nan, -0.0, 52.5123456, 52.51234567891234, 1e-300]) for _ in range(n)]),
+        lon=np.array([rnd.choice([math.nan, 13.25, -179.99999999999997]) for _ in range(n)]),
+        **cols,
+        private=np.array([rnd.random() < 0.5 for _ in range(n)]),
+        location_suppressed=np.array([rnd.choice([None, "privacy_zone"]) for _ in range(n)], dtype=object),
+        io_replace=replace or {}, strip_io=np.array(strip if strip is not None else [False] * n, dtype=bool),
+        io_filter=io_filter, io_multipart=multipart or {})
+
+
+def _raw_io(pairs):
+    return dict(pairs)  # a repeated id: its first place, its last value
+
+
+IDS = [1, 16, 21, 78, 147, 148, 205, 206, 239, 256, 287, 636, 10_000, 65535]
+REPLACEMENTS = st.sampled_from([KEEP, OMIT, "drv_é\"q", None, 0, 7, b"\x01\xff", 2.5])
+element = st.tuples(st.sampled_from(IDS), st.integers(0, 2**64 - 1) | st.binary(max_size=12))
+io_filters = st.sampled_from([IoFilter(), IoFilter(deny=(21, 205)), IoFilter(allow=(1, 78, 147, 206, 256, 65535)),
+                              IoFilter(allow=(16, 148)), IoFilter(deny=(147,))])
+
+
+@settings(max_examples=300, deadline=None)
+@given(records=st.lists(st.lists(element, max_size=8), min_size=1, max_size=12), io_filter=io_filters,
+       rnd=st.randoms(use_true_random=False), data=st.data())
+def test_io_objects_equal_the_reference_byte_for_byte(records, io_filter, rnd, data):
+    n = len(records)
+    replaced = data.draw(st.lists(st.sampled_from([78, 147, 148, 256, 21, 65535]), unique=True))
+    replace = {io_id: np.array(data.draw(st.lists(REPLACEMENTS, min_size=n, max_size=n)) + [None], dtype=object)[:n]
+               for io_id in replaced}
+    multipart = {147: (147, 148)} if {147, 148} <= set(replaced) else {}
+    if 65535 in replaced and data.draw(st.booleans()):
+        multipart[65535] = (65535, 1, 16)
+    res = _result(n, rnd, io_filter=io_filter, replace=replace, multipart=multipart,
+                  strip=[rnd.random() < 0.5 for _ in range(n)],
+                  dropped=rnd.sample(["altitude", "angle"], k=rnd.randint(0, 2)))
+    batch = _fake_batch(records)
+    raw_io = [_raw_io(pairs) for pairs in records]
+    assert processor_json(res, batch) == [_dumps(d) for d in res.records(raw_io)]
+    rows = np.array([rnd.randrange(n) for _ in range(rnd.randint(0, 2 * n))], dtype=np.int64)
+    want = res.records([raw_io[i] for i in rows.tolist()], rows=rows)
+    assert processor_json(res, batch, rows) == [_dumps(d) for d in want]
+    assert processor_json(res, None, rows) == [_dumps({k: v for k, v in d.items() if k != "io"}) for d in want]
 
 
 def test_io_objects_nx_replacements_extras_and_repeated_ids():
-    # record 0: ids 1, 2(NX), 1 again (first place, last value, as a dict); record 1: 3 replaced, + extra
-    io = _io([0, 1, 2, 3], [0, 3, 4], [1, 2, 1, 3], [1, 0, 4, 8], [5, 1, 7, 9], [0, 2, 0, 0], b"\x00\xab\xcd",
-             rep_pos=[3], rep_val=["drv_x"], extra_rows=[1], extra=[("147", "drv_y")])
-    out = _render.records(2, [("r", _render.K_I64, np.arange(2, dtype=np.int64))], None, io)
-    assert [json.loads(o) for o in out] == [{"r": 0, "io": {"1": 7, "2": "abcd"}},
-                                            {"r": 1, "io": {"3": "drv_x", "147": "drv_y"}}]
-    assert out[0] == b'{"r":0,"io":{"1":7,"2":"abcd"}}'
-    # a replaced repeated id: the last occurrence's replacement wins
-    io = _io([0, 1], [0, 2], [4, 4], [1, 1], [1, 2], [0, 0], b"", rep_pos=[0], rep_val=["first"])
-    assert json.loads(_render.records(1, [], None, io)[0]) == {"io": {"4": 2}}
+    # record 0: ids 1, 2 (NX), 1 again (first place, last value, as a dict); record 1: 78
+    # replaced, 148 (a second part) left out, its first part 147 added; record 2: a cell
+    # id stripped, 78 keeps its own value
+    batch = _fake_batch([[(1, 5), (2, b"\xab\xcd"), (1, 7)], [(78, 9), (148, 3), (16, 1)], [(205, 4), (78, 8)]])
+    res = _result(3, random.Random(0), strip=[False, False, True],
+                  replace={78: np.array(["drv_x", "drv_y", KEEP], dtype=object),
+                           147: np.array([None, "drv_card", None], dtype=object),
+                           148: np.array([OMIT, OMIT, OMIT], dtype=object)},
+                  multipart={147: (147, 148)})
+    out = processor_json(res, batch)
+    assert [o[o.index(b'"io":'):] for o in out] == [b'"io":{"1":7,"2":"abcd"}}',
+                                                    b'"io":{"78":"drv_y","16":1,"147":"drv_card"}}',
+                                                    b'"io":{"78":8}}']
 
 
-@pytest.mark.parametrize("bad, match", [
-    (lambda io: (np.array([9], dtype=np.int64),) + io[1:], "not an element"),
-    (lambda io: io[:1] + (np.array([0, 2], dtype=np.int64),) + io[2:], "bounds"),
-    (lambda io: io[:4] + (np.array([50], dtype=np.uint64),) + io[5:], "outside nx_data"),
-    (lambda io: io[:7] + (np.array([3], dtype=np.int64), ["x"]) + io[9:], "rep_pos"),
-    (lambda io: io[:2] + (np.array([1], dtype=np.int32),) + io[3:], "items of"),
-    (lambda io: io[:9] + (np.array([1], dtype=np.int64), [("1", 2)]), "extra_rows"),
+def _spec(io_offsets=(0, 1), io_id=(2,), nx=b"\x00\xab\xcd", keep=lambda i: True, replace=None, multipart=None):
+    a = np.array
+    return [a(io_offsets, dtype=np.int64), a(io_id, dtype=np.uint16), a([0] * len(io_id), dtype=np.uint8),
+            a([1] * len(io_id), dtype=np.uint64), a([2] * len(io_id), dtype=np.uint16), nx, keep,
+            np.zeros(65536, dtype=np.uint8), np.zeros(len(io_offsets) - 1, dtype=bool), replace or {},
+            multipart or [], (KEEP, OMIT)]
+
+
+@pytest.mark.parametrize("change, error, match", [
+    ({0: np.array([0, 2], dtype=np.int64)}, ValueError, "io_offsets"),
+    ({0: np.array([1, 0], dtype=np.int64)}, ValueError, "io_offsets"),
+    ({3: np.array([50], dtype=np.uint64)}, ValueError, "outside nx_data"),
+    ({1: np.array([2], dtype=np.int32)}, ValueError, "items of"),
+    ({7: np.zeros(10, dtype=np.uint8)}, ValueError, "65536"),
+    ({8: np.zeros(0, dtype=bool)}, ValueError, "rows needed"),
+    ({6: 3}, TypeError, "callable"),
+    ({6: lambda i: 1 / 0}, ZeroDivisionError, None),
+    ({9: {2: ["x"] * 0}}, ValueError, "io replace of IO 2 has 0 rows, 1 needed"),
+    ({9: {70_000: ["x"]}}, ValueError, "not an IO id"),
+    ({9: {2: ("x",)}}, TypeError, "not a list"),
+    ({10: [(147, (148,))]}, TypeError, "multipart"),
+    ({10: [(147, (70_000,), ["x"])]}, ValueError, "not an IO id"),
+    ({11: (KEEP,)}, TypeError, "sentinels"),
 ])
-def test_bad_io_is_refused_with_what_is_wrong(bad, match):
-    io = _io([0], [0, 1], [2], [0], [1], [2], b"\x00\xab\xcd")
-    assert _render.records(1, [], None, io) == [b'{"io":{"2":"abcd"}}']
-    with pytest.raises(ValueError, match=match):
-        _render.records(1, [], None, bad(io))
+def test_bad_io_is_refused_with_what_is_wrong(change, error, match):
+    assert _render.records(1, [], None, tuple(_spec())) == [b'{"io":{"2":"abcd"}}']
+    spec = _spec()
+    for k, v in change.items():
+        spec[k] = v
+    with pytest.raises(error, match=match):
+        _render.records(1, [], None, tuple(spec))
+    with pytest.raises(TypeError, match="12 items"):
+        _render.records(1, [], None, tuple(spec[:11]))
+
+
+def test_the_filter_is_asked_once_per_distinct_id():
+    asked = []
+    spec = _spec(io_offsets=(0, 3, 5), io_id=(7, 8, 7, 8, 9), nx=b"\x00" * 3,
+                 keep=lambda i: asked.append(i) or i != 8)
+    out = _render.records(2, [], None, tuple(spec))
+    assert sorted(asked) == [7, 8, 9] and out == [b'{"io":{"7":"0000"}}', b'{"io":{"9":"0000"}}']
+
+
+def test_strings_needing_escapes_anywhere_in_them():
+    """The string writer looks at 8 bytes at a time: a byte to escape at every place of
+    a word, in strings of every length around it, ASCII and not."""
+    for n in range(0, 20):
+        for at in range(n):
+            for c in ["\"", "\\", "\n", "\x00", "\x1f", "é", "\x7f", " ", "~"]:
+                s = "a" * at + c + "b" * (n - at - 1)
+                (out,) = _render.records(1, [("s", _render.K_CONST, s), ("t", _render.K_OBJ, [s])], None, None)
+                assert out == _dumps({"s": s, "t": s})
+
+
+def test_integers_of_every_length():
+    vals = [0, 9, 10, 99, 100, 2**63 - 1, -(2**63)]
+    vals += [s * (10**k + d) for k in range(19) for d in (-1, 0, 1) for s in (1, -1)]
+    out = _render.records(len(vals), [("v", _render.K_I64, np.array(vals, dtype=np.int64)),
+                                      ("o", _render.K_OBJ, vals)], None, None)
+    assert out == [_dumps({"v": v, "o": v}) for v in vals]
+    ids = list(range(0, 65536, 7)) + [65535]
+    batch = _fake_batch([[(i, 2**64 - 1 - i)] for i in ids])
+    out = _render.records(len(ids), [], None, tuple(
+        [batch.io_offsets, batch.io_id, batch.io_width, batch.io_value, batch.io_nx_len, batch.nx_data,
+         lambda i: True, np.zeros(65536, dtype=np.uint8), np.zeros(len(ids), dtype=bool), {}, [], (KEEP, OMIT)]))
+    assert out == [_dumps({"io": {str(i): 2**64 - 1 - i}}) for i in ids]
 
 
 def test_bad_fields_are_refused_naming_the_field():
