@@ -17,6 +17,7 @@ costs a few hundred microseconds of that loop per scrape.
 from __future__ import annotations
 
 import asyncio
+import gc
 import json
 import logging
 import tempfile
@@ -116,6 +117,12 @@ class DeliveryService(Service):
         self.batch_loop = BatchLoop(s.loop, self.factory, control=self.control, metrics=self.metrics)
 
     async def on_started(self) -> None:
+        # What startup built (Faust, aiohttp, the policies: ~90,000 objects) lives as long
+        # as the worker: out of the cyclic collector's sight, so a full collection walks
+        # what the batches left only (measured over a bench run's streaming: GC 0.20-0.27 s
+        # -> ~0.13 s, its full collections ~0.1 s -> ~0.03 s).
+        gc.collect()
+        gc.freeze()
         self._task = asyncio.create_task(self._run(), name="delivery-loop")
         if self.duties is not None:  # audited drop counts, epoch expiry, subject housekeeping
             self._duties_task = asyncio.create_task(self.duties.run(), name="retention-duties")
