@@ -121,14 +121,17 @@ def test_values_read_back_exactly(v, x, k):
 
 
 def test_repeated_floats_come_from_the_text_cache_unchanged():
-    """Coarsened positions repeat; their texts are cached by value in a 512-slot table:
-    thousands of distinct values (many sharing a slot), repeated and interleaved, each
-    read back exactly, with -0.0, NaN and the 7-decimal fast path among them."""
+    """Coarsened positions repeat; their texts are cached by value in a 4096-slot table
+    kept from call to call: thousands of distinct values (many sharing a slot), repeated
+    and interleaved, each read back exactly, with -0.0, NaN and the 7-decimal fast path
+    among them; the same texts again from a second call, under another field."""
     rng = np.random.default_rng(3)
     distinct = np.concatenate([(np.arange(3000) + 0.5) * (180.0 / 40_000),  # grid centres
                                rng.uniform(-180, 180, 3000).round(7), [0.0, -0.0, np.nan, 1e-300, -5e-5]])
     col = distinct[rng.integers(0, len(distinct), 40_000)]
     out = _render.records(len(col), [("v", _render.K_F64, col)], None, None)
+    again = _render.records(len(col), [("w", _render.K_F64, col[::-1].copy())], None, None)
+    assert again[::-1] == [o.replace(b'"v"', b'"w"') for o in out]
     for v, text in zip(col.tolist(), out):
         got = json.loads(text)["v"]
         if math.isnan(v):
