@@ -67,6 +67,8 @@ class DeliveryFailed(WorkerFailed):
     pass
 
 
+_FETCHER_TURNS = 4  # its routine wakes, builds the requests, a task per node sends them
+
 @dataclass
 class LoopSettings:
     bootstrap: str
@@ -308,6 +310,13 @@ class BatchLoop:
                                                max_records=self.settings.max_records)
                 if self._stopping:  # fetched but not started: leave it uncommitted
                     break
+                if batch:
+                    # A few turns of the event loop, so aiokafka's fetcher sends the requests
+                    # for the partitions just drained before the pipeline holds the CPU: the
+                    # broker assembles the next batch while this one is processed (measured:
+                    # the worker had sat ~10 % idle in select; +12 % msgs/s, median of 4).
+                    for _ in range(_FETCHER_TURNS):
+                        await asyncio.sleep(0)
                 async with self._batch_lock:
                     await self._step(batch)
                 if not batch and self._in_process is None and self._in_flight is None \
