@@ -98,9 +98,7 @@ def _bytes_column(n: int, record: np.ndarray, width: np.ndarray, value: np.ndarr
     col: list = [None] * n
     for r, w, v, ln in zip(record.tolist(), width.tolist(), value.tolist(), nx_len.tolist()):
         col[r] = nx_data[v:v + ln] if w == 0 else v.to_bytes(w, "big")
-    out = np.empty(n, dtype=object)
-    out[:] = col
-    return out
+    return np.fromiter(col, dtype=object, count=n)  # `out[:] = col` looks into each bytes: 4x slower
 
 
 def _io_record(batch) -> np.ndarray:
