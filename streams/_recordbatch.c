@@ -4,7 +4,10 @@
  * batches read, without a Python call per message.
  *
  * Entry points:
- *   build(keys, values, timestamp_ms, max_bytes) -> list[tuple[bytearray, int]]
+ *   build(keys, values, timestamp_ms, max_bytes, rows=None) -> list[tuple[bytearray, int]]
+ *       rows: None (every record, in order) or a C-contiguous int64 buffer of indexes into
+ *       keys/values: the records to take, in that order (a partition's share of a block,
+ *       without building its own lists). RecordTooLarge names the index into keys.
  *       the records in order, cut greedily into as few batches as possible, each one's
  *       encoded size <= max_bytes; (buffer, record count) per batch. A record that does
  *       not fit a batch of its own raises the class registered with
@@ -233,7 +236,8 @@ static PyObject *changed_error(void) {
 }
 
 /* Writes batch `c` into a new bytearray; NULL with an exception set on failure. */
-static PyObject *write_batch(PyObject *kseq, PyObject *vseq, const Cut *c, int64_t timestamp_ms) {
+static PyObject *write_batch(PyObject *kseq, PyObject *vseq, const int64_t *rows, const Cut *c,
+                             int64_t timestamp_ms) {
     PyObject *ba = PyByteArray_FromStringAndSize(NULL, (Py_ssize_t)c->size);
     if (!ba) return NULL;
     uint8_t *const buf = (uint8_t *)PyByteArray_AS_STRING(ba);
@@ -254,7 +258,7 @@ static PyObject *write_batch(PyObject *kseq, PyObject *vseq, const Cut *c, int64
 
     uint8_t *p = buf + BATCH_OVERHEAD;
     for (Py_ssize_t d = 0; d < c->count; d++) {
-        Py_ssize_t i = c->start + d;
+        Py_ssize_t i = rows ? (Py_ssize_t)rows[c->start + d] : c->start + d;
         if (i >= PySequence_Fast_GET_SIZE(kseq) || i >= PySequence_Fast_GET_SIZE(vseq)) goto changed;
         Item k, v;
         if (item_get(PySequence_Fast_GET_ITEM(kseq, i), "keys", i, &k) < 0) goto fail;
@@ -298,10 +302,10 @@ static PyObject *as_sequence(PyObject *obj, const char *what) {
 
 static PyObject *build(PyObject *self, PyObject *args) {
     (void)self;
-    PyObject *keys, *values;
+    PyObject *keys, *values, *rows_obj = Py_None;
     long long timestamp_ms;
     Py_ssize_t max_bytes;
-    if (!PyArg_ParseTuple(args, "OOLn:build", &keys, &values, &timestamp_ms, &max_bytes)) return NULL;
+    if (!PyArg_ParseTuple(args, "OOLn|O:build", &keys, &values, &timestamp_ms, &max_bytes, &rows_obj)) return NULL;
     if (max_bytes < BATCH_OVERHEAD + MIN_RECORD || max_bytes > INT32_MAX) {
         PyErr_Format(PyExc_ValueError, "max_bytes must be from %d (a batch header and the smallest record) "
                      "to %d, not %zd", BATCH_OVERHEAD + MIN_RECORD, INT32_MAX, max_bytes);
@@ -314,12 +318,31 @@ static PyObject *build(PyObject *self, PyObject *args) {
     PyObject *result = NULL;
     Cut *cuts = NULL;
     Py_ssize_t ncuts = 0, cap = 0;
+    Py_buffer rows_buf = {0};
+    const int64_t *rows = NULL;
 
-    const Py_ssize_t n = PySequence_Fast_GET_SIZE(kseq);
-    if (PySequence_Fast_GET_SIZE(vseq) != n) {
+    const Py_ssize_t nkeys = PySequence_Fast_GET_SIZE(kseq);
+    Py_ssize_t n = nkeys;
+    if (PySequence_Fast_GET_SIZE(vseq) != nkeys) {
         PyErr_Format(PyExc_ValueError, "keys and values differ in length: %zd keys, %zd values",
-                     n, PySequence_Fast_GET_SIZE(vseq));
+                     nkeys, PySequence_Fast_GET_SIZE(vseq));
         goto done;
+    }
+    if (rows_obj != Py_None) {
+        if (PyObject_GetBuffer(rows_obj, &rows_buf, PyBUF_C_CONTIGUOUS | PyBUF_FORMAT) < 0) goto done;
+        if (rows_buf.itemsize != 8 || !rows_buf.format || (strcmp(rows_buf.format, "l") && strcmp(rows_buf.format, "q"))) {
+            PyErr_SetString(PyExc_TypeError, "rows must be a C-contiguous int64 array");
+            goto done;
+        }
+        rows = (const int64_t *)rows_buf.buf;
+        n = rows_buf.len / 8;
+        for (Py_ssize_t j = 0; j < n; j++) {
+            if (rows[j] < 0 || rows[j] >= nkeys) {
+                PyErr_Format(PyExc_IndexError, "rows[%zd] = %lld is not an index of the %zd keys",
+                             j, (long long)rows[j], nkeys);
+                goto done;
+            }
+        }
     }
 
     /* pass 1: sizes and cuts (greedy: a record joins the open batch if it still fits) */
@@ -327,9 +350,10 @@ static PyObject *build(PyObject *self, PyObject *args) {
     uint64_t bsize = BATCH_OVERHEAD;
     for (Py_ssize_t i = 0; i < n; i++) {
         Item k, v;
-        if (item_get(PySequence_Fast_GET_ITEM(kseq, i), "keys", i, &k) < 0) goto done;
+        const Py_ssize_t r = rows ? (Py_ssize_t)rows[i] : i;   /* the record's index in keys */
+        if (item_get(PySequence_Fast_GET_ITEM(kseq, r), "keys", r, &k) < 0) goto done;
         item_release(&k);
-        if (item_get(PySequence_Fast_GET_ITEM(vseq, i), "values", i, &v) < 0) goto done;
+        if (item_get(PySequence_Fast_GET_ITEM(vseq, r), "values", r, &v) < 0) goto done;
         item_release(&v);
         uint64_t base = body_base(k.len, v.len);
         uint64_t rs = record_size(base, i - start);
@@ -347,7 +371,7 @@ static PyObject *build(PyObject *self, PyObject *args) {
                 rs = record_size(base, 0);
             }
             if (BATCH_OVERHEAD + rs > (uint64_t)max_bytes) {
-                raise_too_large(i, BATCH_OVERHEAD + rs, max_bytes);
+                raise_too_large(r, BATCH_OVERHEAD + rs, max_bytes);
                 goto done;
             }
         }
@@ -366,7 +390,7 @@ static PyObject *build(PyObject *self, PyObject *args) {
     PyObject *list = PyList_New(ncuts);
     if (!list) goto done;
     for (Py_ssize_t b = 0; b < ncuts; b++) {
-        PyObject *ba = write_batch(kseq, vseq, &cuts[b], (int64_t)timestamp_ms);
+        PyObject *ba = write_batch(kseq, vseq, rows, &cuts[b], (int64_t)timestamp_ms);
         if (!ba) { Py_DECREF(list); goto done; }
         PyObject *pair = Py_BuildValue("(Nn)", ba, cuts[b].count);
         if (!pair) { Py_DECREF(list); goto done; }
@@ -374,6 +398,7 @@ static PyObject *build(PyObject *self, PyObject *args) {
     }
     result = list;
 done:
+    if (rows_buf.obj) PyBuffer_Release(&rows_buf);
     PyMem_Free(cuts);
     Py_DECREF(kseq);
     Py_DECREF(vseq);
@@ -648,7 +673,7 @@ static PyObject *set_too_large_error(PyObject *self, PyObject *cls) {
 
 static PyMethodDef methods[] = {
     {"build", build, METH_VARARGS,
-     "build(keys, values, timestamp_ms, max_bytes) -> list[tuple[bytearray, int]]\n"
+     "build(keys, values, timestamp_ms, max_bytes, rows=None) -> list[tuple[bytearray, int]]\n"
      "The records cut into as few RecordBatch v2 buffers of at most max_bytes as possible."},
     {"read", (PyCFunction)(void (*)(void))read_batches, METH_VARARGS | METH_KEYWORDS,
      "read(data, pos, topic, partition, next_offset, check_crcs) -> (records, next_offset, pos, stop)\n"

@@ -499,18 +499,15 @@ class BatchLoop:
             part_of = list(map(of_key.__getitem__, keys))
         distinct = set(part_of)
         if len(distinct) == 1:
-            groups = {distinct.pop(): (keys, values)}
-        else:
+            groups = {distinct.pop(): None}  # None: every message
+        else:  # each partition's messages by index, in order (no lists of their own)
             codes = np.fromiter(part_of, dtype=np.int64, count=len(part_of))
-            groups = {}
-            for p in sorted(distinct):
-                rows = np.flatnonzero(codes == p).tolist()
-                groups[p] = ([keys[i] for i in rows], [values[i] for i in rows])
+            groups = {p: np.flatnonzero(codes == p) for p in sorted(distinct)}
         timestamp_ms = int(time.time() * 1000)
         producer, max_bytes, futures = self._producer, self.settings.producer_batch_bytes, []
-        for p, (k, v) in groups.items():
+        for p, rows in groups.items():
             try:
-                batches = build_batches(k, v, timestamp_ms, max_bytes)
+                batches = build_batches(keys, values, timestamp_ms, max_bytes, rows)
             except RecordTooLarge as exc:
                 raise DeliveryFailed(f"an output message for {topic} is larger than a producer batch "
                                      f"({exc.size} > {max_bytes} bytes)") from exc

@@ -22,6 +22,8 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
+import numpy as np
+
 from . import _recordbatch
 
 BATCH_OVERHEAD = _recordbatch.BATCH_OVERHEAD  # RecordBatch header bytes before the first record
@@ -88,14 +90,19 @@ class PrebuiltBatch:
 
 
 def build_batches(keys: Sequence[bytes | None], values: Sequence[bytes | None],
-                  timestamp_ms: int, max_bytes: int) -> list[PrebuiltBatch]:
+                  timestamp_ms: int, max_bytes: int, rows: np.ndarray | None = None) -> list[PrebuiltBatch]:
     """The records in order, cut into as few batches of at most max_bytes as possible.
 
-    keys[i], values[i]: bytes, any bytes-like object, or None. Every record gets
-    timestamp_ms (CreateTime). A record too large for a batch of its own raises
-    RecordTooLarge (a ValueError) with its index and the size it needs.
+    keys[i], values[i]: bytes, any bytes-like object, or None. rows: None for every record,
+    or an int64 array of indexes into keys/values, the records to take in that order (a
+    partition's share, without building lists of its own). Every record gets timestamp_ms
+    (CreateTime). A record too large for a batch of its own raises RecordTooLarge (a
+    ValueError) with its index in keys and the size it needs.
     """
-    return [PrebuiltBatch(buf, count) for buf, count in _recordbatch.build(keys, values, timestamp_ms, max_bytes)]
+    if rows is not None:
+        rows = np.ascontiguousarray(rows, dtype=np.int64)
+    return [PrebuiltBatch(buf, count)
+            for buf, count in _recordbatch.build(keys, values, timestamp_ms, max_bytes, rows)]
 
 
 FetchedRecord = _recordbatch.FetchedRecord  # topic, partition, offset, timestamp, timestamp_type,

@@ -181,6 +181,41 @@ def test_hypothesis_same_as_aiokafka_or_too_large(records, timestamp_ms, max_byt
         assert sum(c for _, c in got) == len(records)
 
 
+@settings(max_examples=200, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(records=record_lists, picks=st.lists(st.integers(0, 10**6), max_size=200), max_bytes=st.integers(200, 6000))
+def test_rows_take_those_records_in_that_order_as_lists_of_them_would(records, picks, max_bytes):
+    """A partition's share of a block by index: the same bytes as its own lists, and a
+    record too large is named by its index in keys."""
+    import numpy as np
+
+    keys = [k for k, _ in records]
+    values = [v for _, v in records]
+    rows = np.array([p % len(records) for p in picks] if records else [], dtype=np.int64)
+    try:
+        want = [bytes(b._buffer) for b in build_batches([keys[i] for i in rows], [values[i] for i in rows], TS, max_bytes)]
+    except RecordTooLarge as e:
+        with pytest.raises(RecordTooLarge) as got:
+            build_batches(keys, values, TS, max_bytes, rows)
+        assert got.value.index == rows[e.index] and got.value.size == e.size
+        return
+    assert [bytes(b._buffer) for b in build_batches(keys, values, TS, max_bytes, rows)] == want
+
+
+def test_rows_out_of_range_or_not_int64_are_refused():
+    import numpy as np
+
+    with pytest.raises(IndexError, match=r"rows\[1\] = 3 is not an index of the 3 keys"):
+        build_batches([b"k"] * 3, [b"v"] * 3, TS, 1 << 20, np.array([0, 3]))
+    with pytest.raises(IndexError, match="-1"):
+        build_batches([b"k"] * 3, [b"v"] * 3, TS, 1 << 20, np.array([-1]))
+    with pytest.raises(TypeError, match="int64"):
+        _recordbatch.build([b"k"], [b"v"], TS, 1 << 20, np.array([0.0]))
+    assert build_batches([b"k"] * 3, [b"v"] * 3, TS, 1 << 20, np.array([], dtype=np.int64)) == []
+    with pytest.raises(RecordTooLarge) as got:  # named by its index in keys, not in rows
+        build_batches([b"k", b"k", b"v" * 500], [b"v"] * 3, TS, 300, np.array([1, 2]))
+    assert got.value.index == 2
+
+
 # --- reading back with aiokafka's parsers ----------------------------------------------------
 
 @pytest.mark.parametrize("parser", [DefaultRecordBatch, _DefaultRecordBatchPy], ids=["cython", "python"])
