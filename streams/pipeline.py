@@ -29,6 +29,8 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 
 import numpy as np
+import numpy.ma  # noqa: F401  np.unique imports it on its first call: load it at worker start, not in the first batch
+from h3 import _cy  # noqa: F401  likewise for anonymize/coarsen.py's H3 calls (~0.1 s together, measured in the first batch)
 
 from fleetcloak.anonymize.batch_columns import columns_from_batch
 from fleetcloak.anonymize.render import controller_json, processor_json
