@@ -6,8 +6,11 @@
 --start defaults to (today 00:00 UTC) - DAYS, so the simulated days end at the most
 recent midnight: a pipeline processing the stream now sees valid records inside its
 12-month window. The same arguments on the same UTC date give byte-identical output;
-pass --start for bytes that never change (tests do). The start is printed in the
-summary and written to the truth.
+pass --start for bytes that never change (tests do). `--start monday` takes the latest
+Monday from which the DAYS days end by today: the traffic has the same weekly shape
+whatever day it runs (the fleet drives on workdays and mostly stands at weekends, so a
+two-day window ending on a Monday is parked vehicles only), for CI runs and benchmarks
+that must compare. The start is printed in the summary and written to the truth.
 """
 from __future__ import annotations
 
@@ -20,11 +23,13 @@ import time
 from datetime import date, datetime, timedelta, timezone
 
 
-def _start_date(s: str) -> date:
+def _start_date(s: str) -> date | str:
+    if s == "monday":
+        return s
     try:
         return date.fromisoformat(s[:10])
     except ValueError:
-        raise argparse.ArgumentTypeError(f"--start wants an ISO date (YYYY-MM-DD), got {s!r}") from None
+        raise argparse.ArgumentTypeError(f"--start wants an ISO date (YYYY-MM-DD) or monday, got {s!r}") from None
 
 
 def _fault(s: str) -> tuple[str, float]:
@@ -43,7 +48,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--days", type=int, default=1, help="simulated days (default 1)")
     p.add_argument("--seed", type=int, default=1, help="random seed (default 1)")
     p.add_argument("--start", type=_start_date, default=None,
-                   help="first simulated day, YYYY-MM-DD (default: today UTC minus DAYS)")
+                   help="first simulated day, YYYY-MM-DD, or monday: the latest Monday from which DAYS days "
+                        "end by today (default: today UTC minus DAYS)")
     p.add_argument("--sink", default=None,
                    help="file:PATH | kafka://HOST:PORT | tcp://HOST:PORT | udp://HOST:PORT "
                         "(default: kafka://BROKER if a broker is given, else file:- = stdout)")
@@ -96,6 +102,12 @@ def default_start(days: int, today: date | None = None) -> date:
     return today - timedelta(days=days)
 
 
+def monday_start(days: int, today: date | None = None) -> date:
+    """The latest Monday from which `days` simulated days end by today (UTC)."""
+    start = default_start(days, today)
+    return start - timedelta(days=start.weekday())
+
+
 def run(args: argparse.Namespace) -> int:
     from .engine import SimConfig, Simulation
     from .faults import FaultRates
@@ -112,7 +124,7 @@ def run(args: argparse.Namespace) -> int:
     except ValueError as e:
         print(f"simulate: {e}", file=sys.stderr)
         return 2
-    start = args.start or default_start(args.days)
+    start = monday_start(args.days) if args.start == "monday" else args.start or default_start(args.days)
     start_s = int(datetime(start.year, start.month, start.day, tzinfo=timezone.utc).timestamp())
     _warn_about_the_clock(start_s, args.days)
     sink_url = _sink_url(args)

@@ -28,6 +28,7 @@ class Fleet:
         self.env = {**os.environ, "FLEETCLOAK_MASTER_KEY": MasterKey.new_base64(), "PYTHONUNBUFFERED": "1",
                     "FLEETCLOAK_OPERATOR": "e2e-test"}
         self.cli("simulate", "--tenants", str(tenants), "--vehicles", str(vehicles), "--days", str(days),
+                 "--start", "monday",
                  "--seed", str(seed), "--faults", str(faults), "--sink", f"kafka://{self.broker.bootstrap}",
                  "--truth", str(tmp / "truth.json"), "--write-policies", str(tmp / "policies"), "--quiet")
         self.truth = json.loads((tmp / "truth.json").read_text())

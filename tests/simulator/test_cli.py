@@ -8,11 +8,13 @@ import subprocess
 import sys
 import time
 from collections import Counter
-from datetime import date
+from datetime import date, timedelta
 from pathlib import Path
 
+import pytest
+
 from fleetcloak.cli import main
-from fleetcloak.simulator.cli import default_start
+from fleetcloak.simulator.cli import default_start, monday_start
 
 
 def test_same_seed_same_bytes_other_seed_other_bytes(tmp_path, monkeypatch, h):
@@ -57,6 +59,30 @@ def test_bad_arguments_exit_2(tmp_path, capsys):
 
 def test_default_start_ends_at_the_last_midnight():
     assert default_start(7, date(2026, 11, 22)) == date(2026, 11, 15)
+
+
+def test_monday_start_is_the_latest_monday_whose_window_ends_by_today():
+    # 2026-12-07 is a Monday: two days end by today from Saturday the 5th, so the Monday before
+    assert monday_start(2, date(2026, 12, 7)) == date(2026, 11, 30)
+    assert monday_start(2, date(2026, 12, 9)) == date(2026, 12, 7)   # Mon + Tue, ending Wednesday 00:00
+    assert monday_start(7, date(2026, 12, 14)) == date(2026, 12, 7)
+    for offset in range(14):
+        today = date(2026, 12, 1) + timedelta(days=offset)
+        for days in (1, 3, 7):
+            start = monday_start(days, today)
+            assert start.weekday() == 0 and start + timedelta(days=days) <= today
+            assert start + timedelta(days=days + 7) > today  # the latest such Monday
+
+
+def test_start_monday_on_the_command_line(tmp_path, capsys):
+    assert main(["simulate", "--tenants", "1", "--vehicles", "1", "--days", "1", "--start", "monday",
+                 "--sink", f"file:{tmp_path / 'o.jsonl'}", "--truth", str(tmp_path / "t.json"), "--quiet"]) == 0
+    start = date.fromisoformat(json.loads((tmp_path / "t.json").read_text())["start"][:10])
+    assert start == monday_start(1)
+    capsys.readouterr()
+    with pytest.raises(SystemExit) as refused:
+        main(["simulate", "--start", "tuesday", "--sink", f"file:{tmp_path / 'x'}"])
+    assert refused.value.code == 2 and "YYYY-MM-DD) or monday, got 'tuesday'" in capsys.readouterr().err
 
 
 def test_policies_validate_with_the_anonymize_model(faulty_run):

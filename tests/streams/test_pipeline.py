@@ -33,7 +33,8 @@ def _validator(name):
 @pytest.fixture(scope="module")
 def fleet(tmp_path_factory):
     d = tmp_path_factory.mktemp("fleet")
-    rc = cli(["simulate", "--tenants", "3", "--vehicles", "9", "--days", "2", "--seed", "11", "--faults", "0.06",
+    rc = cli(["simulate", "--tenants", "3", "--vehicles", "9", "--days", "2", "--start", "monday", "--seed", "11",
+              "--faults", "0.06",
               "--sink", f"file:{d / 'raw.jsonl'}", "--truth", str(d / "truth.json"),
               "--write-policies", str(d / "policies"), "--quiet"])
     assert rc == 0
