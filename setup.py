@@ -12,5 +12,6 @@ setup(
         c_extension("fleetcloak.anonymize._recordid", "anonymize/_recordid.c"),  # keyed BLAKE2b record ids
         c_extension("fleetcloak.anonymize._render", "anonymize/_render.c"),      # output records as JSON bytes
         c_extension("fleetcloak.streams._recordbatch", "streams/_recordbatch.c"),  # Kafka RecordBatch v2 buffers
+        c_extension("fleetcloak.streams._idwindow", "streams/_idwindow.c"),      # the duplicate window of record ids
     ]
 )

@@ -36,6 +36,7 @@ from fleetcloak.anonymize.batch_columns import columns_from_batch
 from fleetcloak.anonymize.render import controller_json, processor_json
 from fleetcloak.codecs import DecodeError, decode_batch
 from fleetcloak.codecs import tcp, udp
+from fleetcloak.streams import _idwindow
 from fleetcloak.streams.seam import ControlSnapshot, Counts, OutputBlock, Pipeline, ProcessResult, RawMessage
 from fleetcloak.streams.topics import (
     ANALYTICS, DEADLETTER, KEYS, MAX_TELEMETRY_RETENTION_DAYS, analytics_topic, deadletter_topic,
@@ -53,48 +54,31 @@ DRIVER_IO = 78                        # iButton: the driver id the subject gate 
 class DuplicateWindow:
     """record_ids forwarded recently, to forward a device's retransmission only once.
 
-    Bounded by count, in two generations of sets: new ids go into the young set; when it
-    holds capacity/2 ids it becomes the old set and the previous old one is forgotten.
-    So the window remembers at least the capacity/2 most recent ids (an id seen again
-    counts as recent) and at most `capacity` plus one call's ids: minutes to hours of
-    traffic, far inside any retention window. Membership, insertion and eviction are
-    whole-set operations in C (~0.23 us an id against ~0.6 for the per-id FIFO dict it
-    replaced, bench: random 26-character ids, batches of 7,000). It is a courtesy, not the guarantee: after a
-    restart or a rebalance the window is empty and consumers drop the rest by
-    `record_id` (at-least-once delivery).
+    Bounded by count, in two generations (streams/_idwindow.c): new ids go into the young
+    one; when it holds capacity/2 ids it becomes the old one and the previous old one is
+    forgotten. So the window remembers at least the capacity/2 most recent ids (an id
+    seen again counts as recent) and at most `capacity`: minutes to hours of traffic, far
+    inside any retention window. It keeps the 130 bits of an id's first 26 characters,
+    not the str objects: equal keys are equal ids, so no collision drops a record. Medians
+    of batches of 47,000 new ids on a filled window: ~190-200 ns an id, against ~380-410
+    for the Python sets it replaces. It is a courtesy, not the guarantee: after a restart or a rebalance the window
+    is empty and consumers drop the rest by `record_id` (at-least-once delivery).
     """
 
     def __init__(self, capacity: int = 500_000) -> None:
         self.capacity = capacity
-        self._young: set[str] = set()
-        self._old: set[str] = set()
+        self._window = _idwindow.Window(capacity)
 
     def __len__(self) -> int:
-        return len(self._young) + len(self._old)
+        return len(self._window)
 
     def clear(self) -> None:
-        self._young, self._old = set(), set()
+        self._window.clear()
 
     def fresh(self, record_ids: Sequence[str]) -> np.ndarray:
-        """True for ids not seen before (nor earlier in this call); remembers them all."""
-        ids = record_ids if isinstance(record_ids, list) else list(record_ids)
-        batch = set(ids)
-        young, old = self._young, self._old
-        seen = (batch & young) | (batch & old) if old else batch & young
-        if not seen and len(batch) == len(ids):  # the usual batch: nothing seen, no repeat inside
-            out = np.ones(len(ids), dtype=bool)
-        else:
-            out = np.empty(len(ids), dtype=bool)
-            for i, rid in enumerate(ids):
-                if rid in seen:
-                    out[i] = False
-                else:
-                    seen.add(rid)
-                    out[i] = True
-        young |= batch
-        if len(young) >= max(self.capacity // 2, 1):
-            self._old, self._young = young, set()
-        return out
+        """True for ids not seen before (nor earlier in this call); remembers them all.
+        ValueError for anything that is not a record id (26 or more characters a-z, 2-7)."""
+        return np.frombuffer(self._window.fresh(record_ids), dtype=bool)
 
 
 # ----------------------------------------------------------------------------- helpers

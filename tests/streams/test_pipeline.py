@@ -190,16 +190,43 @@ def test_too_old_future_and_unknown_never_reach_a_tenant_topic(fleet):
 
 def test_duplicate_window_forwards_each_id_once_and_keeps_at_least_half_its_capacity():
     w = DuplicateWindow(capacity=8)
-    assert w.fresh(["a", "b", "a", "c"]).tolist() == [True, True, False, True]   # a repeat inside a call
-    assert w.fresh(("b", "d")).tolist() == [False, True]                           # across calls, any sequence
+    a, b, c, d, e, f, g, h = (ch * 26 for ch in "abcdefgh")   # record ids: 26 base32 characters
+    assert w.fresh([a, b, a, c]).tolist() == [True, True, False, True]   # a repeat inside a call
+    assert w.fresh((b, d)).tolist() == [False, True]                       # across calls, any sequence
     assert w.fresh([]).tolist() == []
     # 4 ids filled the young generation (capacity/2): it became the old one, still remembered
-    assert len(w) == 4 and w.fresh(["a", "d", "e"]).tolist() == [False, False, True]
-    w.fresh(["f", "g", "h"])      # the young generation is full again: "b", "c" are forgotten,
-    assert w.fresh(["e", "a", "b"]).tolist() == [False, False, True]   # "a", seen again, was kept
-    assert len(w) == 6 + 3   # at most the capacity plus one call's ids
+    assert len(w) == 4 and w.fresh([a, d, e]).tolist() == [False, False, True]
+    w.fresh([f, g, h])      # the young generation filled again at f: b, c are forgotten,
+    assert w.fresh([e, a, b]).tolist() == [False, False, True]   # a, seen again, was kept
+    assert len(w) <= 8      # at most the capacity
     w.clear()
-    assert len(w) == 0 and w.fresh(["e"]).tolist() == [True]
+    assert len(w) == 0 and w.fresh([e]).tolist() == [True]
+
+
+def test_duplicate_window_compares_whole_ids_and_refuses_what_is_not_one():
+    import random
+
+    rng = random.Random(5)
+    alphabet = "abcdefghijklmnopqrstuvwxyz234567"
+    ids = ["".join(rng.choice(alphabet) for _ in range(26)) for _ in range(20_000)]
+    w = DuplicateWindow(capacity=1_000_000)
+    assert w.fresh(ids).all() and not w.fresh(ids).any()
+    # ids that differ in one character only, anywhere, are different ids
+    near = [i[:k] + ("b" if i[k] == "a" else "a") + i[k + 1:] for k, i in zip(range(26), ids)]
+    assert w.fresh(near).all()
+    # an id longer than 26 characters is known by its first 26 (130 bits of a keyed hash)
+    assert not w.fresh([ids[0] + "abc"]).any()
+    # Python's set agrees on a stream with repeats, across generations
+    small, seen = DuplicateWindow(capacity=10**6), set()
+    stream = [rng.choice(ids[:3000]) for _ in range(10_000)]
+    want = []
+    for rid in stream:
+        want.append(rid not in seen)
+        seen.add(rid)
+    assert small.fresh(stream).tolist() == want
+    for bad in (["A" * 26], ["a" * 25], [b"a" * 26], ["a" * 25 + "1"], ["a" * 25 + "\u00e9"], [None]):
+        with pytest.raises(ValueError, match=r"ids\[0\] is not a record id"):
+            w.fresh(bad)
 
 
 def test_batching_does_not_change_the_outputs(fleet):
