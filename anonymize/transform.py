@@ -84,6 +84,19 @@ class Columns:
             else [self.content[i] for i in np.asarray(idx).tolist()],
         )
 
+    def known_codes(self, imei_codes: tuple[np.ndarray, np.ndarray] | None = None,
+                    family_rows: list[tuple[str, np.ndarray]] | None = None) -> "Columns":
+        """Hands over what a caller already knows of these columns (the stream pipeline
+        codes IMEIs and families once per packet, not per record): `imei_codes` as
+        imei_codes() returns it (every distinct IMEI present in these rows, index into
+        them per record), `family_rows` as family_rows() yields it (families in sorted
+        order, each with its rows). They must describe these very columns; returns self."""
+        if imei_codes is not None:
+            self.__dict__["_imei_codes"] = (self.imei, imei_codes)
+        if family_rows is not None and not isinstance(self.family, str):
+            self.__dict__["_family_rows"] = (self.family, family_rows)
+        return self
+
     def family_rows(self) -> Iterable[tuple[str, np.ndarray | None]]:
         """(family, row indexes or None for all rows)."""
         if isinstance(self.family, str):

@@ -82,6 +82,51 @@ class DuplicateWindow:
 
 
 # ----------------------------------------------------------------------------- helpers
+def _object_codes(arr: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """(distinct values in first-seen order, index into them per element) of an object
+    column, by a dict pass."""
+    vals = arr.tolist()
+    index = {v: i for i, v in enumerate(dict.fromkeys(vals))}
+    inv = np.fromiter(map(index.__getitem__, vals), dtype=np.intp, count=len(vals))
+    uniq = np.empty(len(index), dtype=object)
+    uniq[:] = list(index)
+    return uniq, inv
+
+
+class _Codes:
+    """A batch's IMEIs and families coded once per frame; a tenant's rows then get their
+    distinct values and indexes by integer operations (no pass over record objects)."""
+
+    def __init__(self, imeis: tuple[np.ndarray, np.ndarray], families: tuple[np.ndarray, np.ndarray],
+                 frame_index: np.ndarray) -> None:
+        self.imei_uniq, self.family_uniq = imeis[0], families[0]
+        self.rec_imei = imeis[1][frame_index]
+        self.rec_family = families[1][frame_index]
+
+    def imei_codes(self, rows: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """Columns.imei_codes of these rows: only the IMEIs present in them."""
+        return _compact(self.rec_imei[rows], self.imei_uniq)
+
+    def family_rows(self, rows: np.ndarray) -> list[tuple[str, np.ndarray]]:
+        """Columns.family_rows of these rows: (family, its row indexes), families sorted."""
+        uniq, inv = _compact(self.rec_family[rows], self.family_uniq)
+        if len(uniq) == 1:
+            return [(uniq[0], np.arange(len(inv)))]
+        return [(uniq[i], np.flatnonzero(inv == i)) for i in sorted(range(len(uniq)), key=lambda i: uniq[i])]
+
+
+def _compact(codes: np.ndarray, uniq: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """The values of `uniq` that `codes` uses (in uniq's order), and codes re-indexed into them."""
+    used = np.zeros(len(uniq), dtype=bool)
+    used[codes] = True
+    present = np.flatnonzero(used)
+    if len(present) == len(uniq):
+        return uniq, codes
+    remap = np.zeros(len(uniq), dtype=np.intp)
+    remap[present] = np.arange(len(present))
+    return uniq[present], remap[codes]
+
+
 def udp_datagram_to_frame(dgram: bytes, imei: str) -> bytes:
     """A UDP AVL datagram as the TCP frame decode_batch reads: the same AVL data field,
     with the CRC a TCP frame carries (UDP has none). Raises DecodeError for a bad header
@@ -202,6 +247,8 @@ class TelemetryPipeline:
         frame_imei = np.asarray(imeis, dtype=object)
         rec_imei = frame_imei[batch.frame_index]
         tenants, families = self.policies.registry(frame_imei)
+        # IMEIs and families as integer codes, one object pass per frame, not per record
+        codes = _Codes(_object_codes(frame_imei), _object_codes(families), batch.frame_index)
         # unknown devices: the whole message goes to the dead-letter topic
         unknown = np.flatnonzero(np.equal(tenants, None) & batch.frame_ok)
         for k in unknown.tolist():
@@ -219,10 +266,10 @@ class TelemetryPipeline:
         for i, tenant in enumerate(names):
             rows = np.flatnonzero(rec_code == i)
             route = self.routes[tenant]
-            self._tenant(route, batch, rows, rec_imei, rec_family, ts, now_ms,
+            self._tenant(route, batch, rows, rec_imei, rec_family, codes, ts, now_ms,
                          sources, outputs, blocks, counts)
 
-    def _tenant(self, route: TenantRoute, batch, rows, rec_imei, rec_family, ts, now_ms,
+    def _tenant(self, route: TenantRoute, batch, rows, rec_imei, rec_family, codes: "_Codes", ts, now_ms,
                 sources, outputs, blocks, counts) -> None:
         t = route.tenant
         # retention gate
@@ -249,10 +296,10 @@ class TelemetryPipeline:
                 if not len(rows):
                     return
         sub = batch.select(rows)
-        fams = rec_family[rows]
-        one = set(fams.tolist())
-        cols = columns_from_batch(sub, rec_imei[rows], family=one.pop() if len(one) == 1 else fams,
-                                  io_ids=route.io_ids)
+        family_rows = codes.family_rows(rows)
+        cols = columns_from_batch(sub, rec_imei[rows], io_ids=route.io_ids,
+                                  family=family_rows[0][0] if len(family_rows) == 1 else rec_family[rows])
+        cols.known_codes(imei_codes=codes.imei_codes(rows), family_rows=family_rows)
         proc = route.processor.apply(cols)
         # duplicate gate: the processor's record_id is deterministic per record
         fresh = self.duplicates.fresh(proc.record_id.tolist())
@@ -292,7 +339,8 @@ class TelemetryPipeline:
             ccols = cols
         else:
             idx = np.flatnonzero(cmask)
-            ccols = cols.take(idx)
+            ccols = cols.take(idx).known_codes(imei_codes=codes.imei_codes(rows[idx]),
+                                               family_rows=codes.family_rows(rows[idx]))
             hints = {k: (None if v is None else v[idx]) for k, v in hints.items()}
             objected = int((fresh & ~allow_ctrl).sum())
             if objected:

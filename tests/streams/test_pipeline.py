@@ -329,3 +329,32 @@ def test_a_change_of_the_keys_alone_is_absorbed_without_a_rebuild(fleet):
     generation = builder.keyring.generation
     assert first.refresh(frozenset({"keys"}), ControlSnapshot(fleet["policies"], gone, {}, 4)) is True
     assert builder.keyring.generation > generation
+
+
+def test_codes_per_frame_give_a_tenants_rows_what_columns_would_compute_per_record():
+    """The pipeline codes IMEIs and families once per frame and hands a tenant's Columns
+    the result (Columns.known_codes): the same groups and the same IMEI per record as
+    Columns computes from its own per-record objects."""
+    import random
+
+    from fleetcloak.anonymize.transform import Columns
+    from fleetcloak.streams.pipeline import _Codes, _object_codes
+
+    rng = random.Random(3)
+    for _ in range(50):
+        frames = rng.randint(1, 40)
+        imeis = np.array([f"35{rng.randint(0, 9):013d}" for _ in range(frames)], dtype=object)
+        fams = np.array([rng.choice(["FMB", "FMC", "FMM"]) for _ in range(frames)], dtype=object)
+        frame_index = np.sort(np.array([rng.randrange(frames) for _ in range(rng.randint(1, 120))], dtype=np.int64))
+        codes = _Codes(_object_codes(imeis), _object_codes(fams), frame_index)
+        rows = np.flatnonzero(np.array([rng.random() < 0.6 for _ in frame_index]))
+        if not len(rows):
+            continue
+        n = len(rows)
+        own = Columns(imei=imeis[frame_index][rows], timestamp_ms=np.zeros(n, np.int64), lat=np.zeros(n),
+                      lon=np.zeros(n), family=fams[frame_index][rows])
+        told = Columns(imei=own.imei, timestamp_ms=own.timestamp_ms, lat=own.lat, lon=own.lon, family=own.family)
+        told.known_codes(imei_codes=codes.imei_codes(rows), family_rows=codes.family_rows(rows))
+        assert [(f, r.tolist()) for f, r in told.family_rows()] == [(f, r.tolist()) for f, r in own.family_rows()]
+        (u1, i1), (u2, i2) = told.imei_codes(), own.imei_codes()
+        assert u1[i1].tolist() == u2[i2].tolist() and sorted(u1.tolist()) == sorted(u2.tolist())
