@@ -197,6 +197,17 @@ def make_app(settings: WorkerSettings, service_ref: dict) -> faust.App:
     return app
 
 
+class QuietWorker(faust.Worker):
+    """faust.Worker without its terminal spinner. At -l warning or error Faust sets the
+    root logger to DEBUG and adds a spinner handler that sees every record: every debug
+    call of aiokafka, Faust and mode in the hot path then built a LogRecord (measured:
+    ~2 % of a worker at -l warning). Without the spinner the root logger keeps the level
+    asked for."""
+
+    def on_setup_root_logger(self, logger: logging.Logger, level: int) -> None:
+        self.spinner = None
+
+
 def run_worker(settings: WorkerSettings, factory: PipelineFactory, loglevel: str = "info") -> int:
     """Run the worker until SIGTERM/SIGINT (exit 0, last batch committed) or a failure
     (exit 1, last batch not committed)."""
@@ -213,7 +224,7 @@ def run_worker(settings: WorkerSettings, factory: PipelineFactory, loglevel: str
 
     service = DeliveryService(settings, factory, metrics, on_finish=on_finish)
     ref["service"] = service
-    worker = faust.Worker(app, service, loglevel=loglevel, quiet=True, redirect_stdouts=False,
+    worker = QuietWorker(app, service, loglevel=loglevel, quiet=True, redirect_stdouts=False,
                           workdir=settings.datadir)
     worker_ref["worker"] = worker
     try:
