@@ -6,6 +6,8 @@
  *       fills caller-allocated numpy columns (passed as writable buffers; no numpy
  *       headers needed) and returns (n_records, n_io, n_nx, errors). The heavy loop runs
  *       without the GIL.
+ *   bytes_column(n, record, width, value, nx_len, nx_data)
+ *       one IO id's elements as bytes per record (None where absent; see below).
  *   parse_frame(frame, record_cls, cap, check_crc)
  *       one frame -> (codec, tuple of record_cls(...)); raises the class registered with
  *       set_decode_error(cls) (default fleetcloak.codecs.errors.DecodeError) as
@@ -641,12 +643,98 @@ static PyObject *crc16(PyObject *self, PyObject *arg) {
     return PyLong_FromLong(r);
 }
 
+/* bytes_column(n, record, width, value, nx_len, nx_data) -> list of n (bytes or None)
+ * One IO id's elements of a decoded batch as the bytes each record carries: an NX
+ * element's bytes (nx_data[value : value + nx_len]), a fixed one's value as `width`
+ * big-endian bytes; None for a record without the id; the last element of a record wins.
+ * record int64, width uint8, value uint64, nx_len uint16, all C-contiguous and of one
+ * length (anonymize/batch_columns.py `_bytes_column`, which did this per element in
+ * Python). */
+static int get_column(PyObject *o, Py_buffer *b, Py_ssize_t itemsize, const char *name) {
+    if (PyObject_GetBuffer(o, b, PyBUF_C_CONTIGUOUS | PyBUF_FORMAT) < 0) return -1;
+    if (b->itemsize != itemsize) {
+        PyErr_Format(PyExc_TypeError, "bytes_column: %s must have %zd-byte items, not %zd", name, itemsize, b->itemsize);
+        PyBuffer_Release(b);
+        return -1;
+    }
+    return 0;
+}
+
+static PyObject *bytes_column(PyObject *self, PyObject *args) {
+    (void)self;
+    Py_ssize_t n;
+    PyObject *ro, *wo, *vo, *lo, *xo;
+    if (!PyArg_ParseTuple(args, "nOOOOO:bytes_column", &n, &ro, &wo, &vo, &lo, &xo)) return NULL;
+    if (n < 0) { PyErr_SetString(PyExc_ValueError, "bytes_column: n must be >= 0"); return NULL; }
+    Py_buffer rb = {0}, wb = {0}, vb = {0}, lb = {0}, xb = {0};
+    PyObject *out = NULL;
+    if (get_column(ro, &rb, 8, "record") < 0 || get_column(wo, &wb, 1, "width") < 0 ||
+        get_column(vo, &vb, 8, "value") < 0 || get_column(lo, &lb, 2, "nx_len") < 0 ||
+        PyObject_GetBuffer(xo, &xb, PyBUF_SIMPLE) < 0) goto done;
+    const Py_ssize_t m = rb.len / 8;
+    if (wb.len != m || vb.len / 8 != m || lb.len / 2 != m) {
+        PyErr_SetString(PyExc_ValueError, "bytes_column: record, width, value and nx_len differ in length");
+        goto done;
+    }
+    const int64_t *rec = rb.buf;
+    const uint8_t *wid = wb.buf;
+    const uint64_t *val = vb.buf;
+    const uint16_t *len = lb.buf;
+    const char *nx = xb.buf;
+    out = PyList_New(n);
+    if (!out) goto done;
+    for (Py_ssize_t i = 0; i < n; i++) { Py_INCREF(Py_None); PyList_SET_ITEM(out, i, Py_None); }
+    for (Py_ssize_t j = 0; j < m; j++) {
+        const int64_t r = rec[j];
+        if (r < 0 || r >= n) {
+            PyErr_Format(PyExc_IndexError, "bytes_column: record[%zd] = %lld is not a row of %zd", j, (long long)r, n);
+            goto fail;
+        }
+        PyObject *b;
+        const uint8_t w = wid[j];
+        if (w == 0) {
+            if (val[j] > (uint64_t)xb.len || len[j] > (uint64_t)xb.len - val[j]) {
+                PyErr_Format(PyExc_ValueError, "bytes_column: NX element %zd lies outside nx_data", j);
+                goto fail;
+            }
+            b = PyBytes_FromStringAndSize(nx + val[j], len[j]);
+        } else if (w == 1 || w == 2 || w == 4 || w == 8) {
+            if (w < 8 && (val[j] >> (8 * w)) != 0) {
+                PyErr_Format(PyExc_OverflowError, "bytes_column: value %zd does not fit %u bytes", j, (unsigned)w);
+                goto fail;
+            }
+            char tmp[8];
+            for (int k = 0; k < w; k++) tmp[k] = (char)(val[j] >> (8 * (w - 1 - k)));
+            b = PyBytes_FromStringAndSize(tmp, w);
+        } else {
+            PyErr_Format(PyExc_ValueError, "bytes_column: width[%zd] = %u is not 0, 1, 2, 4 or 8", j, (unsigned)w);
+            goto fail;
+        }
+        if (!b) goto fail;
+        PyObject *old = PyList_GET_ITEM(out, r);
+        PyList_SET_ITEM(out, r, b);
+        Py_DECREF(old);
+    }
+    goto done;
+fail:
+    Py_CLEAR(out);
+done:
+    if (rb.obj) PyBuffer_Release(&rb);
+    if (wb.obj) PyBuffer_Release(&wb);
+    if (vb.obj) PyBuffer_Release(&vb);
+    if (lb.obj) PyBuffer_Release(&lb);
+    if (xb.obj) PyBuffer_Release(&xb);
+    return out;
+}
+
 static PyMethodDef methods[] = {
     {"decode_into", decode_into, METH_VARARGS, "Fill caller-allocated columns from AVL frames."},
     {"parse_frame", (PyCFunction)(void (*)(void))parse_frame, METH_VARARGS | METH_KEYWORDS,
      "parse_frame(frame, record_cls, cap=1280, check_crc=True) -> (codec, records)"},
     {"set_decode_error", set_decode_error, METH_O, "Register the exception class parse_frame raises."},
     {"crc16", crc16, METH_O, "CRC-16/ARC (IBM) of a bytes-like object."},
+    {"bytes_column", bytes_column, METH_VARARGS,
+     "bytes_column(n, record, width, value, nx_len, nx_data) -> list: one IO id's values per record as bytes."},
     {NULL, NULL, 0, NULL}
 };
 

@@ -49,3 +49,47 @@ def test_batch_through_the_processor_transform(keyring, t0, policies):
     assert IMEI not in text and "WVWZZZ1JZXW000001" not in text and "0102030405060708" not in text
     assert out[1]["driver"].startswith("drv_") and out[0]["io"]["78"] == 0
     assert out[0]["io"]["256"].startswith("veh_") and "21" not in out[0]["io"]  # 21 is on the denylist
+
+
+def _bytes_column_reference(n, record, width, value, nx_len, nx_data):
+    """The per-element Python the C bytes_column replaced."""
+    col = [None] * n
+    for r, w, v, ln in zip(record.tolist(), width.tolist(), value.tolist(), nx_len.tolist()):
+        col[r] = nx_data[v:v + ln] if w == 0 else v.to_bytes(w, "big")
+    return col
+
+
+def test_bytes_column_in_c_is_the_per_element_python():
+    from fleetcloak.anonymize.batch_columns import _bytes_column
+
+    rng = np.random.default_rng(11)
+    nx_data = rng.integers(0, 256, 4000, dtype=np.uint8).tobytes()
+    for _ in range(200):
+        n = int(rng.integers(0, 40))
+        m = int(rng.integers(0, 60)) if n else 0
+        record = rng.integers(0, max(n, 1), m).astype(np.int64)
+        width = rng.choice(np.array([0, 1, 2, 4, 8], dtype=np.uint8), m)
+        nx_len = np.where(width == 0, rng.integers(0, 300, m), 0).astype(np.uint16)
+        value = np.where(width == 0, rng.integers(0, 3700, m),
+                         rng.integers(0, 2**63, m) >> (64 - 8 * np.maximum(width, 1)).astype(np.int64)).astype(np.uint64)
+        want = _bytes_column_reference(n, record, width, value, nx_len, nx_data)
+        got = _bytes_column(n, record, width, value, nx_len, nx_data)
+        assert got.dtype == object and got.tolist() == want
+
+
+def test_bytes_column_refuses_what_does_not_fit():
+    from fleetcloak.codecs import _avlbatch
+
+    one = lambda dt, v: np.array([v], dtype=dt)  # noqa: E731
+    with pytest.raises(IndexError, match=r"record\[0\] = 3 is not a row of 3"):
+        _avlbatch.bytes_column(3, one(np.int64, 3), one(np.uint8, 1), one(np.uint64, 1), one(np.uint16, 0), b"")
+    with pytest.raises(ValueError, match="NX element 0 lies outside nx_data"):
+        _avlbatch.bytes_column(1, one(np.int64, 0), one(np.uint8, 0), one(np.uint64, 2), one(np.uint16, 3), b"abcd")
+    with pytest.raises(OverflowError, match="does not fit 1 bytes"):
+        _avlbatch.bytes_column(1, one(np.int64, 0), one(np.uint8, 1), one(np.uint64, 256), one(np.uint16, 0), b"")
+    with pytest.raises(ValueError, match="width\\[0\\] = 3"):
+        _avlbatch.bytes_column(1, one(np.int64, 0), one(np.uint8, 3), one(np.uint64, 1), one(np.uint16, 0), b"")
+    with pytest.raises(TypeError, match="record must have 8-byte items"):
+        _avlbatch.bytes_column(1, one(np.int32, 0), one(np.uint8, 1), one(np.uint64, 1), one(np.uint16, 0), b"")
+    with pytest.raises(ValueError, match="differ in length"):
+        _avlbatch.bytes_column(1, np.zeros(2, np.int64), one(np.uint8, 1), one(np.uint64, 1), one(np.uint16, 0), b"")
