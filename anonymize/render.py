@@ -55,6 +55,13 @@ def processor_json(res: ProcessorResult, batch, rows: np.ndarray | None = None) 
     return _render.records(n, fields, sel, None if batch is None else io_spec(batch, res))
 
 
+def packets_json(values: list[bytes], bounds: np.ndarray) -> list[bytes]:
+    """The per-packet output mode's values: b'{"records":[' + b",".join(group) + b"]}"
+    per group of `values`, group g being values[bounds[g]:bounds[g + 1]] (bounds: int64,
+    non-decreasing, from 0 to len(values)), in one C call."""
+    return _render.groups(values, np.ascontiguousarray(bounds, dtype=np.int64), b'{"records":[', b",", b"]}")
+
+
 def controller_json(res: ControllerResult) -> list[bytes]:
     """One JSON object per record the analytics route keeps (res.keep), in order."""
     idx = np.flatnonzero(res.keep).astype(np.int64)

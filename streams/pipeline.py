@@ -33,7 +33,7 @@ import numpy.ma  # noqa: F401  np.unique imports it on its first call: load it a
 from h3 import _cy  # noqa: F401  likewise for anonymize/coarsen.py's H3 calls (~0.1 s together, measured in the first batch)
 
 from fleetcloak.anonymize.batch_columns import columns_from_batch
-from fleetcloak.anonymize.render import controller_json, processor_json
+from fleetcloak.anonymize.render import controller_json, packets_json, processor_json
 from fleetcloak.codecs import DecodeError, decode_batch
 from fleetcloak.codecs import tcp, udp
 from fleetcloak.streams import _idwindow
@@ -315,11 +315,10 @@ class TelemetryPipeline:
         topic = route.topic
         if route.per_packet:
             frame_of = sub.frame_index[keep]
-            heads = np.flatnonzero(np.concatenate(([True], frame_of[1:] != frame_of[:-1])))
-            if len(np.unique(frame_of)) == len(heads):  # a packet's records are adjacent (decode order)
-                bounds = heads.tolist() + [len(values)]
+            if (frame_of[1:] >= frame_of[:-1]).all():  # in decode order: a packet's records are adjacent
+                heads = np.flatnonzero(np.concatenate(([True], frame_of[1:] != frame_of[:-1])))
                 devs = [devices[a] for a in heads.tolist()]
-                packed = [b'{"records":[' + b",".join(values[a:b]) + b"]}" for a, b in zip(bounds[:-1], bounds[1:])]
+                packed = packets_json(values, np.append(heads, len(values)))
             else:
                 by_frame: dict[int, list] = {}
                 for f, v, dev in zip(frame_of.tolist(), values, devices):

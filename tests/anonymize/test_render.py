@@ -321,3 +321,32 @@ def test_bad_fields_are_refused_naming_the_field():
         _render.records(1, [("z", _render.K_I64, np.zeros(1, dtype=np.int64))], np.array([-1]), None)
     with pytest.raises(ValueError, match="escaping"):
         _render.records(1, [('a"b', _render.K_CONST, 1)], None, None)
+
+
+def test_packets_json_is_the_python_join_per_group():
+    import random
+
+    from fleetcloak.anonymize.render import packets_json
+
+    rng = random.Random(2)
+    for _ in range(200):
+        values = [bytes(rng.randrange(256) for _ in range(rng.randrange(0, 30))) for _ in range(rng.randrange(0, 40))]
+        cuts = sorted(rng.randrange(0, len(values) + 1) for _ in range(rng.randrange(0, 6)))
+        bounds = [0, *cuts, len(values)]
+        want = [b'{"records":[' + b",".join(values[a:b]) + b"]}" for a, b in zip(bounds[:-1], bounds[1:])]
+        assert packets_json(values, np.array(bounds)) == want
+
+
+def test_packets_json_refuses_bounds_out_of_order_or_outside_and_non_bytes():
+    from fleetcloak.anonymize import _render
+    from fleetcloak.anonymize.render import packets_json
+
+    with pytest.raises(ValueError, match=r"bounds\[1\] = 3 is out of order or outside the 2 values"):
+        packets_json([b"a", b"b"], np.array([0, 3]))
+    with pytest.raises(ValueError, match=r"bounds\[2\] = 1"):
+        packets_json([b"a", b"b"], np.array([0, 2, 1]))
+    with pytest.raises(TypeError, match=r"values\[1\] is not bytes"):
+        packets_json([b"a", "b"], np.array([0, 2]))
+    with pytest.raises(TypeError, match="int64"):
+        _render.groups([b"a"], np.array([0, 1], dtype=np.int32), b"", b"", b"")
+    assert packets_json([], np.array([0])) == [] and packets_json([b"x"], np.array([0, 1])) == [b'{"records":[x]}']
