@@ -192,10 +192,10 @@ class Pseudonymizer:
                     on_erased: str = "raise", distinct: tuple[np.ndarray, np.ndarray] | None = None,
                     ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         """`imeis`, and the distinct pseudonyms with an index into them per record
-        (what `_unique_objects` of the result gives, up to order, without another pass
+        (what `unique_objects` of the result gives, up to order, without another pass
         over the records; an erased device's None may appear more than once).
 
-        distinct: `_unique_objects(imeis)` when the caller has it (used for an object
+        distinct: `unique_objects(imeis)` when the caller has it (used for an object
         column of one epoch)."""
         arr = _imeis_as_ints(np.asarray(imeis))
         given = distinct if arr.dtype == object else None
@@ -214,7 +214,7 @@ class Pseudonymizer:
                 res_arr = np.empty(uniq.size, dtype=object)
                 res_arr[:] = self._int_lookup("device", uniq.tolist(), epoch, _imei_bytes, on_erased)
             else:
-                uniq, inv = _unique_objects(sub) if idx is not None or given is None else given
+                uniq, inv = unique_objects(sub) if idx is not None or given is None else given
                 known = self._imei_canon
                 if len(known) > self.max_entries:
                     known.clear()
@@ -262,7 +262,7 @@ class Pseudonymizer:
         out = np.empty(arr.shape[0], dtype=object)
         for epoch, idx in self._by_epoch(ts, arr.shape[0]):
             sub = arr if idx is None else arr[idx]
-            uniq, inv = _unique_objects(sub)
+            uniq, inv = unique_objects(sub)
             res_arr = np.empty(len(uniq), dtype=object)
             res_arr[:] = self._lookup_unique(kind, list(uniq), epoch, on_erased)
             if idx is None:
@@ -277,7 +277,7 @@ def _canon_index(canon: list) -> tuple[list, np.ndarray]:
     return list(index), np.fromiter(map(index.__getitem__, canon), dtype=np.intp, count=len(canon))
 
 
-def _unique_objects(arr: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+def unique_objects(arr: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """np.unique for hashable objects (None allowed), by a dict: O(n), no sorting."""
     vals = arr.tolist()
     index = {v: i for i, v in enumerate(dict.fromkeys(vals))}  # first-seen order

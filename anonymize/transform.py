@@ -32,7 +32,7 @@ from .coarsen import bucket, grid_cells, h3_cells, h3_centres, h3_strings, round
 from .keys import Keyring
 from .policy import TenantPolicy
 from .private_mode import PRIVATE_MODE_IO, private_mask
-from .pseudonyms import Pseudonymizer, _unique_objects
+from .pseudonyms import Pseudonymizer, unique_objects
 from .record_id import RecordIds, pack_columns
 from .service_policy import SERVICE_IO_FIELDS, ServicePolicy
 from .zones import ZoneIndex
@@ -106,7 +106,7 @@ class Columns:
         if cached is None or cached[0] is not self.family:
             fam = np.asarray(self.family)
             if fam.dtype == object:  # group by a dict pass, not an object sort
-                uniq, inv = _unique_objects(fam)
+                uniq, inv = unique_objects(fam)
                 order = sorted(range(len(uniq)), key=lambda i: uniq[i])
                 groups = [(uniq[i], np.flatnonzero(inv == i)) for i in order]
             else:
@@ -123,7 +123,7 @@ class Columns:
             return None
         cached = self.__dict__.get("_imei_codes")
         if cached is None or cached[0] is not self.imei:
-            cached = self.__dict__["_imei_codes"] = (self.imei, _unique_objects(arr))
+            cached = self.__dict__["_imei_codes"] = (self.imei, unique_objects(arr))
         return cached[1]
 
     def record_content(self) -> Sequence[bytes]:
@@ -559,7 +559,7 @@ class GroupGate:
         cells = np.asarray(cells).astype(np.int64, copy=False)
         buckets = np.asarray(buckets, dtype=np.int64)
         if device_codes is None:
-            dev_uniq, dev_inv = _unique_objects(np.asarray(devices, dtype=object))
+            dev_uniq, dev_inv = unique_objects(np.asarray(devices, dtype=object))
         else:
             dev_uniq, dev_inv = device_codes
             dev_inv = np.asarray(dev_inv, dtype=np.int64)

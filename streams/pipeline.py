@@ -33,6 +33,7 @@ import numpy.ma  # noqa: F401  np.unique imports it on its first call: load it a
 from h3 import _cy  # noqa: F401  likewise for anonymize/coarsen.py's H3 calls (~0.1 s together, measured in the first batch)
 
 from fleetcloak.anonymize.batch_columns import columns_from_batch
+from fleetcloak.anonymize.pseudonyms import unique_objects
 from fleetcloak.anonymize.render import controller_json, packets_json, processor_json
 from fleetcloak.codecs import DecodeError, decode_batch
 from fleetcloak.codecs import tcp, udp
@@ -82,26 +83,15 @@ class DuplicateWindow:
 
 
 # ----------------------------------------------------------------------------- helpers
-def _object_codes(arr: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """(distinct values in first-seen order, index into them per element) of an object
-    column, by a dict pass."""
-    vals = arr.tolist()
-    index = {v: i for i, v in enumerate(dict.fromkeys(vals))}
-    inv = np.fromiter(map(index.__getitem__, vals), dtype=np.intp, count=len(vals))
-    uniq = np.empty(len(index), dtype=object)
-    uniq[:] = list(index)
-    return uniq, inv
-
-
 class _Codes:
     """A batch's IMEIs and families coded once per frame; a tenant's rows then get their
     distinct values and indexes by integer operations (no pass over record objects)."""
 
-    def __init__(self, imeis: tuple[np.ndarray, np.ndarray], families: tuple[np.ndarray, np.ndarray],
-                 frame_index: np.ndarray) -> None:
-        self.imei_uniq, self.family_uniq = imeis[0], families[0]
-        self.rec_imei = imeis[1][frame_index]
-        self.rec_family = families[1][frame_index]
+    def __init__(self, frame_imei: np.ndarray, frame_family: np.ndarray, frame_index: np.ndarray) -> None:
+        self.imei_uniq, imei_inv = unique_objects(frame_imei)
+        self.family_uniq, family_inv = unique_objects(frame_family)
+        self.rec_imei = imei_inv[frame_index]
+        self.rec_family = family_inv[frame_index]
 
     def imei_codes(self, rows: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """Columns.imei_codes of these rows: only the IMEIs present in them."""
@@ -248,7 +238,7 @@ class TelemetryPipeline:
         rec_imei = frame_imei[batch.frame_index]
         tenants, families = self.policies.registry(frame_imei)
         # IMEIs and families as integer codes, one object pass per frame, not per record
-        codes = _Codes(_object_codes(frame_imei), _object_codes(families), batch.frame_index)
+        codes = _Codes(frame_imei, families, batch.frame_index)
         # unknown devices: the whole message goes to the dead-letter topic
         unknown = np.flatnonzero(np.equal(tenants, None) & batch.frame_ok)
         for k in unknown.tolist():

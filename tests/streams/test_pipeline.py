@@ -338,7 +338,7 @@ def test_codes_per_frame_give_a_tenants_rows_what_columns_would_compute_per_reco
     import random
 
     from fleetcloak.anonymize.transform import Columns
-    from fleetcloak.streams.pipeline import _Codes, _object_codes
+    from fleetcloak.streams.pipeline import _Codes
 
     rng = random.Random(3)
     for _ in range(50):
@@ -346,7 +346,7 @@ def test_codes_per_frame_give_a_tenants_rows_what_columns_would_compute_per_reco
         imeis = np.array([f"35{rng.randint(0, 9):013d}" for _ in range(frames)], dtype=object)
         fams = np.array([rng.choice(["FMB", "FMC", "FMM"]) for _ in range(frames)], dtype=object)
         frame_index = np.sort(np.array([rng.randrange(frames) for _ in range(rng.randint(1, 120))], dtype=np.int64))
-        codes = _Codes(_object_codes(imeis), _object_codes(fams), frame_index)
+        codes = _Codes(imeis, fams, frame_index)
         rows = np.flatnonzero(np.array([rng.random() < 0.6 for _ in frame_index]))
         if not len(rows):
             continue
