@@ -23,7 +23,7 @@ from collections.abc import Iterable, Sequence
 
 import numpy as np
 
-from ..codecs import _avlbatch
+from ..codecs.batch import elements_as_bytes
 from ..codecs.iodict import identifier_groups
 from . import _recordid
 from .private_mode import PRIVATE_MODE_IO
@@ -96,11 +96,8 @@ def _bytes_column(n: int, record: np.ndarray, width: np.ndarray, value: np.ndarr
                   nx_data: bytes) -> np.ndarray:
     """An object column of one id's values as bytes (None where absent; the last
     element of a record wins), from that id's elements only: NX bytes, or a fixed value
-    as `width` big-endian bytes. Built in one C call (_avlbatch.bytes_column)."""
-    col = _avlbatch.bytes_column(n, np.ascontiguousarray(record, dtype=np.int64),
-                                 np.ascontiguousarray(width, dtype=np.uint8),
-                                 np.ascontiguousarray(value, dtype=np.uint64),
-                                 np.ascontiguousarray(nx_len, dtype=np.uint16), nx_data)
+    as `width` big-endian bytes (codecs.batch.elements_as_bytes, as AvlBatch.io_bytes)."""
+    col = elements_as_bytes(n, record, width, value, nx_len, nx_data)
     return np.fromiter(col, dtype=object, count=n)  # `out[:] = col` looks into each bytes: 4x slower
 
 

@@ -26,6 +26,17 @@ from .packets import AvlPacket, AvlRecord
 
 _avlbatch.set_decode_error(DecodeError)
 
+
+def elements_as_bytes(n: int, record, width, value, nx_len, nx_data: bytes) -> list[bytes | None]:
+    """n records' values of some IO elements as bytes (None for a record with none; the
+    last element of a record wins): an NX element's bytes, a fixed one's value as `width`
+    big-endian bytes. record/width/value/nx_len: the elements' io_record, io_width,
+    io_value, io_nx_len. One C call (_avlbatch.bytes_column)."""
+    return _avlbatch.bytes_column(n, np.ascontiguousarray(record, dtype=np.int64),
+                                  np.ascontiguousarray(width, dtype=np.uint8),
+                                  np.ascontiguousarray(value, dtype=np.uint64),
+                                  np.ascontiguousarray(nx_len, dtype=np.uint16), nx_data)
+
 DEFAULT_CAP = 1280  # largest whole AVL TCP frame most devices send (protocol notes 7)
 _NO_CAP = 1 << 40  # above any declared length (u32 + 12)
 
@@ -129,15 +140,9 @@ class AvlBatch:
         Fixed-size values come back as their big-endian wire bytes, so an identifier
         such as iButton 78 can be hashed the same way whether it was sent fixed or NX.
         """
-        out: list[bytes | None] = [None] * len(self)
         sel = np.flatnonzero(self.io_id == io_id)
-        if not len(sel):
-            return out
-        nx = self.nx_data
-        for r, w, v, n in zip(self.io_record[sel].tolist(), self.io_width[sel].tolist(),
-                              self.io_value[sel].tolist(), self.io_nx_len[sel].tolist()):
-            out[r] = nx[v:v + n] if w == 0 else v.to_bytes(w, "big")
-        return out
+        return elements_as_bytes(len(self), self.io_record[sel], self.io_width[sel], self.io_value[sel],
+                                 self.io_nx_len[sel], self.nx_data)
 
     # ------------------------------------------------------------------ rows
 

@@ -98,6 +98,10 @@ class _Codes:
         """Columns.imei_codes of these rows: only the IMEIs present in them."""
         return _compact(self.rec_imei[rows], self.imei_uniq)
 
+    def families(self, rows: np.ndarray) -> np.ndarray:
+        """The family of each of these rows (an object column)."""
+        return self.family_uniq[self.rec_family[rows]]
+
     def family_rows(self, rows: np.ndarray) -> list[tuple[str, np.ndarray]]:
         """Columns.family_rows of these rows: (family, its row indexes), families sorted."""
         uniq, inv = _compact(self.rec_family[rows], self.family_uniq)
@@ -247,7 +251,6 @@ class TelemetryPipeline:
             outputs.append(_deadletter(sources[k], "unknown_device", "no tenant policy lists this device", 0))
         now_ms = int(self.clock() * 1000)
         ts = batch.timestamp_ms.astype(np.int64)
-        rec_family = families[batch.frame_index]
         # tenant of each record as an integer code: one object pass per frame, not per tenant
         names = sorted({t for t in tenants.tolist() if t is not None})
         code_of = {t: i for i, t in enumerate(names)}
@@ -257,10 +260,10 @@ class TelemetryPipeline:
         for i, tenant in enumerate(names):
             rows = np.flatnonzero(rec_code == i)
             route = self.routes[tenant]
-            self._tenant(route, batch, rows, rec_imei, rec_family, codes, ts, now_ms,
+            self._tenant(route, batch, rows, rec_imei, codes, ts, now_ms,
                          sources, outputs, blocks, counts)
 
-    def _tenant(self, route: TenantRoute, batch, rows, rec_imei, rec_family, codes: "_Codes", ts, now_ms,
+    def _tenant(self, route: TenantRoute, batch, rows, rec_imei, codes: "_Codes", ts, now_ms,
                 sources, outputs, blocks, counts) -> None:
         t = route.tenant
         # retention gate
@@ -289,7 +292,7 @@ class TelemetryPipeline:
         sub = batch.select(rows)
         family_rows = codes.family_rows(rows)
         cols = columns_from_batch(sub, rec_imei[rows], io_ids=route.io_ids,
-                                  family=family_rows[0][0] if len(family_rows) == 1 else rec_family[rows])
+                                  family=family_rows[0][0] if len(family_rows) == 1 else codes.families(rows))
         cols.known_codes(imei_codes=codes.imei_codes(rows), family_rows=family_rows)
         proc = route.processor.apply(cols)
         # duplicate gate: the processor's record_id is deterministic per record
