@@ -10,7 +10,8 @@
           ─▶ processor route  ─▶ tenant.<tenant>.telemetry
           ─▶ controller route ─▶ analytics.telemetry
 
-Pure and synchronous (streams/seam.py): `process(batch)` returns the output messages
+Pure and synchronous (streams/seam.py): `process(batch)` (or `steps(batch)`, the same
+in pieces, for the in-loop runner to turn the event loop between tenants) returns the output messages
 and the batch's accounting; the loop (streams/loop.py) produces them, awaits their
 delivery and only then commits. Keys minted while processing (a subject's first
 controller salt) leave as outputs to `fleetcloak.keys` in the same batch.
@@ -25,7 +26,7 @@ from __future__ import annotations
 import gc
 import logging
 import time
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Generator, Mapping, Sequence
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -181,18 +182,31 @@ class TelemetryPipeline:
 
     # --- the seam ---------------------------------------------------------------------
     def process(self, batch: Sequence[RawMessage]) -> ProcessResult:
+        """The whole batch at once: `steps` run to the end."""
+        steps = self.steps(batch)
+        while True:
+            try:
+                next(steps)
+            except StopIteration as done:
+                return done.value
+
+    def steps(self, batch: Sequence[RawMessage]) -> Generator[None, None, ProcessResult]:
+        """`process` in steps: yields between pieces of work (each tenant's processor and
+        controller routes) and returns the ProcessResult. The in-loop runner turns the
+        event loop at each yield, so the producer's acknowledgements and requests and the
+        next fetch move on while the batch is processed (streams/runner.py)."""
         # A batch allocates hundreds of thousands of acyclic containers (dicts, tuples,
         # lists) that refcounting frees; the cyclic collector would walk them over and
         # over (~20% of the batch). Paused for the batch only, as it was found.
-        if gc.isenabled():
-            gc.disable()
-            try:
-                return self._process(batch)
-            finally:
-                gc.enable()
-        return self._process(batch)
+        if not gc.isenabled():
+            return (yield from self._steps(batch))
+        gc.disable()
+        try:
+            return (yield from self._steps(batch))
+        finally:
+            gc.enable()
 
-    def _process(self, batch: Sequence[RawMessage]) -> ProcessResult:
+    def _steps(self, batch: Sequence[RawMessage]) -> Generator[None, None, ProcessResult]:
         outputs: list[tuple] = []
         blocks: list[OutputBlock] = []
         counts = Counts()
@@ -225,7 +239,7 @@ class TelemetryPipeline:
             sources.append(m)
             imeis.append(imei)
         if frames:
-            self._records(frames, sources, imeis, outputs, blocks, counts)
+            yield from self._records(frames, sources, imeis, outputs, blocks, counts)
         for name, value in self.keystore.drain():
             outputs.append((KEYS, name, value, None))
         return ProcessResult(outputs, counts, blocks)
@@ -260,8 +274,8 @@ class TelemetryPipeline:
         for i, tenant in enumerate(names):
             rows = np.flatnonzero(rec_code == i)
             route = self.routes[tenant]
-            self._tenant(route, batch, rows, rec_imei, codes, ts, now_ms,
-                         sources, outputs, blocks, counts)
+            yield from self._tenant(route, batch, rows, rec_imei, codes, ts, now_ms,
+                                    sources, outputs, blocks, counts)
 
     def _tenant(self, route: TenantRoute, batch, rows, rec_imei, codes: "_Codes", ts, now_ms,
                 sources, outputs, blocks, counts) -> None:
@@ -322,6 +336,7 @@ class TelemetryPipeline:
             blocks.append(OutputBlock(topic, _keys(devs), packed))
         else:
             blocks.append(OutputBlock(topic, _keys(devices), values))
+        yield  # the processor route is done: let the loop move
         # controller route: fresh records the subjects allow
         cmask = fresh & allow_ctrl
         if not cmask.any():
@@ -347,6 +362,7 @@ class TelemetryPipeline:
             counts.copies[("controller", t)] += len(cvalues)
             cdevices = ctrl.device[ctrl.keep].tolist()
             blocks.append(OutputBlock(ANALYTICS, _keys(cdevices), cvalues))
+        yield
 
 
 def _keys(devices: list[str]) -> list[bytes]:
@@ -420,7 +436,7 @@ class PipelineBuilder:
                                  duplicates=self.duplicates, clock=self.clock)
         topics = [deadletter_topic(), analytics_topic(self._analytics_days)]
         topics += [tenant_topic(r.tenant, r.window_ms // DAY_MS) for r in self._routes.values()]
-        self._pipeline = Pipeline(pipe.process, topics=tuple(topics), refresh=self.refresh,
+        self._pipeline = Pipeline(pipe.process, topics=tuple(topics), refresh=self.refresh, steps=pipe.steps,
                                   description=f"telemetry pipeline: {len(self._routes)} tenant(s)")
         self._pipeline_obj = pipe
         return self._pipeline

@@ -15,8 +15,13 @@ Both have `build`, `refresh` (awaited), `prepare(messages)` and `start(prepared)
 Started`: the loop prepares batch n while batch n-1 is being processed, awaits n-1's
 `ready()` (its reply arrived and says it succeeded), starts n at once, and only then
 decodes n-1's `result()` and produces it, so the child waits for neither the encoding
-of its next batch nor the decoding of its last. The in-loop runner processes in `start`
-itself (the event loop stands still, as it must with one core).
+of its next batch nor the decoding of its last. The in-loop runner processes a pipeline
+that has `steps` (streams/seam.py) in `ready()`, a step at a time, turning the event loop
+between steps: the outputs of the batch before, produced just before, go out to the
+broker round after round while this one is processed (aiokafka sends one request per
+broker at a time and one batch per partition in it: a batch's outputs are several
+rounds). A pipeline with `process` only is processed in `start`, the event loop
+standing still.
 
 Protocol (one request at a time: a batch is started only when the previous reply was
 read and said "ok"): requests are pickled tuples, replies one status byte and a pickle:
@@ -50,7 +55,7 @@ import struct
 import traceback
 from abc import ABC, abstractmethod
 from dataclasses import dataclass
-from typing import Sequence
+from typing import Generator, Sequence
 
 from fleetcloak.streams.seam import ControlSnapshot, PipelineFactory, ProcessResult, RawMessage, as_pipeline
 
@@ -115,6 +120,8 @@ class InLoopRunner:
         return messages
 
     def start(self, prepared) -> "Started":
+        if self.pipeline.steps is not None:
+            return _Stepped(self.pipeline.steps(prepared))
         try:
             return _Done(self.pipeline.process(prepared))
         except Exception as exc:
@@ -146,6 +153,41 @@ class _Done(Started):
     async def ready(self) -> None:
         if self._error is not None:
             raise self._error
+
+    def result(self) -> ProcessResult:
+        return self._value
+
+
+_TURNS = 4  # event-loop turns per step: a produce answer read, its batches acknowledged,
+#            the sender draining the next round, its request written
+
+
+async def _turn_event_loop() -> None:
+    for _ in range(_TURNS):
+        await asyncio.sleep(0)
+
+
+class _Stepped(Started):
+    """A batch processed when awaited, a step of the pipeline at a time."""
+
+    def __init__(self, steps: Generator[None, None, ProcessResult]) -> None:
+        self._steps = steps
+        self._value: ProcessResult | None = None
+
+    async def ready(self) -> None:
+        steps = self._steps
+        try:
+            while True:
+                try:
+                    next(steps)
+                except StopIteration as done:
+                    self._value = done.value
+                    return
+                except Exception as exc:
+                    raise PipelineError(blame(exc)) from exc
+                await _turn_event_loop()
+        finally:
+            steps.close()  # cancelled between steps: its finally clauses run now
 
     def result(self) -> ProcessResult:
         return self._value

@@ -5,6 +5,7 @@ telematics and nothing about Kafka. They meet here:
 
     factory(control: ControlSnapshot) -> Pipeline          # built at start, rebuilt on change
     pipeline.process(batch: Sequence[RawMessage]) -> ProcessResult   # pure, synchronous
+    pipeline.steps(batch) -> Generator[None, None, ProcessResult]    # optional: the same, in pieces
 
 `process` gets a whole `getmany()` batch (all partitions, in offset order per partition)
 and returns every output message for it plus the batch's accounting: single messages
@@ -22,7 +23,7 @@ from __future__ import annotations
 
 from collections import Counter
 from dataclasses import dataclass, field
-from typing import Callable, Mapping, Protocol, Sequence
+from typing import Callable, Generator, Mapping, Protocol, Sequence
 
 
 class RawMessage(Protocol):
@@ -144,11 +145,18 @@ class Pipeline:
     "subjects" that changed since the last refresh or build). Returning True means the
     pipeline absorbed it (e.g. a keystore syncing a salt another worker minted) and no
     rebuild is needed; False, or no refresh, means the factory builds a new pipeline.
+
+    `steps(batch)`, if given, is `process` cut into pieces: a generator that yields
+    (None) between pieces of work and returns the same ProcessResult. The in-loop runner
+    drives it and turns the event loop at each yield, so the producer's requests and
+    acknowledgements move on while a long batch is processed; a runner that runs the
+    pipeline elsewhere calls `process`. Both must give the same result.
     """
     process: ProcessFn
     topics: tuple = ()
     description: str = ""
     refresh: "Callable[[frozenset[str], ControlSnapshot], bool] | None" = None
+    steps: "Callable[[Sequence[RawMessage]], Generator[None, None, ProcessResult]] | None" = None
 
 
 @dataclass(frozen=True)

@@ -358,3 +358,26 @@ def test_codes_per_frame_give_a_tenants_rows_what_columns_would_compute_per_reco
         assert [(f, r.tolist()) for f, r in told.family_rows()] == [(f, r.tolist()) for f, r in own.family_rows()]
         (u1, i1), (u2, i2) = told.imei_codes(), own.imei_codes()
         assert u1[i1].tolist() == u2[i2].tolist() and sorted(u1.tolist()) == sorted(u2.tolist())
+
+
+def test_steps_yield_between_tenants_and_return_what_process_returns(fleet):
+    """The in-loop runner drives `steps`; child processes and tests call `process`: the
+    same batch gives the same outputs and accounting either way."""
+    builder = PipelineBuilder(MasterKey.generate())
+    built = builder(ControlSnapshot(fleet["policies"], {}, {}))
+    batch = fleet["msgs"][:2000]
+    steps = built.steps(batch)
+    yields = 0
+    while True:
+        try:
+            next(steps)
+            yields += 1
+        except StopIteration as done:
+            stepped = done.value
+            break
+    assert yields >= len(fleet["pset"].tenants)  # at least one pause per tenant in the batch
+    builder.duplicates.clear()  # the same batch again, as new
+    whole = built.process(batch)
+    assert stepped.counts == whole.counts and stepped.counts.balanced()
+    not_keys = lambda r: [m for m in r.messages() if m[0] != "fleetcloak.keys"]  # minted by the first run only
+    assert not_keys(stepped) == not_keys(whole) and len(not_keys(whole)) > 1000

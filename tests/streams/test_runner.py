@@ -261,3 +261,80 @@ def test_sigterm_to_worker_and_pipeline_process_alike_still_stops_cleanly(broker
     assert 0 < committed <= n
     assert len(delivered) == committed == len({r.value for r in delivered})
     assert not _alive(child)
+
+
+def _stepped_pipeline(log: list, fail_at: int | None = None) -> Pipeline:
+    """A pipeline with `steps`: three steps a batch, each noting the event loop's tick."""
+    def process(batch):
+        return ProcessResult([], Counts(received=len(batch), dropped={("x", ""): len(batch)}))
+
+    def steps(batch):
+        try:
+            for i in range(3):
+                if i == fail_at:
+                    raise ZeroDivisionError(f"choked on {batch[0].key!r}")
+                log.append(("step", i))
+                yield
+            return process(batch)
+        finally:
+            log.append(("closed",))
+    return Pipeline(process, steps=steps)
+
+
+def _ticking(log: list) -> asyncio.Task:
+    async def tick():
+        while True:
+            log.append(("tick",))
+            await asyncio.sleep(0)
+    return asyncio.create_task(tick())
+
+
+def test_in_loop_runner_turns_the_event_loop_between_steps():
+    """The producer's requests and acknowledgements move on while a batch is processed:
+    other tasks run between the pipeline's steps, and the batch is processed when awaited."""
+    async def go():
+        log: list = []
+        runner = InLoopRunner(lambda snap: _stepped_pipeline(log))
+        await runner.build(SNAP)
+        started = runner.start(runner.prepare(_msgs(4)))
+        assert log == [] and not started.working  # nothing done before it is awaited
+        ticker = _ticking(log)
+        await started.ready()
+        ticker.cancel()
+        steps = [i for i, e in enumerate(log) if e[0] == "step"]
+        assert len(steps) == 3
+        assert all(("tick",) in log[a:b] for a, b in zip(steps, steps[1:]))  # the loop ran in between
+        assert started.result().counts.received == 4
+        assert ("closed",) in log
+    asyncio.run(go())
+
+
+def test_in_loop_runner_step_failure_is_a_pipeline_error_with_blame_only():
+    async def go():
+        log: list = []
+        runner = InLoopRunner(lambda snap: _stepped_pipeline(log, fail_at=1))
+        await runner.build(SNAP)
+        started = runner.start(runner.prepare(_msgs(4)))
+        with pytest.raises(PipelineError) as failed:
+            await started.ready()
+        assert failed.value.blame.startswith("ZeroDivisionError at test_runner.py:")
+        assert "35" not in failed.value.blame
+        assert log == [("step", 0), ("closed",)]
+    asyncio.run(go())
+
+
+def test_in_loop_runner_cancelled_between_steps_closes_the_pipeline_steps():
+    """A cancelled batch (the worker stopping) runs the pipeline's finally clauses at
+    once (the real pipeline re-enables the garbage collector there)."""
+    async def go():
+        log: list = []
+        runner = InLoopRunner(lambda snap: _stepped_pipeline(log))
+        await runner.build(SNAP)
+        task = asyncio.create_task(runner.start(runner.prepare(_msgs(4))).ready())
+        while ("step", 1) not in log:
+            await asyncio.sleep(0)
+        task.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await task
+        assert log[-1] == ("closed",) and ("step", 2) not in log
+    asyncio.run(go())
