@@ -37,6 +37,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
+import zlib
 from dataclasses import dataclass
 from typing import Callable
 
@@ -78,6 +79,7 @@ class LoopSettings:
     max_records: int = 20_000          # per batch: keep a batch's CPU well under the 3 s heartbeat
     poll_timeout_ms: int = 200          # how soon a stop request is noticed when idle
     linger_ms: int = 5
+    producer_connections: int = 4       # producers the output partitions are spread over (_PartitionFeeds)
     producer_batch_bytes: int = 1 << 20  # per (topic, partition) batch; aiokafka's 16 KB is 16 msgs of 1 KB
     create_topics: bool = True          # create the pipeline's missing output topics with their settings
     stop_when_drained: bool = False     # return once every owned partition is processed up to its high-watermark
@@ -117,6 +119,21 @@ class _InFlight:
     failed: bool = False
 
 
+def _by_topic(blocks: list[OutputBlock]):
+    """(topic, keys, values) per topic, blocks of one topic joined in order: one set of
+    record batches per partition, not one per block (each batch of a partition is one
+    more round trip to the broker)."""
+    joined: dict[str, list[OutputBlock]] = {}
+    for block in blocks:
+        if len(block):
+            joined.setdefault(block.topic, []).append(block)
+    for topic, parts in joined.items():
+        if len(parts) == 1:
+            yield topic, parts[0].keys, parts[0].values
+        else:
+            yield (topic, [k for b in parts for k in b.keys], [v for b in parts for v in b.values])
+
+
 def _fmt_tps(tps) -> str:
     return ",".join(f"{tp.topic}[{tp.partition}]" for tp in sorted(tps)) or "-"
 
@@ -139,6 +156,82 @@ async def _leave_generation_zero(consumer) -> None:
         log.info("left group %s (generation 0)", coordinator.group_id)
     except Exception as exc:
         log.warning("could not leave group generation 0 (partitions move after the session timeout): %r", exc)
+
+
+class _PartitionFeeds:
+    """Record batches handed to the producer in order per partition, without waiting.
+
+    aiokafka's `send_batch` returns only once the partition has no batch pending (the
+    sender keeps one request per broker in flight and one batch per partition in a
+    request), so sending a batch's outputs inline waits out every round trip but the
+    last while the pipeline could be working. Here each (topic, partition) has a chain
+    of tasks: `send` returns the delivery futures at once, and a task per call hands its
+    batches over after the ones queued before it for that partition, in order.
+
+    Partitions are spread over several producers (each its own connection, its own
+    request in flight): a partition always goes through the same one, so its batches
+    stay in order; the broker works on several requests at once.
+    """
+
+    def __init__(self, producers: list[AIOKafkaProducer]) -> None:
+        self._producers = producers
+        self._tails: dict[tuple[str, int], asyncio.Task] = {}
+        self._live: set[asyncio.Task] = set()
+
+    def send(self, topic: str, partition: int, batches: list) -> list[asyncio.Future]:
+        loop = asyncio.get_running_loop()
+        futures = [loop.create_future() for _ in batches]
+        key = (topic, partition)
+        producer = self._producers[(zlib.crc32(topic.encode()) + partition) % len(self._producers)]
+        task = loop.create_task(self._feed(self._tails.get(key), producer, topic, partition, batches, futures))
+        self._tails[key] = task
+        self._live.add(task)
+        task.add_done_callback(lambda t: self._done(key, t))
+        return futures
+
+    def _done(self, key: tuple[str, int], task: asyncio.Task) -> None:
+        self._live.discard(task)
+        if self._tails.get(key) is task:
+            del self._tails[key]
+
+    async def cancel(self) -> None:
+        """Stop handing batches over (the loop is stopping without settling them): their
+        futures fail; batches the producer already has are its to deliver or fail."""
+        tasks = list(self._live)
+        for task in tasks:
+            task.cancel()
+        if tasks:
+            await asyncio.gather(*tasks, return_exceptions=True)
+
+    @staticmethod
+    async def _feed(before: asyncio.Task | None, producer: AIOKafkaProducer, topic: str, partition: int,
+                    batches: list, futures: list[asyncio.Future]) -> None:
+        sent = 0
+        try:
+            if before is not None and not before.done():
+                await asyncio.wait([before])
+            for batch, future in zip(batches, futures):
+                delivery = await producer.send_batch(batch, topic, partition=partition)
+                delivery.add_done_callback(lambda d, f=future: _settle_future(f, d))
+                sent += 1
+        except BaseException as exc:  # the producer failed or closed, or the loop is going away
+            failure = exc if isinstance(exc, Exception) else DeliveryFailed(f"sending to {topic} cancelled")
+            for future in futures[sent:]:
+                if not future.done():
+                    future.set_exception(failure)
+            if not isinstance(exc, Exception):
+                raise
+
+
+def _settle_future(future: asyncio.Future, delivery: asyncio.Future) -> None:
+    if future.done():
+        return
+    if delivery.cancelled():
+        future.set_exception(DeliveryFailed("delivery cancelled"))
+    elif delivery.exception() is not None:
+        future.set_exception(delivery.exception())
+    else:
+        future.set_result(delivery.result())
 
 
 class _Rebalance(ConsumerRebalanceListener):
@@ -194,7 +287,9 @@ class BatchLoop:
         self._rebuild = True                 # build before the first batch
         self._changed: set[str] = set()      # control roles changed since the last build/refresh
         self._consumer: AIOKafkaConsumer | None = None
-        self._producer: AIOKafkaProducer | None = None
+        self._producer: AIOKafkaProducer | None = None   # the first of _producers: metadata, single messages
+        self._producers: list[AIOKafkaProducer] = []
+        self._feeds: _PartitionFeeds | None = None
         self._partitions: dict[str, list[int]] = {}
         self._partition_cache: dict[tuple[str, bytes], int] = {}
         self._rr = 0
@@ -234,13 +329,14 @@ class BatchLoop:
 
     async def run(self) -> None:
         s = self.settings
-        self._producer = AIOKafkaProducer(
+        self._producers = [AIOKafkaProducer(
             bootstrap_servers=s.bootstrap, client_id=s.client_id,
             acks="all",                 # acks=0/1 would ack before the data is safe (and acks=0 breaks on Tansu)
             enable_idempotence=False,   # Tansu has no idempotent producer; duplicates are handled by record_id
             linger_ms=s.linger_ms, max_batch_size=s.producer_batch_bytes,
             max_request_size=max(s.producer_batch_bytes, 1 << 20) + (64 << 10),
-        )
+        ) for _ in range(max(1, s.producer_connections))]
+        self._producer = self._producers[0]
         self._consumer = AIOKafkaConsumer(
             bootstrap_servers=s.bootstrap, client_id=s.client_id, group_id=s.group_id,
             enable_auto_commit=False,   # we commit, after delivery
@@ -250,7 +346,8 @@ class BatchLoop:
         )
         failure: BaseException | None = None
         try:
-            await self._producer.start()
+            for producer in self._producers:
+                await producer.start()
             await self._build_pipeline()
             await self._consumer.start()
             use_fast_fetch(self._consumer)  # fetched batches read in C (streams/fetch.py)
@@ -273,7 +370,9 @@ class BatchLoop:
         # off, so stopping the consumer leaves the group without committing.)
         if self._consumer is not None:
             await _leave_generation_zero(self._consumer)
-        for client in (self._consumer, self._producer, self._runner):
+        if self._feeds is not None:
+            await self._feeds.cancel()
+        for client in (self._consumer, *(self._producers or [self._producer]), self._runner):
             if client is None:
                 continue
             try:
@@ -455,7 +554,8 @@ class BatchLoop:
             # and the others vanish from its metadata: a batch pending for one of them then
             # fails with NotLeaderForPartitionError after request_timeout_ms (measured:
             # dead letters and key writes whenever a tenant topic is created after start).
-            await self._producer.client.add_topic(topic)
+            for producer in self._producers or [self._producer]:
+                await producer.client.add_topic(topic)
             parts = self._partitions[topic] = sorted(await self._producer.partitions_for(topic))
         return parts
 
@@ -474,23 +574,23 @@ class BatchLoop:
         return p
 
     async def _produce(self, result: ProcessResult) -> list:
-        """Produce every output in per-partition batches; returns their delivery futures."""
+        """Hand every output to the producer in per-partition batches, without waiting for
+        the broker; returns their delivery futures."""
+        if self._feeds is None:
+            self._feeds = _PartitionFeeds(self._producers or [self._producer])
         try:
             futures = await self._produce_singles(result.outputs)
-            for block in result.blocks:
-                futures += await self._produce_block(block)
+            for topic, keys, values in _by_topic(result.blocks):
+                futures += await self._produce_block(topic, keys, values)
         except DeliveryFailed:
             raise
         except Exception as exc:
             raise DeliveryFailed(f"producing the batch's outputs failed: {exc!r}") from exc
         return futures
 
-    async def _produce_block(self, block: OutputBlock) -> list:
-        """A block's messages grouped by partition (order kept within each), each group as
+    async def _produce_block(self, topic: str, keys: list, values: list) -> list:
+        """A topic's messages grouped by partition (order kept within each), each group as
         Kafka record batches built in one C call (streams/recordbatch.py)."""
-        if not len(block):
-            return []
-        topic, keys, values = block.topic, block.keys, block.values
         parts = self._partitions.get(topic) or await self._partitions_of(topic)
         of_key = {k: self._partition_for(topic, k, parts) for k in dict.fromkeys(keys) if k is not None}
         if None in keys:  # no key: round robin, message by message
@@ -504,22 +604,20 @@ class BatchLoop:
             codes = np.fromiter(part_of, dtype=np.int64, count=len(part_of))
             groups = {p: np.flatnonzero(codes == p) for p in sorted(distinct)}
         timestamp_ms = int(time.time() * 1000)
-        producer, max_bytes, futures = self._producer, self.settings.producer_batch_bytes, []
+        max_bytes, futures = self.settings.producer_batch_bytes, []
         for p, rows in groups.items():
             try:
                 batches = build_batches(keys, values, timestamp_ms, max_bytes, rows)
             except RecordTooLarge as exc:
                 raise DeliveryFailed(f"an output message for {topic} is larger than a producer batch "
                                      f"({exc.size} > {max_bytes} bytes)") from exc
-            for batch in batches:
-                futures.append(await producer.send_batch(batch, topic, partition=p))
+            futures += self._feeds.send(topic, p, batches)
         return futures
 
     async def _produce_singles(self, outputs) -> list:
         """Messages one by one through aiokafka's batch builder (headers, tombstones)."""
         producer = self._producer
-        builders: dict[tuple[str, int], object] = {}
-        futures = []
+        builders: dict[tuple[str, int], list] = {}  # (topic, partition) -> its builders, the last one open
         per_topic: dict[str, tuple] = {}  # topic -> (partitions, {key: partition}) for this call
         for topic, key, value, headers in outputs:
             if type(headers) is not list:  # aiokafka's C batch builder takes lists only
@@ -535,16 +633,16 @@ class BatchLoop:
                 p = known.get(key)
                 if p is None:
                     p = known[key] = self._partition_for(topic, key, parts)
-            builder = builders.get((topic, p))
-            if builder is None:
-                builder = builders[(topic, p)] = producer.create_batch()
-            if builder.append(key=key, value=value, timestamp=None, headers=headers) is None:
-                futures.append(await producer.send_batch(builder, topic, partition=p))
-                builder = builders[(topic, p)] = producer.create_batch()
-                if builder.append(key=key, value=value, timestamp=None, headers=headers) is None:
+            queue = builders.get((topic, p))
+            if queue is None:
+                queue = builders[(topic, p)] = [producer.create_batch()]
+            if queue[-1].append(key=key, value=value, timestamp=None, headers=headers) is None:
+                queue.append(producer.create_batch())
+                if queue[-1].append(key=key, value=value, timestamp=None, headers=headers) is None:
                     raise DeliveryFailed(f"an output message for {topic} is larger than a producer batch")
-        for (topic, p), builder in builders.items():
-            futures.append(await producer.send_batch(builder, topic, partition=p))
+        futures = []
+        for (topic, p), queue in builders.items():
+            futures += self._feeds.send(topic, p, queue)
         return futures
 
     # --- pipeline -------------------------------------------------------------------------

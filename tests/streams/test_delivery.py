@@ -40,7 +40,10 @@ def _run_until(loop: BatchLoop, done, timeout: float = 60.0) -> None:
     asyncio.run(go())
 
 
-def test_process_raising_stops_without_committing_then_restart_delivers_all(broker, new_topic, topic_io):
+@pytest.mark.parametrize("stepped", [False, True], ids=["process", "steps"])
+def test_process_raising_stops_without_committing_then_restart_delivers_all(broker, new_topic, topic_io, stepped):
+    """`stepped`: the pipeline has `steps` (processed a step at a time when awaited, the
+    event loop turning in between, as the real pipeline is) and raises after a pause."""
     n = 3000
     src = new_topic("raw", 2)
     dst = unique_name("out")
@@ -61,7 +64,11 @@ def test_process_raising_stops_without_committing_then_restart_delivers_all(brok
             for m in batch:  # this batch will be delivered and committed
                 good_last[m.partition] = max(good_last.get(m.partition, -1), m.offset)
             return result
-        return Pipeline(process, passthrough.topics)
+
+        def steps(batch):
+            yield  # the loop turns: deliveries of the batch before move on
+            return process(batch)
+        return Pipeline(process, passthrough.topics, steps=steps if stepped else None)
 
     settings = LoopSettings(broker, input_topic=src, group_id=group, max_records=250)
     first = BatchLoop(settings, failing_factory)
@@ -260,3 +267,73 @@ def test_worker_until_drained_exits_by_itself(broker, new_topic, topic_io, worke
     assert topic_io.committed(group, src) == topic_io.true_end_offsets(src)
     assert len(topic_io.read_all(dst)) == n
     assert "input drained" in w.log()
+
+
+def test_outputs_go_out_without_waiting_in_order_per_partition_over_several_producers(broker, new_topic, topic_io):
+    """_produce returns before the broker answered (the next batch is processed meanwhile);
+    batches of one partition reach it in the order produced, across calls, though its
+    batches queue behind each other; partitions are spread over the producers."""
+    from aiokafka import AIOKafkaProducer
+
+    from fleetcloak.streams.loop import _PartitionFeeds
+
+    topic = new_topic("spread", 4)
+
+    async def go():
+        settings = LoopSettings(broker, producer_batch_bytes=2048, producer_connections=2)
+        loop = BatchLoop(settings, passthrough_factory("unused"))
+        loop._producers = [AIOKafkaProducer(bootstrap_servers=broker, acks="all", request_timeout_ms=10_000)
+                           for _ in range(2)]
+        loop._producer = loop._producers[0]
+        for p in loop._producers:
+            await p.start()
+        try:
+            futures = []
+            for call in range(3):  # three batches' outputs, ~20 record batches per partition each
+                keys = [b"dev-%d" % (i % 8) for i in range(400)]
+                values = [b"%d:%04d:" % (call, i) + b"x" * 100 for i in range(400)]
+                futures += await loop._produce(ProcessResult([], Counts(), [
+                    OutputBlock(topic, keys[:200], values[:200]), OutputBlock(topic, keys[200:], values[200:])]))
+            assert not all(f.done() for f in futures)  # handed over, not waited for
+            await asyncio.wait_for(await_delivery(futures), 60)
+            feeds = loop._feeds
+            assert isinstance(feeds, _PartitionFeeds) and not feeds._live and not feeds._tails
+        finally:
+            for p in loop._producers:
+                await p.stop()
+    asyncio.run(go())
+    by_partition: dict = collections.defaultdict(list)
+    for r in topic_io.read_all(topic):
+        by_partition[r.partition].append(r.value.split(b":")[:2])
+    assert sum(map(len, by_partition.values())) == 1200
+    for values in by_partition.values():
+        assert values == sorted(values)  # (call, index): produced order, per partition
+
+
+def test_stopping_fails_the_outputs_not_yet_handed_over():
+    """A worker stopping without settling (a failure): batches still queued behind their
+    partition's earlier ones are never handed over, and their futures say so."""
+    from fleetcloak.streams.loop import _PartitionFeeds
+
+    class Stuck:  # a producer whose partition never drains
+        async def send_batch(self, batch, topic, *, partition):
+            await asyncio.Event().wait()
+
+    async def go():
+        feeds = _PartitionFeeds([Stuck()])
+        futures = feeds.send("t", 0, ["b1", "b2"]) + feeds.send("t", 0, ["b3"])
+        await asyncio.sleep(0.01)
+        await feeds.cancel()
+        assert all(f.done() for f in futures)
+        with pytest.raises(DeliveryFailed, match="cancelled"):
+            await await_delivery(futures)
+    asyncio.run(go())
+
+
+def test_blocks_of_one_topic_are_joined_in_order():
+    from fleetcloak.streams.loop import _by_topic
+
+    a1, b1, a2 = OutputBlock("a", [b"1"], [b"x"]), OutputBlock("b", [b"2"], [b"y"]), OutputBlock("a", [None], [b"z"])
+    got = list(_by_topic([a1, OutputBlock("c", [], []), b1, a2]))
+    assert got == [("a", [b"1", None], [b"x", b"z"]), ("b", [b"2"], [b"y"])]
+    assert next(_by_topic([a1]))[1] is a1.keys  # one block: its lists, not copies
