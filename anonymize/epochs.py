@@ -79,7 +79,14 @@ def epoch_ids(timestamps_ms: np.ndarray, rotation: str = "monthly") -> tuple[lis
     lo, hi = days.min(), days.max()
     if lo == hi:  # the usual batch: one day
         return [_label_for_day(_day(int(lo)), rotation)], np.zeros(ts.size, np.intp)
-    udays, inv = np.unique(days, return_inverse=True)
+    if hi - lo <= 4096:  # days of a batch span little: index them by offset, no sort
+        offset = days - lo
+        present = np.zeros(int(hi - lo) + 1, dtype=bool)
+        present[offset] = True
+        udays = lo + np.flatnonzero(present)
+        inv = (np.cumsum(present) - 1)[offset]
+    else:
+        udays, inv = np.unique(days, return_inverse=True)
     labels = [_label_for_day(_day(int(d)), rotation) for d in udays]
     ulabels, linv = np.unique(np.array(labels, dtype=object), return_inverse=True)
     return list(ulabels), linv[inv]

@@ -255,3 +255,14 @@ def test_a_salt_recreated_after_erasure_is_never_used():
     with pytest.raises(SubjectErased):
         fresh.subject_salt_by_key("acme", skey)
     assert fresh.subject_salts("acme", "driver", [canon]) == [None]
+
+
+@pytest.mark.parametrize("span_days", [1, 3, 40, 5000])
+def test_epoch_ids_match_epoch_id_per_timestamp(span_days):
+    """Short spans index days by offset, long ones sort: the same answer either way."""
+    rng = np.random.default_rng(span_days)
+    ts = rng.integers(1_700_000_000_000, 1_700_000_000_000 + span_days * DAY, 3000)
+    for rotation in ("daily", "weekly", "monthly"):
+        labels, inv = epoch_ids(ts, rotation)
+        assert labels == sorted(set(labels))
+        assert [labels[i] for i in inv] == [epoch_id(int(t), rotation) for t in ts]
