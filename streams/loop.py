@@ -6,10 +6,13 @@
 
 A source offset is committed only after every output of its batch has been
 acknowledged by the broker (acks=all). Batches are pipelined: batch n is processed
-while batch n-1's outputs are acknowledged by the broker. With the pipeline in the loop
-(the default) processing blocks the event loop and the overlap is with the broker;
-with the pipeline in a child process (streams/runner.py, `--pipeline-process`) the
-child processes n while this process produces n-1 and fetches n+1, on two cores.
+while batch n-1's outputs are acknowledged by the broker. Producing hands the batches
+to the producers and returns (`_PartitionFeeds`: in order per partition, partitions
+spread over several producers). With the pipeline in the loop (the default) it is
+processed in steps, the event loop turning between them, so n-1's outputs go out round
+after round and n+1 is fetched meanwhile; with the pipeline in a child process
+(streams/runner.py, `--pipeline-process`) the child processes n while this process
+produces n-1 and fetches n+1, on two cores.
 Commits stay in batch order. Anything else stops the loop *without* committing: an exception from `process` (a bug: Faust would ack and skip it), a failed
 delivery (Faust's flush() would not even raise), a dead control-plane reader, a dead
 pipeline process. The batch in flight before a failed `process` is still delivered and
