@@ -1,6 +1,7 @@
 """`fleetcloak worker --broker HOST:PORT`: run the stream worker (streams/app.py)."""
 from __future__ import annotations
 
+import argparse
 import importlib
 import os
 import sys
@@ -25,6 +26,8 @@ def add_arguments(p) -> None:
                    help="`passthrough`, or module:callable returning a PipelineFactory (see streams/seam.py)")
     p.add_argument("--passthrough-topic", default="fleetcloak.passthrough", help="output topic of the passthrough pipeline")
     p.add_argument("--max-records", type=int, default=20_000, help="max raw messages per batch")
+    p.add_argument("--producers", type=_positive, default=4, metavar="N",
+                   help="producers (connections) the output partitions are spread over (default 4)")
     p.add_argument("--session-timeout-ms", type=int, default=10_000,
                    help="consumer group session timeout: how long a dead worker holds its partitions (default 10000)")
     p.add_argument("--raw-partitions", type=int, default=4, help="partitions of telematics.raw if the worker creates it")
@@ -54,6 +57,13 @@ def resolve_factory(spec: str, passthrough_topic: str):
     return maker()
 
 
+def _positive(text: str) -> int:
+    n = int(text)
+    if n < 1:
+        raise argparse.ArgumentTypeError(f"must be at least 1, got {n}")
+    return n
+
+
 def run(args) -> int:
     from fleetcloak.streams.app import WorkerSettings, run_worker
     from fleetcloak.streams.loop import LoopSettings
@@ -68,7 +78,7 @@ def run(args) -> int:
         loop=LoopSettings(args.broker, input_topic=args.input_topic, group_id=args.group, max_records=args.max_records,
                           session_timeout_ms=args.session_timeout_ms, stop_when_drained=args.until_drained,
                           heartbeat_interval_ms=max(args.session_timeout_ms // 5, 500),
-                          pipeline_process=args.pipeline_process),
+                          pipeline_process=args.pipeline_process, producer_connections=args.producers),
         web_port=args.metrics_port, web_host=args.metrics_host,
         control_plane=not args.no_control_plane, raw_partitions=args.raw_partitions, notice=notice,
         summary_path=args.summary_json,

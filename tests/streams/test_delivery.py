@@ -211,7 +211,7 @@ def test_two_workers_share_partitions_and_hand_over_without_loss(broker, new_top
     args = ("--input-topic", src, "--group", group, "--pipeline", "passthrough", "--passthrough-topic", dst,
             "--max-records", "200", "--session-timeout-ms", "6000")
 
-    a = worker_process(*args)
+    a = worker_process(*args, "--producers", "1")  # one producer, the other the default 4
     b = worker_process(*args)
     ha = a.wait_health(lambda h: len(h["partitions"]) == 2, timeout=45)
     hb = b.wait_health(lambda h: len(h["partitions"]) == 2, timeout=45)
