@@ -51,6 +51,7 @@ import numpy as np
 
 from fleetcloak.streams.fetch import use_fast_fetch
 from fleetcloak.streams.metrics import WorkerMetrics, summary_line
+from fleetcloak.streams.produce_encoding import use_flat_produce_encoding
 from fleetcloak.streams.recordbatch import RecordTooLarge, build_batches
 from fleetcloak.streams.runner import Built, ChildRunner, InLoopRunner, PipelineError, Started
 from fleetcloak.streams.seam import ControlSnapshot, OutputBlock, PipelineFactory, ProcessResult
@@ -349,6 +350,7 @@ class BatchLoop:
         )
         failure: BaseException | None = None
         try:
+            use_flat_produce_encoding()  # produce requests joined once (streams/produce_encoding.py)
             for producer in self._producers:
                 await producer.start()
             await self._build_pipeline()
