@@ -53,7 +53,7 @@ from fleetcloak.streams.fetch import use_fast_fetch
 from fleetcloak.streams.metrics import WorkerMetrics, summary_line
 from fleetcloak.streams.produce_encoding import use_flat_produce_encoding
 from fleetcloak.streams.recordbatch import RecordTooLarge, build_batches
-from fleetcloak.streams.runner import Built, ChildRunner, InLoopRunner, PipelineError, Started
+from fleetcloak.streams.runner import Built, ChildRunner, InLoopRunner, PipelineError, Started, turn_event_loop
 from fleetcloak.streams.seam import ControlSnapshot, OutputBlock, PipelineFactory, ProcessResult
 from fleetcloak.streams.topics import RAW
 
@@ -90,6 +90,10 @@ class LoopSettings:
     session_timeout_ms: int = 10_000
     heartbeat_interval_ms: int = 3_000
     pipeline_process: bool = False     # run the pipeline in a child process (streams/runner.py)
+
+    def __post_init__(self) -> None:
+        if self.producer_connections < 1:
+            raise ValueError(f"LoopSettings.producer_connections must be at least 1, got {self.producer_connections}")
 
 
 async def await_delivery(futures: list) -> None:
@@ -339,7 +343,7 @@ class BatchLoop:
             enable_idempotence=False,   # Tansu has no idempotent producer; duplicates are handled by record_id
             linger_ms=s.linger_ms, max_batch_size=s.producer_batch_bytes,
             max_request_size=max(s.producer_batch_bytes, 1 << 20) + (64 << 10),
-        ) for _ in range(max(1, s.producer_connections))]
+        ) for _ in range(s.producer_connections)]
         self._producer = self._producers[0]
         self._consumer = AIOKafkaConsumer(
             bootstrap_servers=s.bootstrap, client_id=s.client_id, group_id=s.group_id,
@@ -377,7 +381,7 @@ class BatchLoop:
             await _leave_generation_zero(self._consumer)
         if self._feeds is not None:
             await self._feeds.cancel()
-        for client in (self._consumer, *(self._producers or [self._producer]), self._runner):
+        for client in (self._consumer, *self._all_producers(), self._runner):
             if client is None:
                 continue
             try:
@@ -419,8 +423,7 @@ class BatchLoop:
                     # for the partitions just drained before the pipeline holds the CPU: the
                     # broker assembles the next batch while this one is processed (measured:
                     # the worker had sat ~10 % idle in select; +12 % msgs/s, median of 4).
-                    for _ in range(_FETCHER_TURNS):
-                        await asyncio.sleep(0)
+                    await turn_event_loop(_FETCHER_TURNS)
                 async with self._batch_lock:
                     await self._step(batch)
                 if not batch and self._in_process is None and self._in_flight is None \
@@ -550,6 +553,10 @@ class BatchLoop:
 
     # --- producing ------------------------------------------------------------------------
 
+    def _all_producers(self) -> list:
+        """The producers (a test may have set `_producer` alone)."""
+        return self._producers or [self._producer]
+
     async def _partitions_of(self, topic: str) -> list[int]:
         parts = self._partitions.get(topic)
         if parts is None:
@@ -559,7 +566,7 @@ class BatchLoop:
             # and the others vanish from its metadata: a batch pending for one of them then
             # fails with NotLeaderForPartitionError after request_timeout_ms (measured:
             # dead letters and key writes whenever a tenant topic is created after start).
-            for producer in self._producers or [self._producer]:
+            for producer in self._all_producers():
                 await producer.client.add_topic(topic)
             parts = self._partitions[topic] = sorted(await self._producer.partitions_for(topic))
         return parts
@@ -582,7 +589,7 @@ class BatchLoop:
         """Hand every output to the producer in per-partition batches, without waiting for
         the broker; returns their delivery futures."""
         if self._feeds is None:
-            self._feeds = _PartitionFeeds(self._producers or [self._producer])
+            self._feeds = _PartitionFeeds(self._all_producers())
         try:
             futures = await self._produce_singles(result.outputs)
             for topic, keys, values in _by_topic(result.blocks):

@@ -11,8 +11,8 @@
           ─▶ controller route ─▶ analytics.telemetry
 
 Pure and synchronous (streams/seam.py): `process(batch)` (or `steps(batch)`, the same
-in pieces, for the in-loop runner to turn the event loop between tenants) returns the output messages
-and the batch's accounting; the loop (streams/loop.py) produces them, awaits their
+in pieces, for the in-loop runner to turn the event loop between tenants) returns the
+output messages and the batch's accounting; the loop (streams/loop.py) produces them, awaits their
 delivery and only then commits. Keys minted while processing (a subject's first
 controller salt) leave as outputs to `fleetcloak.keys` in the same batch.
 
@@ -39,7 +39,9 @@ from fleetcloak.anonymize.render import controller_json, packets_json, processor
 from fleetcloak.codecs import DecodeError, decode_batch
 from fleetcloak.codecs import tcp, udp
 from fleetcloak.streams import _idwindow
-from fleetcloak.streams.seam import ControlSnapshot, Counts, OutputBlock, Pipeline, ProcessResult, RawMessage
+from fleetcloak.streams.seam import (
+    ControlSnapshot, Counts, OutputBlock, Pipeline, ProcessResult, RawMessage, run_steps,
+)
 from fleetcloak.streams.topics import (
     ANALYTICS, DEADLETTER, KEYS, MAX_TELEMETRY_RETENTION_DAYS, analytics_topic, deadletter_topic,
     tenant_topic, tenant_topic_name,
@@ -183,12 +185,7 @@ class TelemetryPipeline:
     # --- the seam ---------------------------------------------------------------------
     def process(self, batch: Sequence[RawMessage]) -> ProcessResult:
         """The whole batch at once: `steps` run to the end."""
-        steps = self.steps(batch)
-        while True:
-            try:
-                next(steps)
-            except StopIteration as done:
-                return done.value
+        return run_steps(self.steps(batch))
 
     def steps(self, batch: Sequence[RawMessage]) -> Generator[None, None, ProcessResult]:
         """`process` in steps: yields between pieces of work (each tenant's processor and
@@ -197,7 +194,8 @@ class TelemetryPipeline:
         next fetch move on while the batch is processed (streams/runner.py)."""
         # A batch allocates hundreds of thousands of acyclic containers (dicts, tuples,
         # lists) that refcounting frees; the cyclic collector would walk them over and
-        # over (~20% of the batch). Paused for the batch only, as it was found.
+        # over (~20% of the batch). Paused for the batch only (its pauses between steps
+        # included: the event loop runs then, briefly), as it was found.
         if not gc.isenabled():
             return (yield from self._steps(batch))
         gc.disable()

@@ -158,12 +158,13 @@ class _Done(Started):
         return self._value
 
 
-_TURNS = 4  # event-loop turns per step: a produce answer read, its batches acknowledged,
-#            the sender draining the next round, its request written
+STEP_TURNS = 4  # event-loop turns per pause: a produce answer read, its batches
+#                acknowledged, the sender draining the next round, its request written
 
 
-async def _turn_event_loop() -> None:
-    for _ in range(_TURNS):
+async def turn_event_loop(times: int) -> None:
+    """Let the event loop run `times` iterations (I/O polled, ready callbacks run)."""
+    for _ in range(times):
         await asyncio.sleep(0)
 
 
@@ -185,7 +186,7 @@ class _Stepped(Started):
                     return
                 except Exception as exc:
                     raise PipelineError(blame(exc)) from exc
-                await _turn_event_loop()
+                await turn_event_loop(STEP_TURNS)
         finally:
             steps.close()  # cancelled between steps: its finally clauses run now
 

@@ -177,6 +177,15 @@ class ControlSnapshot:
 PipelineFactory = Callable[[ControlSnapshot], "Pipeline | ProcessFn"]
 
 
+def run_steps(steps: Generator[None, None, ProcessResult]) -> ProcessResult:
+    """A `steps` generator run to the end, without pauses: its ProcessResult."""
+    while True:
+        try:
+            next(steps)
+        except StopIteration as done:
+            return done.value
+
+
 def as_pipeline(built: "Pipeline | ProcessFn") -> Pipeline:
     return built if isinstance(built, Pipeline) else Pipeline(process=built)
 

@@ -337,3 +337,8 @@ def test_blocks_of_one_topic_are_joined_in_order():
     got = list(_by_topic([a1, OutputBlock("c", [], []), b1, a2]))
     assert got == [("a", [b"1", None], [b"x", b"z"]), ("b", [b"2"], [b"y"])]
     assert next(_by_topic([a1]))[1] is a1.keys  # one block: its lists, not copies
+
+
+def test_loop_settings_refuse_no_producer():
+    with pytest.raises(ValueError, match="producer_connections must be at least 1, got 0"):
+        LoopSettings("127.0.0.1:9092", producer_connections=0)
