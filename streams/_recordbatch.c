@@ -26,6 +26,8 @@
  *                        varints, record count, a header key not UTF-8); its records
  *                        are not in the list, aiokafka reads them or raises its error;
  *         STOP_BAD_CRC   check_crcs and the batch's CRC-32C does not match.
+ *   pack(records) -> bytes | None, unpack(data) -> list[FetchedRecord]
+ *       FetchedRecords through a pipe in one buffer (see "packing" below)
  *   _crc32c(data, force_portable=False) -> int     CRC-32C, for the tests
  *   set_too_large_error(cls)
  *   FetchedRecord, constants BATCH_OVERHEAD (61), CRC_IMPL ("sse4.2" or "portable",
@@ -54,16 +56,15 @@
  * Cython builder, the one BatchBuilder uses, stops one byte earlier, at < batch_size.)
  *
  * SAFETY:
- *  - Pass 1 reads every key and value once (bytes directly, any other object through
- *    PyObject_GetBuffer, released at once), sums sizes in 64 bits and fixes the cuts;
- *    max_bytes <= INT32_MAX bounds every batch, so every field fits.
- *  - Pass 2 allocates one bytearray of the exact size per batch and re-reads each item
- *    from the sequence (an allocation can run a finalizer that mutates the caller's
- *    list): the index is checked against the live length and each record's size is
- *    checked against the room left before a byte is written; a batch must come out at
- *    exactly its size. A mismatch raises RuntimeError, never writes out of bounds.
- *  - The GIL is held throughout: items are borrowed from the sequence and copied while
- *    no Python code can run.
+ *  - Pass 1 reads every key and value once and holds it until the end: a reference to
+ *    each, and the buffer (PyObject_GetBuffer) of any object that is not bytes. It sums
+ *    sizes in 64 bits and fixes the cuts; max_bytes <= INT32_MAX bounds every batch, so
+ *    every field fits.
+ *  - Pass 2 allocates one bytearray of the exact size per batch, then writes them from
+ *    the spans pass 1 recorded, touching no Python object: without the GIL when every
+ *    item is bytes or None (immutable, and held, so no other thread can free or change
+ *    them), with it when an item is another object's buffer (whose owner could write to
+ *    it). Each batch's size was computed from the same spans it is written from.
  *  - read() holds the buffer (y*: any C-contiguous bytes-like object) for the call. A batch's
  *    length is checked against the bytes left, and every varint, key, value and header
  *    against the end of its own record, before it is read; a record's fields must end
@@ -230,42 +231,30 @@ static int raise_too_large(Py_ssize_t index, uint64_t size, Py_ssize_t max_bytes
     return -1;
 }
 
-static PyObject *changed_error(void) {
-    PyErr_SetString(PyExc_RuntimeError, "keys or values changed while build_batches was reading them");
-    return NULL;
-}
+/* A key or value to copy: its bytes (NULL, -1 for None). */
+typedef struct { const uint8_t *ptr; Py_ssize_t len; } Span;
 
-/* Writes batch `c` into a new bytearray; NULL with an exception set on failure. */
-static PyObject *write_batch(PyObject *kseq, PyObject *vseq, const int64_t *rows, const Cut *c,
-                             int64_t timestamp_ms) {
-    PyObject *ba = PyByteArray_FromStringAndSize(NULL, (Py_ssize_t)c->size);
-    if (!ba) return NULL;
-    uint8_t *const buf = (uint8_t *)PyByteArray_AS_STRING(ba);
-    uint8_t *const end = buf + c->size;
-
+/* Writes the batch of records ks[0..count) / vs[0..count) into buf (exactly `size`
+ * bytes, as pass 1 computed). Touches no Python object: runs without the GIL. */
+static void fill_batch(uint8_t *const buf, uint64_t size, Py_ssize_t count, const Span *ks, const Span *vs,
+                       int64_t timestamp_ms) {
     store64be(buf + 0, 0);
-    store32be(buf + 8, (uint32_t)(c->size - 12));
+    store32be(buf + 8, (uint32_t)(size - 12));
     store32be(buf + 12, 0xFFFFFFFFu);                       /* partitionLeaderEpoch -1 */
     buf[16] = 2;                                            /* magic */
     store16be(buf + 21, 0);                                 /* attributes */
-    store32be(buf + 23, (uint32_t)(c->count - 1));          /* lastOffsetDelta */
+    store32be(buf + 23, (uint32_t)(count - 1));             /* lastOffsetDelta */
     store64be(buf + 27, (uint64_t)timestamp_ms);
     store64be(buf + 35, (uint64_t)timestamp_ms);
     store64be(buf + 43, UINT64_MAX);                        /* producerId -1 */
     store16be(buf + 51, 0xFFFF);                            /* producerEpoch -1 */
     store32be(buf + 53, (uint32_t)BASE_SEQUENCE);
-    store32be(buf + 57, (uint32_t)c->count);
+    store32be(buf + 57, (uint32_t)count);
 
     uint8_t *p = buf + BATCH_OVERHEAD;
-    for (Py_ssize_t d = 0; d < c->count; d++) {
-        Py_ssize_t i = rows ? (Py_ssize_t)rows[c->start + d] : c->start + d;
-        if (i >= PySequence_Fast_GET_SIZE(kseq) || i >= PySequence_Fast_GET_SIZE(vseq)) goto changed;
-        Item k, v;
-        if (item_get(PySequence_Fast_GET_ITEM(kseq, i), "keys", i, &k) < 0) goto fail;
-        if (item_get(PySequence_Fast_GET_ITEM(vseq, i), "values", i, &v) < 0) { item_release(&k); goto fail; }
-        uint64_t base = body_base(k.len, v.len);
-        uint64_t body = base + uvarint_size((uint64_t)d << 1);
-        if (record_size(base, d) > (uint64_t)(end - p)) { item_release(&k); item_release(&v); goto changed; }
+    for (Py_ssize_t d = 0; d < count; d++) {
+        const Span k = ks[d], v = vs[d];
+        uint64_t body = body_base(k.len, v.len) + uvarint_size((uint64_t)d << 1);
         p = put_uvarint(p, body << 1);
         *p++ = 0;                                           /* attributes */
         *p++ = 0;                                           /* timestampDelta 0 */
@@ -275,17 +264,14 @@ static PyObject *write_batch(PyObject *kseq, PyObject *vseq, const int64_t *rows
         p = put_uvarint(p, zz_len(v.len));
         if (v.len > 0) { memcpy(p, v.ptr, (size_t)v.len); p += v.len; }
         *p++ = 0;                                           /* header count */
-        item_release(&k);
-        item_release(&v);
     }
-    if (p != end) goto changed;
-    store32be(buf + 17, ~crc_update(0xFFFFFFFFu, buf + CRC_START, c->size - CRC_START));
-    return ba;
-changed:
-    changed_error();
-fail:
-    Py_DECREF(ba);
-    return NULL;
+    store32be(buf + 17, ~crc_update(0xFFFFFFFFu, buf + CRC_START, size - CRC_START));
+}
+
+static void fill_batches(uint8_t *const *bufs, const Cut *cuts, Py_ssize_t ncuts, const Span *ks, const Span *vs,
+                         int64_t timestamp_ms) {
+    for (Py_ssize_t b = 0; b < ncuts; b++)
+        fill_batch(bufs[b], cuts[b].size, cuts[b].count, ks + cuts[b].start, vs + cuts[b].start, timestamp_ms);
 }
 
 static PyObject *as_sequence(PyObject *obj, const char *what) {
@@ -320,6 +306,11 @@ static PyObject *build(PyObject *self, PyObject *args) {
     Py_ssize_t ncuts = 0, cap = 0;
     Py_buffer rows_buf = {0};
     const int64_t *rows = NULL;
+    Span *ks = NULL, *vs = NULL;
+    PyObject **held = NULL;
+    Py_ssize_t nheld = 0, nviews = 0, capviews = 0;
+    Py_buffer *views = NULL;
+    uint8_t **bufs = NULL;
 
     const Py_ssize_t nkeys = PySequence_Fast_GET_SIZE(kseq);
     Py_ssize_t n = nkeys;
@@ -345,17 +336,33 @@ static PyObject *build(PyObject *self, PyObject *args) {
         }
     }
 
-    /* pass 1: sizes and cuts (greedy: a record joins the open batch if it still fits) */
+    /* pass 1: every record's key and value held (a reference, and the buffer of any
+     * object that is not bytes), sizes summed, cuts fixed (greedy: a record joins the
+     * open batch if it still fits) */
+    if (!(ks = PyMem_Calloc((size_t)n + 1, sizeof(Span))) || !(vs = PyMem_Calloc((size_t)n + 1, sizeof(Span))) ||
+        !(held = PyMem_Calloc(2 * (size_t)n + 1, sizeof(PyObject *)))) { PyErr_NoMemory(); goto done; }
     Py_ssize_t start = 0;
     uint64_t bsize = BATCH_OVERHEAD;
     for (Py_ssize_t i = 0; i < n; i++) {
-        Item k, v;
         const Py_ssize_t r = rows ? (Py_ssize_t)rows[i] : i;   /* the record's index in keys */
-        if (item_get(PySequence_Fast_GET_ITEM(kseq, r), "keys", r, &k) < 0) goto done;
-        item_release(&k);
-        if (item_get(PySequence_Fast_GET_ITEM(vseq, r), "values", r, &v) < 0) goto done;
-        item_release(&v);
-        uint64_t base = body_base(k.len, v.len);
+        PyObject *pair[2] = {PySequence_Fast_GET_ITEM(kseq, r), PySequence_Fast_GET_ITEM(vseq, r)};
+        Span *spans[2] = {&ks[i], &vs[i]};
+        for (int j = 0; j < 2; j++) {
+            Item it;
+            if (item_get(pair[j], j ? "values" : "keys", r, &it) < 0) goto done;
+            if (it.held) {                                  /* kept until the batches are written */
+                if (nviews == capviews) {
+                    capviews = capviews ? 2 * capviews : 8;
+                    Py_buffer *grown = PyMem_Realloc(views, (size_t)capviews * sizeof(Py_buffer));
+                    if (!grown) { item_release(&it); PyErr_NoMemory(); goto done; }
+                    views = grown;
+                }
+                views[nviews++] = it.view;
+            }
+            held[nheld++] = Py_NewRef(pair[j]);
+            *spans[j] = (Span){it.ptr, it.len};
+        }
+        uint64_t base = body_base(ks[i].len, vs[i].len);
         uint64_t rs = record_size(base, i - start);
         if (bsize + rs > (uint64_t)max_bytes) {
             if (i > start) {
@@ -386,18 +393,35 @@ static PyObject *build(PyObject *self, PyObject *args) {
         cuts[ncuts++] = (Cut){start, n - start, bsize};
     }
 
-    /* pass 2: one exact-size bytearray per batch */
+    /* pass 2: one exact-size bytearray per batch, filled without the GIL when every item
+     * is bytes or None (immutable, and held: nothing another thread does can move them) */
     PyObject *list = PyList_New(ncuts);
     if (!list) goto done;
     for (Py_ssize_t b = 0; b < ncuts; b++) {
-        PyObject *ba = write_batch(kseq, vseq, rows, &cuts[b], (int64_t)timestamp_ms);
-        if (!ba) { Py_DECREF(list); goto done; }
-        PyObject *pair = Py_BuildValue("(Nn)", ba, cuts[b].count);
+        PyObject *ba = PyByteArray_FromStringAndSize(NULL, (Py_ssize_t)cuts[b].size);
+        PyObject *pair = ba ? Py_BuildValue("(Nn)", ba, cuts[b].count) : NULL;
         if (!pair) { Py_DECREF(list); goto done; }
         PyList_SET_ITEM(list, b, pair);
     }
+    if (!(bufs = PyMem_Calloc((size_t)ncuts + 1, sizeof(uint8_t *)))) { Py_DECREF(list); PyErr_NoMemory(); goto done; }
+    for (Py_ssize_t b = 0; b < ncuts; b++)
+        bufs[b] = (uint8_t *)PyByteArray_AS_STRING(PyTuple_GET_ITEM(PyList_GET_ITEM(list, b), 0));
+    if (nviews) {   /* another object's buffer: keep the GIL */
+        fill_batches(bufs, cuts, ncuts, ks, vs, (int64_t)timestamp_ms);
+    } else {
+        Py_BEGIN_ALLOW_THREADS
+        fill_batches(bufs, cuts, ncuts, ks, vs, (int64_t)timestamp_ms);
+        Py_END_ALLOW_THREADS
+    }
     result = list;
 done:
+    for (Py_ssize_t v = 0; v < nviews; v++) PyBuffer_Release(&views[v]);
+    for (Py_ssize_t h = 0; h < nheld; h++) Py_DECREF(held[h]);
+    PyMem_Free(bufs);
+    PyMem_Free(views);
+    PyMem_Free(held);
+    PyMem_Free(ks);
+    PyMem_Free(vs);
     if (rows_buf.obj) PyBuffer_Release(&rows_buf);
     PyMem_Free(cuts);
     Py_DECREF(kseq);
@@ -651,6 +675,214 @@ done:
     return result;
 }
 
+/* ---------------------------------------------------------------- packing ------ */
+/* pack(records) -> bytes | None and unpack(data) -> list[FetchedRecord]: fetched records
+ * handed from the worker to its pipeline process (streams/runner.py) as one buffer,
+ * written and read in one pass each, where pickling the records' fields took ~10x as
+ * long on each side. Native byte order (both ends are the same machine). Per record:
+ *   i32 topic length (-1: the previous record's topic) | topic UTF-8 | i32 partition |
+ *   i64 offset | i64 timestamp | i32 timestamp_type | i64 key length (-1: None) | key |
+ *   i64 value length (-1: None) | value | i32 header count |
+ *   per header: i32 key length | key UTF-8 | i64 value length (-1: None) | value
+ * pack returns None (nothing raised) for anything it would not give back exactly: an
+ * item that is not a FetchedRecord, a field of another type, serialized sizes that are
+ * not the lengths, a checksum that is not None; the caller then sends them another way.
+ * unpack checks every length against the end of the buffer (ValueError if it runs past). */
+
+typedef struct { uint8_t *p; size_t size; } Packer;   /* p NULL: sizing pass */
+
+static inline void pk_put(Packer *w, const void *src, size_t n) {
+    if (w->p) { memcpy(w->p, src, n); w->p += n; }
+    w->size += n;
+}
+static inline void pk_i32(Packer *w, int32_t v) { pk_put(w, &v, 4); }
+static inline void pk_i64(Packer *w, int64_t v) { pk_put(w, &v, 8); }
+
+/* -1 if obj is not None/bytes (or its declared size differs); else writes it. */
+static int pk_bytes(Packer *w, PyObject *obj, PyObject *declared) {
+    int64_t n;
+    if (obj == Py_None) n = -1;
+    else if (PyBytes_CheckExact(obj)) n = PyBytes_GET_SIZE(obj);
+    else return -1;
+    if (declared && (!PyLong_CheckExact(declared) || PyLong_AsLongLong(declared) != n)) {
+        PyErr_Clear();
+        return -1;
+    }
+    pk_i64(w, n);
+    if (n > 0) pk_put(w, PyBytes_AS_STRING(obj), (size_t)n);
+    return 0;
+}
+
+static int pk_str(Packer *w, PyObject *obj) {
+    if (!PyUnicode_CheckExact(obj)) return -1;
+    Py_ssize_t n;
+    const char *u = PyUnicode_AsUTF8AndSize(obj, &n);
+    if (!u || n > INT32_MAX) { PyErr_Clear(); return -1; }
+    pk_i32(w, (int32_t)n);
+    pk_put(w, u, (size_t)n);
+    return 0;
+}
+
+static int pk_int(PyObject *obj, int64_t lo, int64_t hi, int64_t *out) {
+    if (!PyLong_CheckExact(obj)) return -1;
+    int overflow;
+    long long v = PyLong_AsLongLongAndOverflow(obj, &overflow);
+    if (overflow || (v == -1 && PyErr_Occurred()) || v < lo || v > hi) { PyErr_Clear(); return -1; }
+    *out = v;
+    return 0;
+}
+
+/* One pass over the records (sizing when w->p is NULL); -1: not packable. */
+static int pk_records(Packer *w, PyObject *seq) {
+    const Py_ssize_t n = PySequence_Fast_GET_SIZE(seq);
+    PyObject *last_topic = NULL;
+    for (Py_ssize_t i = 0; i < n; i++) {
+        PyObject *r = PySequence_Fast_GET_ITEM(seq, i);
+        if (Py_TYPE(r) != FetchedRecordType) return -1;
+        PyObject *topic = PyStructSequence_GET_ITEM(r, 0), *headers = PyStructSequence_GET_ITEM(r, 10);
+        int64_t partition, offset, ts, ts_type;
+        if (pk_int(PyStructSequence_GET_ITEM(r, 1), INT32_MIN, INT32_MAX, &partition) < 0 ||
+            pk_int(PyStructSequence_GET_ITEM(r, 2), INT64_MIN, INT64_MAX, &offset) < 0 ||
+            pk_int(PyStructSequence_GET_ITEM(r, 3), INT64_MIN, INT64_MAX, &ts) < 0 ||
+            pk_int(PyStructSequence_GET_ITEM(r, 4), INT32_MIN, INT32_MAX, &ts_type) < 0 ||
+            PyStructSequence_GET_ITEM(r, 7) != Py_None || !PyTuple_CheckExact(headers) ||
+            PyTuple_GET_SIZE(headers) > INT32_MAX) return -1;
+        if (last_topic && topic == last_topic) pk_i32(w, -1);
+        else if (pk_str(w, topic) < 0) return -1;
+        last_topic = topic;
+        pk_i32(w, (int32_t)partition);
+        pk_i64(w, offset);
+        pk_i64(w, ts);
+        pk_i32(w, (int32_t)ts_type);
+        if (pk_bytes(w, PyStructSequence_GET_ITEM(r, 5), PyStructSequence_GET_ITEM(r, 8)) < 0 ||
+            pk_bytes(w, PyStructSequence_GET_ITEM(r, 6), PyStructSequence_GET_ITEM(r, 9)) < 0) return -1;
+        pk_i32(w, (int32_t)PyTuple_GET_SIZE(headers));
+        for (Py_ssize_t h = 0; h < PyTuple_GET_SIZE(headers); h++) {
+            PyObject *pair = PyTuple_GET_ITEM(headers, h);
+            if (!PyTuple_CheckExact(pair) || PyTuple_GET_SIZE(pair) != 2 ||
+                pk_str(w, PyTuple_GET_ITEM(pair, 0)) < 0 || pk_bytes(w, PyTuple_GET_ITEM(pair, 1), NULL) < 0)
+                return -1;
+        }
+    }
+    return 0;
+}
+
+static PyObject *pack_records(PyObject *self, PyObject *records) {
+    (void)self;
+    PyObject *seq = PySequence_Fast(records, "pack() takes a sequence of records");
+    if (!seq) return NULL;
+    PyObject *out = NULL;
+    Packer sizing = {NULL, 0};
+    if (pk_records(&sizing, seq) < 0) { out = Py_NewRef(Py_None); goto done; }
+    if (!(out = PyBytes_FromStringAndSize(NULL, (Py_ssize_t)sizing.size))) goto done;
+    Packer w = {(uint8_t *)PyBytes_AS_STRING(out), 0};
+    /* no Python code ran between the passes (nothing was allocated but `out`, whose
+     * allocation runs no finalizer of ours): the same records, the same sizes */
+    if (pk_records(&w, seq) < 0 || w.size != sizing.size) {
+        Py_DECREF(out);
+        PyErr_SetString(PyExc_RuntimeError, "records changed while pack() was reading them");
+        out = NULL;
+    }
+done:
+    Py_DECREF(seq);
+    return out;
+}
+
+typedef struct { const uint8_t *p, *end; } Unpacker;
+
+static inline int up_get(Unpacker *r, void *dst, size_t n) {
+    if ((size_t)(r->end - r->p) < n) return -1;
+    memcpy(dst, r->p, n);
+    r->p += n;
+    return 0;
+}
+/* The next n bytes (n >= 0 checked by the caller), or NULL if they run past the end. */
+static inline const uint8_t *up_take(Unpacker *r, int64_t n) {
+    if (n < 0 || (uint64_t)n > (uint64_t)(r->end - r->p)) return NULL;
+    const uint8_t *at = r->p;
+    r->p += n;
+    return at;
+}
+
+static PyObject *unpack_records(PyObject *self, PyObject *arg) {
+    (void)self;
+    Py_buffer data;
+    if (PyObject_GetBuffer(arg, &data, PyBUF_SIMPLE) < 0) return NULL;
+    Unpacker r = {data.buf, (const uint8_t *)data.buf + data.len};
+    PyObject *out = PyList_New(0), *topic = NULL, *result = NULL;
+    KeyCache keys = {.n = 0};
+    if (!out) goto done;
+    while (r.p < r.end) {
+        int32_t tlen, partition, ts_type, hcount;
+        int64_t offset, ts, klen, vlen;
+        if (up_get(&r, &tlen, 4) < 0) goto malformed;
+        if (tlen >= 0) {
+            const uint8_t *t = up_take(&r, tlen);
+            if (!t) goto malformed;
+            Py_XSETREF(topic, PyUnicode_DecodeUTF8((const char *)t, tlen, "strict"));
+            if (!topic) goto done;
+        } else if (!topic) goto malformed;
+        if (up_get(&r, &partition, 4) < 0 || up_get(&r, &offset, 8) < 0 || up_get(&r, &ts, 8) < 0 ||
+            up_get(&r, &ts_type, 4) < 0 || up_get(&r, &klen, 8) < 0 || klen < -1) goto malformed;
+        const uint8_t *kp = klen > 0 ? up_take(&r, klen) : r.p;
+        if (!kp || up_get(&r, &vlen, 8) < 0 || vlen < -1) goto malformed;
+        const uint8_t *vp = vlen > 0 ? up_take(&r, vlen) : r.p;
+        if (!vp || up_get(&r, &hcount, 4) < 0 || hcount < 0 || hcount > r.end - r.p) goto malformed;
+        PyObject *headers = PyTuple_New(hcount);
+        if (!headers) goto done;
+        for (int32_t h = 0; h < hcount; h++) {
+            int32_t hklen;
+            int64_t hvlen;
+            const uint8_t *hk, *hv;
+            if (up_get(&r, &hklen, 4) < 0 || !(hk = up_take(&r, hklen)) || up_get(&r, &hvlen, 8) < 0 ||
+                hvlen < -1 || !(hv = hvlen > 0 ? up_take(&r, hvlen) : r.p)) { Py_DECREF(headers); goto malformed; }
+            PyObject *k = header_key(&keys, hk, hklen);
+            if (!k) {
+                Py_DECREF(headers);
+                if (PyErr_Occurred()) goto done;
+                goto malformed;
+            }
+            PyObject *v = nullable_bytes(hv, hvlen);
+            PyObject *pair = v ? PyTuple_Pack(2, k, v) : NULL;
+            Py_DECREF(k);
+            Py_XDECREF(v);
+            if (!pair) { Py_DECREF(headers); goto done; }
+            PyObject_GC_UnTrack(pair);
+            PyTuple_SET_ITEM(headers, h, pair);
+        }
+        if (hcount) PyObject_GC_UnTrack(headers);
+        PyObject *rec = PyStructSequence_New(FetchedRecordType), *item;
+        if (!rec) { Py_DECREF(headers); goto done; }
+        PyStructSequence_SET_ITEM(rec, 10, headers);
+        PyStructSequence_SET_ITEM(rec, 0, Py_NewRef(topic));
+        PyStructSequence_SET_ITEM(rec, 7, Py_NewRef(Py_None));
+#define SET(i, expr) do { if (!(item = (expr))) { Py_DECREF(rec); goto done; } PyStructSequence_SET_ITEM(rec, i, item); } while (0)
+        SET(1, PyLong_FromLong(partition));
+        SET(2, PyLong_FromLongLong(offset));
+        SET(3, PyLong_FromLongLong(ts));
+        SET(4, PyLong_FromLong(ts_type));
+        SET(5, nullable_bytes(kp, klen));
+        SET(6, nullable_bytes(vp, vlen));
+        SET(8, PyLong_FromLongLong(klen));
+        SET(9, PyLong_FromLongLong(vlen));
+#undef SET
+        int failed = PyList_Append(out, rec) < 0;
+        Py_DECREF(rec);
+        if (failed) goto done;
+    }
+    result = Py_NewRef(out);
+    goto done;
+malformed:
+    PyErr_Format(PyExc_ValueError, "packed records are malformed at byte %zd of %zd",
+                 (Py_ssize_t)(r.p - (const uint8_t *)data.buf), data.len);
+done:
+    for (int i = 0; i < keys.n; i++) Py_DECREF(keys.e[i].str);
+    Py_XDECREF(topic);
+    Py_XDECREF(out);
+    PyBuffer_Release(&data);
+    return result;
+}
+
 /* ---------------------------------------------------------------- helpers ------- */
 
 static PyObject *crc32c(PyObject *self, PyObject *args, PyObject *kw) {
@@ -680,6 +912,10 @@ static PyMethodDef methods[] = {
      "The records of the fetched batches from pos on, up to the first batch left to aiokafka."},
     {"_crc32c", (PyCFunction)(void (*)(void))crc32c, METH_VARARGS | METH_KEYWORDS,
      "_crc32c(data, force_portable=False) -> int: CRC-32C (Castagnoli) of a bytes-like object."},
+    {"pack", pack_records, METH_O,
+     "pack(records) -> bytes | None: FetchedRecords as one buffer for unpack(); None if any is not packable."},
+    {"unpack", unpack_records, METH_O,
+     "unpack(data) -> list[FetchedRecord]: what pack() packed."},
     {"set_too_large_error", set_too_large_error, METH_O,
      "Register the exception class build raises as cls(index, size, max_bytes)."},
     {NULL, NULL, 0, NULL}

@@ -14,14 +14,22 @@ BatchBuilder passes 0, not Kafka's NO_SEQUENCE -1), one timestamp for every reco
 Batches are filled up to max_bytes inclusive, as aiokafka's pure-Python builder does;
 its Cython builder, the one the producer uses, stops at batch_size - 1.
 
-Limits, by design: no headers, no compression, and no idempotent or transactional
-producer (those need producer id and sequence written into the batch when the sender
-drains it: `_set_producer_state` raises).
+With `compression` ("lz4", "zstd", "gzip"; the worker compresses its outputs with lz4
+by default) each batch's records are compressed as Kafka's producers do it and the
+header says so: a fifth of the bytes for the broker to take in, store and serve (on the
+embedded broker, its CPU follows the bytes), for ~0.4 s of CPU per 260 MB here.
+
+Limits, by design: no headers, and no idempotent or transactional producer (those need
+producer id and sequence written into the batch when the sender drains it:
+`_set_producer_state` raises).
 """
 from __future__ import annotations
 
+import pickle
+import struct
 from collections.abc import Sequence
 
+import cramjam
 import numpy as np
 
 from . import _recordbatch
@@ -62,6 +70,12 @@ class PrebuiltBatch:
         self._buffer = buffer
         self._count = record_count
 
+    def __reduce_ex__(self, protocol):
+        # Protocol 5: the buffer may travel out of band (streams/runner.py writes it to the
+        # pipe from here and the parent reads it into place), and comes back as a view.
+        buffer = pickle.PickleBuffer(self._buffer) if protocol >= 5 else self._buffer
+        return PrebuiltBatch, (buffer, self._count)
+
     def append(self, *, timestamp, key, value, headers=None) -> None:
         return None  # full: the accumulator starts a new batch for the message
 
@@ -90,19 +104,81 @@ class PrebuiltBatch:
 
 
 def build_batches(keys: Sequence[bytes | None], values: Sequence[bytes | None],
-                  timestamp_ms: int, max_bytes: int, rows: np.ndarray | None = None) -> list[PrebuiltBatch]:
+                  timestamp_ms: int, max_bytes: int, rows: np.ndarray | None = None,
+                  compression: str = "none") -> list[PrebuiltBatch]:
     """The records in order, cut into as few batches of at most max_bytes as possible.
 
     keys[i], values[i]: bytes, any bytes-like object, or None. rows: None for every record,
     or an int64 array of indexes into keys/values, the records to take in that order (a
     partition's share, without building lists of its own). Every record gets timestamp_ms
     (CreateTime). A record too large for a batch of its own raises RecordTooLarge (a
-    ValueError) with its index in keys and the size it needs.
+    ValueError) with its index in keys and the size it needs. `compression` (one of
+    COMPRESSIONS): each batch's records compressed as Kafka's codec does it; max_bytes
+    then bounds the batch before compression.
     """
     if rows is not None:
         rows = np.ascontiguousarray(rows, dtype=np.int64)
-    return [PrebuiltBatch(buf, count)
-            for buf, count in _recordbatch.build(keys, values, timestamp_ms, max_bytes, rows)]
+    batches = [PrebuiltBatch(buf, count) for buf, count in _recordbatch.build(keys, values, timestamp_ms, max_bytes, rows)]
+    return batches if compression == "none" else compress_batches(batches, compression)
+
+
+def compress_batches(batches: list[PrebuiltBatch], compression: str) -> list[PrebuiltBatch]:
+    """Uncompressed batches (from build_batches) with their records compressed."""
+    if compression == "none":
+        return batches
+    codec, compress = _codec(compression)
+    return [PrebuiltBatch(compressed_batch(b._buffer, codec, compress), b._count) for b in batches]
+
+
+# Kafka's codec ids (the attributes' low 3 bits) and how each compresses a batch's records:
+# LZ4 as a frame of independent blocks without a content checksum (KIP-57: what brokers
+# and every client read), zstd at level 1 (the fastest; ~9x on the telemetry JSON).
+COMPRESSIONS = ("none", "lz4", "zstd", "gzip")
+
+
+def _lz4(data) -> bytes:
+    compressor = cramjam.lz4.Compressor(level=1, content_checksum=False, block_linked=False)
+    compressor.compress(bytes(data))  # it takes bytes only (a copy: ~3 % of the compression)
+    return compressor.finish()
+
+
+def _codec(name: str):
+    if name == "lz4":
+        return 3, _lz4
+    if name == "zstd":
+        return 4, lambda data: cramjam.zstd.compress(data, level=1)
+    if name == "gzip":
+        return 1, lambda data: cramjam.gzip.compress(data, level=1)
+    raise ValueError(f"compression must be one of {', '.join(COMPRESSIONS)}, not {name!r}")
+
+
+_LENGTH_AT, _CRC_AT, _ATTRIBUTES_AT = 8, 17, 21
+
+
+def compressed_batch(batch: bytearray, codec: int, compress) -> bytearray:
+    """An uncompressed batch from `_recordbatch.build` with its records compressed: the
+    same header with the codec in its attributes, its length and CRC-32C written anew.
+    (cramjam releases the GIL while it compresses.)"""
+    body = compress(memoryview(batch)[BATCH_OVERHEAD:])
+    out = bytearray(BATCH_OVERHEAD + len(body))
+    out[:BATCH_OVERHEAD] = memoryview(batch)[:BATCH_OVERHEAD]
+    out[BATCH_OVERHEAD:] = body
+    struct.pack_into(">i", out, _LENGTH_AT, len(out) - 12)
+    struct.pack_into(">h", out, _ATTRIBUTES_AT, codec)
+    struct.pack_into(">I", out, _CRC_AT, _recordbatch._crc32c(memoryview(out)[_ATTRIBUTES_AT:]))
+    return out
+
+
+def pack_records(records) -> bytes | None:
+    """FetchedRecords as one buffer, for `unpack_records` on the other end of a pipe (same
+    machine: native byte order); None if any record is not a FetchedRecord with fields
+    of the types read_batches gives (the caller sends those another way)."""
+    return _recordbatch.pack(records)
+
+
+def unpack_records(data) -> list:
+    """The FetchedRecords `pack_records` packed (ValueError if `data` is cut or malformed)."""
+    return _recordbatch.unpack(data)
 
 
 FetchedRecord = _recordbatch.FetchedRecord  # topic, partition, offset, timestamp, timestamp_type,
