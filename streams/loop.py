@@ -8,17 +8,20 @@ A source offset is committed only after every output of its batch has been
 acknowledged by the broker (acks=all). Batches are pipelined: batch n is processed
 while batch n-1's outputs are acknowledged by the broker. Producing hands the batches
 to the producers and returns (`_PartitionFeeds`: in order per partition, partitions
-spread over several producers). With the pipeline in the loop (the default) it is
-processed in steps, the event loop turning between them, so n-1's outputs go out round
-after round and n+1 is fetched meanwhile; with the pipeline in a child process
-(streams/runner.py, `--pipeline-process`) the child processes n while this process
-produces n-1 and fetches n+1, on two cores.
+spread over several producers); each partition's record batches are built and
+compressed (lz4 by default, LoopSettings.compression) in an encoding thread, whose C
+and codec work runs without the GIL, while this thread goes on with the pipeline. With
+the pipeline in the loop (the default) it is processed in steps, the event loop turning
+between them, so n-1's outputs go out round after round and n+1 is fetched meanwhile;
+with the pipeline in a child process (streams/runner.py, `--pipeline-process`) the child
+processes n while this process produces n-1 and fetches n+1, on two cores, and n+1 is
+queued to the child before n is done.
 Commits stay in batch order. Anything else stops the loop *without* committing: an exception from `process` (a bug: Faust would ack and skip it), a failed
 delivery (Faust's flush() would not even raise), a dead control-plane reader, a dead
 pipeline process. The batch in flight before a failed `process` is still delivered and
 committed (its outputs were produced before the failure); the failed batch and anything
 after it stay uncommitted and are redelivered to whoever owns their partition next (no
-batch is started before the one before it has processed without error). Duplicates are
+batch is produced before the one before it has processed without error). Duplicates are
 possible, losses are not; every output carries a deterministic `record_id` (the
 pipeline's job) so consumers can drop the duplicates.
 
@@ -28,8 +31,8 @@ outputs, delivers and commits both it and the batch in flight), so every batch w
 processing started is delivered and committed while this member still owns its
 partitions (the commit of the old generation is accepted until the
 group moves on). Records fetched for a partition that was revoked before their batch
-started are dropped unprocessed and uncommitted. Control changes apply between batches,
-when no batch is being processed. A commit refused because the group already moved on
+started are dropped unprocessed and uncommitted. Control changes apply between batches:
+when no batch is being processed, or, in the child, as a request queued between two. A commit refused because the group already moved on
 is not an error: the outputs are delivered, the new owner redelivers the records,
 consumers see duplicates.
 
@@ -41,18 +44,18 @@ import asyncio
 import logging
 import time
 import zlib
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Callable
 
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, ConsumerRebalanceListener, TopicPartition
 from aiokafka.errors import CommitFailedError, IllegalStateError
-from aiokafka.partitioner import murmur2
-import numpy as np
 
 from fleetcloak.streams.fetch import use_fast_fetch
 from fleetcloak.streams.metrics import WorkerMetrics, summary_line
 from fleetcloak.streams.produce_encoding import use_flat_produce_encoding
-from fleetcloak.streams.recordbatch import RecordTooLarge, build_batches
+from fleetcloak.streams.partitioner import EncodedBlock, Partitioner, join_by_topic
+from fleetcloak.streams.recordbatch import COMPRESSIONS, RecordTooLarge, build_batches, compress_batches
 from fleetcloak.streams.runner import Built, ChildRunner, InLoopRunner, PipelineError, Started, turn_event_loop
 from fleetcloak.streams.seam import ControlSnapshot, OutputBlock, PipelineFactory, ProcessResult
 from fleetcloak.streams.topics import RAW
@@ -90,10 +93,13 @@ class LoopSettings:
     session_timeout_ms: int = 10_000
     heartbeat_interval_ms: int = 3_000
     pipeline_process: bool = False     # run the pipeline in a child process (streams/runner.py)
+    compression: str = "lz4"           # of the output batches (recordbatch.COMPRESSIONS); "none" to turn off
 
     def __post_init__(self) -> None:
         if self.producer_connections < 1:
             raise ValueError(f"LoopSettings.producer_connections must be at least 1, got {self.producer_connections}")
+        if self.compression not in COMPRESSIONS:
+            raise ValueError(f"LoopSettings.compression must be one of {', '.join(COMPRESSIONS)}, got {self.compression!r}")
 
 
 async def await_delivery(futures: list) -> None:
@@ -125,21 +131,6 @@ class _InFlight:
     futures: list         # delivery futures of its producer batches
     started: float        # perf_counter when its processing began
     failed: bool = False
-
-
-def _by_topic(blocks: list[OutputBlock]):
-    """(topic, keys, values) per topic, blocks of one topic joined in order: one set of
-    record batches per partition, not one per block (each batch of a partition is one
-    more round trip to the broker)."""
-    joined: dict[str, list[OutputBlock]] = {}
-    for block in blocks:
-        if len(block):
-            joined.setdefault(block.topic, []).append(block)
-    for topic, parts in joined.items():
-        if len(parts) == 1:
-            yield topic, parts[0].keys, parts[0].values
-        else:
-            yield (topic, [k for b in parts for k in b.keys], [v for b in parts for v in b.values])
 
 
 def _fmt_tps(tps) -> str:
@@ -186,9 +177,12 @@ class _PartitionFeeds:
         self._tails: dict[tuple[str, int], asyncio.Task] = {}
         self._live: set[asyncio.Task] = set()
 
-    def send(self, topic: str, partition: int, batches: list) -> list[asyncio.Future]:
+    def send(self, topic: str, partition: int, batches) -> list[asyncio.Future]:
+        """Delivery futures for `batches`, handed to the producer after the ones queued
+        before for this partition: a list (a future each), or an awaitable giving the
+        list (being encoded in a thread meanwhile; one future for all of them)."""
         loop = asyncio.get_running_loop()
-        futures = [loop.create_future() for _ in batches]
+        futures = [loop.create_future() for _ in batches] if isinstance(batches, list) else [loop.create_future()]
         key = (topic, partition)
         producer = self._producers[(zlib.crc32(topic.encode()) + partition) % len(self._producers)]
         task = loop.create_task(self._feed(self._tails.get(key), producer, topic, partition, batches, futures))
@@ -213,11 +207,16 @@ class _PartitionFeeds:
 
     @staticmethod
     async def _feed(before: asyncio.Task | None, producer: AIOKafkaProducer, topic: str, partition: int,
-                    batches: list, futures: list[asyncio.Future]) -> None:
+                    batches, futures: list[asyncio.Future]) -> None:
         sent = 0
         try:
             if before is not None and not before.done():
                 await asyncio.wait([before])
+            if not isinstance(batches, list):  # one future for the batches it gives
+                deliveries = [await producer.send_batch(batch, topic, partition=partition) for batch in await batches]
+                gathered = asyncio.gather(*deliveries)
+                gathered.add_done_callback(lambda d, f=futures[0]: _settle_future(f, d))
+                return
             for batch, future in zip(batches, futures):
                 delivery = await producer.send_batch(batch, topic, partition=partition)
                 delivery.add_done_callback(lambda d, f=future: _settle_future(f, d))
@@ -229,6 +228,15 @@ class _PartitionFeeds:
                     future.set_exception(failure)
             if not isinstance(exc, Exception):
                 raise
+
+
+def _encode_part(topic: str, keys: list, values: list, timestamp_ms: int, max_bytes: int, rows,
+                 compression: str) -> list:
+    try:
+        return build_batches(keys, values, timestamp_ms, max_bytes, rows, compression)
+    except RecordTooLarge as exc:
+        raise DeliveryFailed(f"an output message for {topic} is larger than a producer batch "
+                             f"({exc.size} > {max_bytes} bytes)") from exc
 
 
 def _settle_future(future: asyncio.Future, delivery: asyncio.Future) -> None:
@@ -298,9 +306,9 @@ class BatchLoop:
         self._producer: AIOKafkaProducer | None = None   # the first of _producers: metadata, single messages
         self._producers: list[AIOKafkaProducer] = []
         self._feeds: _PartitionFeeds | None = None
+        self._encoder: ThreadPoolExecutor | None = None  # builds and compresses the output batches
         self._partitions: dict[str, list[int]] = {}
-        self._partition_cache: dict[tuple[str, bytes], int] = {}
-        self._rr = 0
+        self._partitioner = Partitioner()
         self._lag_labels: set[tuple[str, str]] = set()
         self.lag: dict[TopicPartition, int] = {}  # as of each partition's last batch
         self.consumed = 0
@@ -342,6 +350,7 @@ class BatchLoop:
             acks="all",                 # acks=0/1 would ack before the data is safe (and acks=0 breaks on Tansu)
             enable_idempotence=False,   # Tansu has no idempotent producer; duplicates are handled by record_id
             linger_ms=s.linger_ms, max_batch_size=s.producer_batch_bytes,
+            compression_type=None if s.compression == "none" else s.compression,  # the single messages
             max_request_size=max(s.producer_batch_bytes, 1 << 20) + (64 << 10),
         ) for _ in range(s.producer_connections)]
         self._producer = self._producers[0]
@@ -381,6 +390,8 @@ class BatchLoop:
             await _leave_generation_zero(self._consumer)
         if self._feeds is not None:
             await self._feeds.cancel()
+        if self._encoder is not None:
+            self._encoder.shutdown(wait=True, cancel_futures=True)
         for client in (self._consumer, *self._all_producers(), self._runner):
             if client is None:
                 continue
@@ -450,13 +461,23 @@ class BatchLoop:
         t0 = time.perf_counter()
         messages, last = self._take(batch)
         prepared = self._runner.prepare(messages) if messages else None  # while the pipeline works
+        queued = control = None
+        if messages and self._in_process is not None and self._runner.queues:
+            # Queued behind the batch being processed, so the pipeline goes on to it at once;
+            # a pending control change is queued between the two, so it still applies from
+            # the new batch on.
+            if self._rebuild or self._changed:
+                control = self._start_control_change()
+            queued = self._runner.start(prepared)
         done = await self._wait_processed()
-        if self._rebuild or self._changed:  # between batches: none is being processed
+        if control is not None:
+            await self._finish_control_change(*control)
+        elif (self._rebuild or self._changed) and queued is None:  # between batches: none is being processed
             await self._apply_control_changes()
         if messages:
             if self.first_batch_at is None:
                 self.first_batch_at = t0
-            self._in_process = _InProcess(self._runner.start(prepared), len(messages), last, t0)
+            self._in_process = _InProcess(queued if queued is not None else self._runner.start(prepared), len(messages), last, t0)
         if done is not None:
             await self._produce_result(done, done.work.result())
         elif not messages:  # the input paused: settle the batch in flight now
@@ -571,28 +592,27 @@ class BatchLoop:
             parts = self._partitions[topic] = sorted(await self._producer.partitions_for(topic))
         return parts
 
-    def _partition_for(self, topic: str, key: bytes | None, parts: list[int]) -> int:
-        # Kafka's default partitioner (murmur2), so keys land where Java producers put them;
-        # cached because murmur2 is pure Python in aiokafka and keys repeat (devices).
-        if key is None:
-            self._rr += 1
-            return parts[self._rr % len(parts)]
-        cache_key = (topic, key)
-        p = self._partition_cache.get(cache_key)
-        if p is None:
-            if len(self._partition_cache) > 200_000:
-                self._partition_cache.clear()
-            p = self._partition_cache[cache_key] = parts[(murmur2(key) & 0x7FFFFFFF) % len(parts)]
-        return p
-
     async def _produce(self, result: ProcessResult) -> list:
         """Hand every output to the producer in per-partition batches, without waiting for
-        the broker; returns their delivery futures."""
+        the broker; returns their delivery futures. The record batches are built and
+        compressed in the encoding thread (both release the GIL), while this thread
+        goes on with the next batch's pipeline."""
         if self._feeds is None:
             self._feeds = _PartitionFeeds(self._all_producers())
+        if self._encoder is None:
+            self._encoder = ThreadPoolExecutor(max_workers=1, thread_name_prefix="fleetcloak-encode")
         try:
             futures = await self._produce_singles(result.outputs)
-            for topic, keys, values in _by_topic(result.blocks):
+            blocks = []
+            for block in result.blocks:
+                if isinstance(block, EncodedBlock):  # encoded by the pipeline's process, compressed here
+                    for p, batches in block.parts:
+                        if self.settings.compression != "none":
+                            batches = self._encoding(compress_batches, batches, self.settings.compression)
+                        futures += self._feeds.send(block.topic, p, batches)
+                else:
+                    blocks.append(block)
+            for topic, keys, values in join_by_topic(blocks):
                 futures += await self._produce_block(topic, keys, values)
         except DeliveryFailed:
             raise
@@ -600,30 +620,18 @@ class BatchLoop:
             raise DeliveryFailed(f"producing the batch's outputs failed: {exc!r}") from exc
         return futures
 
+    def _encoding(self, fn, *args) -> asyncio.Future:
+        return asyncio.get_running_loop().run_in_executor(self._encoder, fn, *args)
+
     async def _produce_block(self, topic: str, keys: list, values: list) -> list:
-        """A topic's messages grouped by partition (order kept within each), each group as
-        Kafka record batches built in one C call (streams/recordbatch.py)."""
+        """A topic's messages by partition (streams/partitioner.py), each partition's as
+        record batches built in the encoding thread."""
         parts = self._partitions.get(topic) or await self._partitions_of(topic)
-        of_key = {k: self._partition_for(topic, k, parts) for k in dict.fromkeys(keys) if k is not None}
-        if None in keys:  # no key: round robin, message by message
-            part_of = [of_key[k] if k is not None else self._partition_for(topic, None, parts) for k in keys]
-        else:
-            part_of = list(map(of_key.__getitem__, keys))
-        distinct = set(part_of)
-        if len(distinct) == 1:
-            groups = {distinct.pop(): None}  # None: every message
-        else:  # each partition's messages by index, in order (no lists of their own)
-            codes = np.fromiter(part_of, dtype=np.int64, count=len(part_of))
-            groups = {p: np.flatnonzero(codes == p) for p in sorted(distinct)}
-        timestamp_ms = int(time.time() * 1000)
-        max_bytes, futures = self.settings.producer_batch_bytes, []
-        for p, rows in groups.items():
-            try:
-                batches = build_batches(keys, values, timestamp_ms, max_bytes, rows)
-            except RecordTooLarge as exc:
-                raise DeliveryFailed(f"an output message for {topic} is larger than a producer batch "
-                                     f"({exc.size} > {max_bytes} bytes)") from exc
-            futures += self._feeds.send(topic, p, batches)
+        timestamp_ms, futures = int(time.time() * 1000), []
+        for p, rows in self._partitioner.groups(topic, keys, parts).items():
+            encoded = self._encoding(_encode_part, topic, keys, values, timestamp_ms,
+                                     self.settings.producer_batch_bytes, rows, self.settings.compression)
+            futures += self._feeds.send(topic, p, encoded)
         return futures
 
     async def _produce_singles(self, outputs) -> list:
@@ -640,11 +648,11 @@ class BatchLoop:
                 t = per_topic[topic] = (parts, {})
             parts, known = t
             if key is None:
-                p = self._partition_for(topic, key, parts)
+                p = self._partitioner.partition_for(topic, key, parts)
             else:
                 p = known.get(key)
                 if p is None:
-                    p = known[key] = self._partition_for(topic, key, parts)
+                    p = known[key] = self._partitioner.partition_for(topic, key, parts)
             queue = builders.get((topic, p))
             if queue is None:
                 queue = builders[(topic, p)] = [producer.create_batch()]
@@ -674,10 +682,37 @@ class BatchLoop:
                 return
         await self._build_pipeline()
 
+    def _snapshot(self) -> ControlSnapshot:
+        return self.control.snapshot() if self.control is not None else ControlSnapshot({}, {}, {}, 0)
+
+    def _start_control_change(self) -> tuple:
+        """The pending control change sent to the runner as one queued request (a refresh
+        if the pipeline may absorb it, else a build): (started, changed, snapshot)."""
+        changed, self._changed = frozenset(self._changed), set()
+        refresh = self.pipeline is not None and self.pipeline.refreshable and not self._rebuild and bool(changed)
+        self._rebuild = False
+        snapshot = self._snapshot()
+        return self._runner.start_control(changed, snapshot, refresh), changed, snapshot
+
+    async def _finish_control_change(self, started: Started, changed: frozenset[str], snapshot: ControlSnapshot) -> None:
+        try:
+            await started.ready()
+        except PipelineError as exc:
+            # Fail closed, as _build_pipeline: the batch queued after it is never produced.
+            self.metrics.pipeline_builds.labels("failed").inc()
+            raise PipelineFailed(f"applying the control change {sorted(changed)} (control version "
+                                 f"{snapshot.version}) raised {exc.blame}") from exc
+        built = started.result()
+        if built is None:
+            self.metrics.pipeline_builds.labels("refreshed").inc()
+            log.debug("pipeline refreshed for %s (control version %d)", sorted(changed), snapshot.version)
+        else:
+            await self._use_pipeline(built, snapshot)
+
     async def _build_pipeline(self) -> None:
         self._rebuild = False
         self._changed.clear()
-        snapshot = self.control.snapshot() if self.control is not None else ControlSnapshot({}, {}, {}, 0)
+        snapshot = self._snapshot()
         try:
             pipeline = await self._runner.build(snapshot)
         except PipelineError as exc:
@@ -685,10 +720,18 @@ class BatchLoop:
             # leave the worker processing under the old rules.
             self.metrics.pipeline_builds.labels("failed").inc()
             raise PipelineFailed(f"building the pipeline from control version {snapshot.version} raised {exc.blame}") from exc
+        await self._use_pipeline(pipeline, snapshot)
+
+    async def _use_pipeline(self, pipeline: Built, snapshot: ControlSnapshot) -> None:
+        """The runner's new pipeline built: its topics made sure of, its partitions known."""
         if self.settings.create_topics and pipeline.topics:
             await self._ensure_topics(list(pipeline.topics))
         self._partitions.clear()
-        self._partition_cache.clear()
+        self._partitioner = Partitioner()
+        if self.settings.pipeline_process and self.settings.create_topics:
+            # The child encodes the outputs for these topics (they exist: just ensured).
+            partitions = {spec.name: await self._partitions_of(spec.name) for spec in pipeline.topics}
+            self._runner.encode_outputs(partitions, self.settings.producer_batch_bytes)
         self.pipeline = pipeline
         self.metrics.pipeline_builds.labels("ok").inc()
         log.info("pipeline built from control version %d: %s", snapshot.version, pipeline.description or "-")

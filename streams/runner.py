@@ -9,13 +9,13 @@ child processes batch n, the parent's event loop fetches batch n+1 and sends the
 outputs of batch n-1. The seam is unchanged (pure, synchronous `process`); only where
 it runs differs. `InLoopRunner` is the single-process form, the worker's default;
 `fleetcloak worker --pipeline-process` takes the child (measured on the 2-core bench box
-shared with the broker: +0-15 % messages/s for ~35 % more CPU, bench/README.md).
+shared with the broker, outputs lz4-compressed: within a few % of the in-loop runner
+either way, for ~20 % more CPU; bench/README.md).
 
 Both have `build`, `refresh` (awaited), `prepare(messages)` and `start(prepared) ->
 Started`: the loop prepares batch n while batch n-1 is being processed, awaits n-1's
 `ready()` (its reply arrived and says it succeeded), starts n at once, and only then
-decodes n-1's `result()` and produces it, so the child waits for neither the encoding
-of its next batch nor the decoding of its last. The in-loop runner processes a pipeline
+decodes n-1's `result()` and produces it. The in-loop runner processes a pipeline
 that has `steps` (streams/seam.py) in `ready()`, a step at a time, turning the event loop
 between steps: the outputs of the batch before, produced just before, go out to the
 broker round after round while this one is processed (aiokafka sends one request per
@@ -23,13 +23,23 @@ broker at a time and one batch per partition in it: a batch's outputs are severa
 rounds). A pipeline with `process` only is processed in `start`, the event loop
 standing still.
 
-Protocol (one request at a time: a batch is started only when the previous reply was
-read and said "ok"): requests are pickled tuples, replies one status byte and a pickle:
+The child runner `queues`: the loop starts batch n (writes its request) before it
+awaits n-1, so the child goes from one batch to the next without waiting for the
+parent; a pending control change is queued between them as one "control" request (a
+refresh the pipeline may absorb, else a new pipeline), so it still applies from batch
+n on. The child answers in request order; `build` and `refresh` calls are made only
+when no batch is unanswered.
 
-    ("build", snapshot)             -> b"K" (topics, description, refreshable)
-    ("refresh", changed, snapshot)  -> b"K" absorbed
-    ("process", columns)            -> b"K" ProcessResult
-    a failure of any of them        -> b"E" blame    type and innermost frame only
+Protocol: each request and reply is its length, a tag byte (b"R" for a request; a
+reply's status), then a pickle whose large buffers travel out of band after it, written
+from where they were made and read into place (the packed input records; the record
+batches of the outputs):
+
+    ("build", snapshot)                       -> b"K" (topics, description, refreshable)
+    ("refresh", changed, snapshot)            -> b"K" absorbed
+    ("control", changed, snapshot, refresh)   -> b"K" None (refreshed) | (topics, description, refreshable)
+    ("process", records, encoding)            -> b"K" ProcessResult
+    a failure of any of them                  -> b"E" blame    type and innermost frame only
 
 Failure is never silent: a pipeline exception comes back as PipelineError (the loop
 stops without committing the batch), and a child that dies (killed, out of memory,
@@ -38,9 +48,13 @@ a crash in C) is ChildDied at the next reply. The child dies with its parent
 the metrics port; it ignores SIGINT and SIGTERM (a signal to the process group is the
 parent's to handle: it finishes the batch in hand, then closes the pipe).
 
-Messages cross as columns (keys, values, headers, topics, partitions, offsets,
-timestamps), not as aiokafka's ConsumerRecord objects: one list per field pickles in
-one pass; the child rebuilds light RawMessage objects.
+Records cross packed (`pack_records`: the fast fetch's FetchedRecords in one buffer,
+rebuilt in C), or as columns (one list per field pickles in one pass) when they are
+other objects. With `encoding` (the partitions of the pipeline's topics), the child's
+replying thread cuts each topic's outputs into uncompressed record batches
+(streams/partitioner.py: EncodedBlock) while its main thread goes on to the next
+batch; the loop compresses and sends them. Without it (topics not created by the
+loop), outputs come back as they are and the loop encodes them.
 """
 from __future__ import annotations
 
@@ -49,14 +63,20 @@ import logging
 import multiprocessing
 import os
 import pickle
+import queue
 import signal
 import socket
 import struct
+import threading
+import time
 import traceback
+from collections import deque
 from abc import ABC, abstractmethod
 from dataclasses import dataclass
 from typing import Generator, Sequence
 
+from fleetcloak.streams.partitioner import Partitioner, encode_blocks
+from fleetcloak.streams.recordbatch import pack_records, unpack_records
 from fleetcloak.streams.seam import ControlSnapshot, PipelineFactory, ProcessResult, RawMessage, as_pipeline
 
 log = logging.getLogger(__name__)
@@ -98,6 +118,8 @@ class Built:
 class InLoopRunner:
     """The pipeline called in the loop's own thread."""
 
+    queues = False  # a batch is processed when awaited: nothing to gain by starting it early
+
     def __init__(self, factory: PipelineFactory) -> None:
         self.factory = factory
         self.pipeline = None
@@ -115,6 +137,9 @@ class InLoopRunner:
             return bool(self.pipeline.refresh(changed, snapshot))
         except Exception as exc:
             raise PipelineError(blame(exc)) from exc
+
+    def encode_outputs(self, partitions: dict[str, list[int]], max_bytes: int) -> None:
+        """Nothing to do: the loop encodes the outputs of a pipeline run in its thread."""
 
     def prepare(self, messages: Sequence[RawMessage]):
         return messages
@@ -206,18 +231,78 @@ class _Reply(Started):
         self.working = False
 
     def result(self) -> ProcessResult:
-        return pickle.loads(self._body)
+        return _load(self._body)
+
+
+class _Control(_Reply):
+    def result(self):
+        built = _load(self._body)
+        return None if built is None else Built(*built)
+
+
+class _ReplyStream(asyncio.BufferedProtocol):
+    """The child's replies (length, then bytes), read whenever the event loop runs, each
+    straight into a buffer of its own: a large reply never waits, the child blocked on a
+    full socket, until the loop asks for it, and its bytes are copied once, from the
+    socket (a StreamReader copied each reply four times)."""
+
+    def __init__(self) -> None:
+        self._header = bytearray(_FRAME.size)
+        self._buffer = self._header   # being filled: a header, or a reply's body
+        self._got = 0
+        self._done: deque[bytearray] = deque()
+        self._waiter: asyncio.Future | None = None
+        self._closed = False
+
+    def get_buffer(self, sizehint: int) -> memoryview:
+        return memoryview(self._buffer)[self._got:]
+
+    def buffer_updated(self, nbytes: int) -> None:
+        self._got += nbytes
+        if self._got < len(self._buffer):
+            return
+        self._got = 0
+        if self._buffer is self._header:
+            self._buffer = bytearray(_FRAME.unpack(self._header)[0])  # a reply is at least its status byte
+            return
+        self._done.append(self._buffer)
+        self._buffer = self._header
+        self._wake()
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self._closed = True
+        self._wake()
+
+    def _wake(self) -> None:
+        if self._waiter is not None and not self._waiter.done():
+            self._waiter.set_result(None)
+
+    async def next(self) -> bytearray | None:
+        """The next whole reply; None once the socket is closed without one."""
+        while not self._done:
+            if self._closed:
+                return None
+            self._waiter = asyncio.get_running_loop().create_future()
+            try:
+                await self._waiter
+            finally:
+                self._waiter = None
+        return self._done.popleft()
 
 
 class ChildRunner:
     """The pipeline in a forked child process (see the module's docstring)."""
 
+    queues = True  # a batch may be started while the one before is processed
+
     def __init__(self, factory: PipelineFactory) -> None:
         self.factory = factory
         self._proc = None
-        self._reader: asyncio.StreamReader | None = None
-        self._writer: asyncio.StreamWriter | None = None
+        self._replies: _ReplyStream | None = None
+        self._transport: asyncio.Transport | None = None
         self._broken: str | None = None  # why the pipe can no longer be trusted
+        self._unanswered = 0             # requests written whose reply is not read yet
+        self._encoding: tuple[dict[str, list[int]], int] | None = None  # (partitions, max_bytes)
 
     # --- the parent side -------------------------------------------------------------
     async def _start(self) -> None:
@@ -230,41 +315,44 @@ class ChildRunner:
                            name="fleetcloak-pipeline", daemon=True)
         proc.start()
         theirs.close()
-        # The reader drains the child's replies whenever the event loop runs (a large reply
-        # must not wait, with the child blocked on a full socket, until the loop asks for
-        # it); no flow-control limit short of a whole reply.
-        self._reader, self._writer = await asyncio.open_connection(sock=mine, limit=1 << 30)
+        self._transport, self._replies = await asyncio.get_running_loop().create_connection(_ReplyStream, sock=mine)
         self._proc = proc
         log.info("pipeline process started (pid %d)", proc.pid)
 
-    def _write(self, request: bytes) -> None:
-        """Send one request (buffered by the transport: never blocks the event loop)."""
-        if self._broken is not None or self._writer is None:
+    def _write(self, pieces: list) -> None:
+        """Send one request (buffered by the transport: never blocks the event loop). The
+        child answers requests in order, so one may be sent before the reply to the last
+        one is read: it waits in the socket and the child starts it as soon as it is free."""
+        if self._broken is not None or self._transport is None:
             raise ChildDied(self._broken or "not started")
-        self._broken = "a request is unanswered"  # until its reply is read (cancelled mid-call: out of step)
-        self._writer.write(_FRAME.pack(len(request)))
-        self._writer.write(request)
+        self._transport.writelines(pieces)
+        self._unanswered += 1
 
     async def _call(self, request: tuple):
         if self._proc is None and self._broken is None:
             await self._start()  # by the first build(), before any batch
-        self._write(pickle.dumps(request, protocol=_PICKLE))
-        return pickle.loads(await self._reply_bytes())
+        if self._unanswered and self._broken is None:  # its reply would be read as this call's
+            raise RuntimeError(f"{request[0]} requested while {self._unanswered} batch(es) are unanswered")
+        self._write(_pieces(b"R", request))
+        return _load(await self._reply_bytes())
 
     async def _reply_bytes(self) -> memoryview:
-        """The pickled body of an "ok" reply; PipelineError for an error reply."""
-        if self._reader is None:
+        """The body of the next "ok" reply after its status byte; PipelineError for an
+        error reply, ChildDied if the child is gone."""
+        if self._replies is None:
             raise ChildDied(self._broken or "closed")
         try:
-            (size,) = _FRAME.unpack(await self._reader.readexactly(_FRAME.size))
-            reply = await self._reader.readexactly(size)
-        except (asyncio.IncompleteReadError, OSError) as exc:
+            reply = await self._replies.next()
+        except BaseException:  # cancelled: the reply, when it comes, would be read as the next one's
+            self._broken = "a reply was abandoned"
+            raise
+        if reply is None:
             self._broken = f"the pipeline process died ({self._exit_status()})"
-            raise ChildDied(self._broken) from exc
-        self._broken = None
+            raise ChildDied(self._broken)
+        self._unanswered -= 1
         body = memoryview(reply)[1:]
         if reply[:1] != b"K":
-            raise PipelineError(pickle.loads(body))
+            raise PipelineError(_load(body))
         return body
 
     def _exit_status(self) -> str:
@@ -283,10 +371,28 @@ class ChildRunner:
     async def refresh(self, changed: frozenset[str], snapshot: ControlSnapshot) -> bool:
         return await self._call(("refresh", changed, snapshot))
 
-    def prepare(self, messages: Sequence[RawMessage]) -> bytes:
-        return pickle.dumps(("process", _columns(messages)), protocol=_PICKLE)
+    def start_control(self, changed: frozenset[str], snapshot: ControlSnapshot, refresh: bool) -> Started:
+        """Queue a control change behind the batch being processed, so the batch queued
+        after it is processed under the new rules without the child waiting between them.
+        Its result(): None if `refresh` was asked and the pipeline absorbed the change,
+        else the new pipeline's Built."""
+        try:
+            self._write(_pieces(b"R", ("control", changed, snapshot, refresh)))
+        except ChildDied as exc:
+            return _Done(error=exc)
+        return _Control(self)
 
-    def start(self, prepared: bytes) -> Started:
+    def encode_outputs(self, partitions: dict[str, list[int]], max_bytes: int) -> None:
+        """From the next batch on, the child replies with the blocks of these topics
+        already cut into uncompressed record batches (streams/partitioner.py; the loop
+        compresses them, on the other core), `partitions` being the producer's
+        partitions of each topic."""
+        self._encoding = (dict(partitions), max_bytes)
+
+    def prepare(self, messages: Sequence[RawMessage]) -> list:
+        return _pieces(b"R", ("process", _wire_records(messages), self._encoding))
+
+    def start(self, prepared: list) -> Started:
         try:
             self._write(prepared)
         except ChildDied as exc:
@@ -295,11 +401,11 @@ class ChildRunner:
 
     async def stop(self) -> None:
         """Stop the child: EOF on its socket ends its loop; killed if it does not exit."""
-        proc, writer = self._proc, self._writer
-        self._proc = self._reader = self._writer = None
+        proc, transport = self._proc, self._transport
+        self._proc = self._replies = self._transport = None
         self._broken = "closed"
-        if writer is not None:
-            writer.close()
+        if transport is not None:
+            transport.close()
         if proc is not None:
             await asyncio.get_running_loop().run_in_executor(None, proc.join, 5)
             if proc.exitcode is None:
@@ -309,6 +415,51 @@ class ChildRunner:
 
 
 # --- crossing the pipe ------------------------------------------------------------------
+_COUNT = struct.Struct(">I")
+
+
+def _pieces(tag: bytes, payload) -> list:
+    """A request or reply as the pieces to write: its length, then a tag byte (a reply's
+    status), the count of out-of-band buffers and their lengths, the pickle, and the
+    buffers themselves: packed input records, the record batches of EncodedBlocks,
+    written from where they were made, never copied into the pickle."""
+    buffers: list[pickle.PickleBuffer] = []
+    meta = pickle.dumps(payload, protocol=_PICKLE, buffer_callback=buffers.append)
+    raws = [b.raw() for b in buffers]
+    head = tag + _COUNT.pack(len(raws)) + b"".join(_FRAME.pack(r.nbytes) for r in raws)
+    size = len(head) + len(meta) + sum(r.nbytes for r in raws)
+    return [_FRAME.pack(size) + head, meta, *raws]
+
+
+def _load(body: memoryview):
+    """What `_pieces` sent, from the bytes after the tag; the out-of-band buffers come
+    back as views of `body` (no copy)."""
+    (count,) = _COUNT.unpack_from(body, 0)
+    pos = _COUNT.size + count * _FRAME.size
+    lengths = [_FRAME.unpack_from(body, _COUNT.size + i * _FRAME.size)[0] for i in range(count)]
+    end = len(body) - sum(lengths)
+    meta = body[pos:end]
+    buffers = []
+    for n in lengths:
+        buffers.append(body[end:end + n])
+        end += n
+    return pickle.loads(meta, buffers=buffers)
+
+
+def _wire_records(messages: Sequence[RawMessage]) -> tuple:
+    """The batch's records as they cross to the child: packed in one buffer when they are
+    the fast fetch's FetchedRecords (streams/recordbatch.py), else as columns (one list
+    per field pickles in one pass)."""
+    packed = pack_records(messages)
+    return ("packed", pickle.PickleBuffer(packed)) if packed is not None else ("columns", _columns(messages))
+
+
+def _records(wire: tuple) -> list:
+    """The records `_wire_records` sent: FetchedRecords, or light RawMessage objects."""
+    kind, body = wire
+    return unpack_records(body) if kind == "packed" else list(map(_Raw, *body))
+
+
 def _columns(messages: Sequence[RawMessage]) -> tuple:
     return ([m.key for m in messages], [m.value for m in messages], [m.headers for m in messages],
             [m.topic for m in messages], [m.partition for m in messages], [m.offset for m in messages],
@@ -327,10 +478,6 @@ class _Raw:
         self.partition = partition
         self.offset = offset
         self.timestamp = timestamp
-
-
-def _messages(columns: tuple) -> list[_Raw]:
-    return list(map(_Raw, *columns))
 
 
 # --- the child --------------------------------------------------------------------------
@@ -369,9 +516,35 @@ def _recv_exact(sock: socket.socket, n: int) -> bytearray | None:
     return buf
 
 
+def _send_replies(sock: socket.socket, outbox: "queue.SimpleQueue") -> None:
+    """The child's replying thread, in request order: a batch's outputs cut into record
+    batches (the C part runs without the GIL) and the reply written (a socket write
+    releases it too), while the main thread processes the next request."""
+    partitioner = Partitioner()
+    while (item := outbox.get()) is not None:
+        status, payload, encoding = item
+        if encoding == "reset":
+            partitioner = Partitioner()  # a new pipeline: forget the old round robin and cache
+        elif encoding is not None:
+            partitions, max_bytes = encoding
+            try:
+                payload.blocks = encode_blocks(payload.blocks, partitioner, partitions, int(time.time() * 1000),
+                                               max_bytes)
+            except Exception as exc:
+                status, payload = b"E", blame(exc)
+        try:
+            for piece in _pieces(status, payload):
+                sock.sendall(piece)
+        except OSError:  # the parent is gone or closed the socket: nobody to answer
+            return
+        del item, payload
+
+
 def _child_main(sock: socket.socket, parent_end: socket.socket, factory: PipelineFactory, parent_pid: int) -> None:
     _detach(parent_pid)
     parent_end.close()
+    outbox: queue.SimpleQueue = queue.SimpleQueue()
+    threading.Thread(target=_send_replies, args=(sock, outbox), name="replies", daemon=True).start()
     pipeline = None
     while True:
         header = _recv_exact(sock, _FRAME.size)
@@ -380,25 +553,31 @@ def _child_main(sock: socket.socket, parent_end: socket.socket, factory: Pipelin
         raw = _recv_exact(sock, _FRAME.unpack(header)[0])
         if raw is None:
             return
-        request = pickle.loads(raw)
-        del raw
-        op, body = request[0], None
+        request = _load(memoryview(raw)[1:])
+        op, body, encoding = request[0], None, None
         try:
             if op == "process":
-                body = pipeline.process(_messages(request[1]))
+                body = pipeline.process(_records(request[1]))
+                encoding = request[2]
             elif op == "build":
                 pipeline = as_pipeline(factory(request[1]))
                 body = (tuple(pipeline.topics), pipeline.description, pipeline.refresh is not None)
+                encoding = "reset"
             elif op == "refresh":
                 body = bool(pipeline.refresh(request[1], request[2]))
+            elif op == "control":  # a refresh if asked and absorbed (None), else a new pipeline
+                _, changed, snapshot, refresh = request
+                if refresh and pipeline.refresh is not None and pipeline.refresh(changed, snapshot):
+                    body = None
+                else:
+                    pipeline = as_pipeline(factory(snapshot))
+                    body = (tuple(pipeline.topics), pipeline.description, pipeline.refresh is not None)
+                    encoding = "reset"
             else:
                 raise ValueError(f"unknown request {op!r}")
-            status, reply = b"K", pickle.dumps(body, protocol=_PICKLE)
+            status = b"K"
         except Exception as exc:
-            status, reply = b"E", pickle.dumps(blame(exc), protocol=_PICKLE)
-        del request, body
-        try:
-            sock.sendall(_FRAME.pack(1 + len(reply)) + status)
-            sock.sendall(reply)
-        except OSError:  # the parent is gone or closed the socket: nobody to answer
-            return
+            status, body, encoding = b"E", blame(exc), None
+        del request, raw
+        outbox.put((status, body, encoding))
+        del body

@@ -330,15 +330,8 @@ def test_stopping_fails_the_outputs_not_yet_handed_over():
     asyncio.run(go())
 
 
-def test_blocks_of_one_topic_are_joined_in_order():
-    from fleetcloak.streams.loop import _by_topic
-
-    a1, b1, a2 = OutputBlock("a", [b"1"], [b"x"]), OutputBlock("b", [b"2"], [b"y"]), OutputBlock("a", [None], [b"z"])
-    got = list(_by_topic([a1, OutputBlock("c", [], []), b1, a2]))
-    assert got == [("a", [b"1", None], [b"x", b"z"]), ("b", [b"2"], [b"y"])]
-    assert next(_by_topic([a1]))[1] is a1.keys  # one block: its lists, not copies
-
-
-def test_loop_settings_refuse_no_producer():
+def test_loop_settings_refuse_no_producer_and_an_unknown_codec():
     with pytest.raises(ValueError, match="producer_connections must be at least 1, got 0"):
         LoopSettings("127.0.0.1:9092", producer_connections=0)
+    with pytest.raises(ValueError, match="compression must be one of none, lz4, zstd, gzip, got 'brotli'"):
+        LoopSettings("127.0.0.1:9092", compression="brotli")

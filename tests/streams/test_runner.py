@@ -89,6 +89,45 @@ def test_child_runs_the_pipeline_in_another_process_with_the_in_loop_results():
     asyncio.run(go())
 
 
+def test_queued_batches_and_a_control_change_between_them_are_answered_in_order():
+    """The loop writes batch n+1 (and a pending control change before it) while batch n is
+    processed: the child answers in order, n under the old rules, n+1 under the new."""
+    async def go():
+        async with _built_child() as child:
+            first = child.start(child.prepare(_msgs(4)))
+            absorbed = child.start_control(frozenset({"keys"}), ControlSnapshot({}, {}, {}, 2), True)
+            second = child.start(child.prepare(_msgs(3)))
+            rebuilt = child.start_control(frozenset({"policies"}), ControlSnapshot({}, {}, {}, 3), True)
+            third = child.start(child.prepare(_msgs(2)))
+            with pytest.raises(RuntimeError, match="unanswered"):
+                await child.refresh(frozenset({"keys"}), SNAP)  # its reply would be a batch's
+            versions = []
+            for started in (first, absorbed, second, rebuilt, third):
+                await started.ready()
+                versions.append(started.result())
+            first, absorbed, second, built, third = versions
+            assert [v.split(b"|")[2] for v in first.blocks[0].values] == [b"1"] * 4
+            assert absorbed is None  # refreshed: the same pipeline goes on
+            assert [v.split(b"|")[2] for v in second.blocks[0].values] == [b"1"] * 3
+            assert (built.description, built.refreshable) == ("v3", True)
+            assert [v.split(b"|")[2] for v in third.blocks[0].values] == [b"3"] * 2
+    asyncio.run(go())
+
+
+def test_records_cross_packed_when_they_are_fetched_records_and_as_columns_otherwise():
+    from fleetcloak.streams.recordbatch import build_batches, read_batches
+    from fleetcloak.streams.runner import _records, _wire_records
+
+    batch = build_batches([b"k1", None], [b"v1", b""], 1_700_000_000_000, 1 << 20)[0]
+    fetched, *_ = read_batches(bytes(batch._build()), 0, "telematics.raw", 3, 0)
+    kind, body = _wire_records(fetched)
+    assert kind == "packed" and _records((kind, memoryview(body.raw()))) == fetched
+    kind, body = _wire_records(_msgs(3))
+    assert kind == "columns"
+    assert [(m.key, m.value, m.headers, m.offset) for m in _records((kind, body))] == \
+        [(m.key, m.value, m.headers, m.offset) for m in _msgs(3)]
+
+
 def test_a_pipeline_exception_in_the_child_comes_back_as_its_type_and_place_only():
     async def go():
         async with _built_child() as child:

@@ -1,9 +1,4 @@
 """The seam and the accounting, without a broker."""
-import random
-
-from aiokafka.partitioner import DefaultPartitioner
-
-from fleetcloak.streams.loop import BatchLoop, LoopSettings
 from fleetcloak.streams.metrics import WorkerMetrics, summary_line
 from fleetcloak.streams.seam import ControlSnapshot, Counts, Message, Pipeline, as_pipeline, passthrough_factory
 
@@ -43,13 +38,3 @@ def test_pipeline_without_topics_is_wrapped():
     assert as_pipeline(fn).process is fn
     p = Pipeline(fn)
     assert as_pipeline(p) is p
-
-
-def test_partitioner_matches_kafkas_default():
-    loop = BatchLoop(LoopSettings("unused:0"), passthrough_factory())
-    parts = [0, 1, 2, 3, 4, 5]
-    rng = random.Random(7)
-    for _ in range(500):
-        key = bytes(rng.randrange(256) for _ in range(rng.randrange(1, 20)))
-        assert loop._partition_for("t", key, parts) == DefaultPartitioner()(key, parts, parts)
-        assert loop._partition_for("t", key, parts) == DefaultPartitioner()(key, parts, parts)  # cached
