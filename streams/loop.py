@@ -32,9 +32,9 @@ processing started is delivered and committed while this member still owns its
 partitions (the commit of the old generation is accepted until the
 group moves on). Records fetched for a partition that was revoked before their batch
 started are dropped unprocessed and uncommitted. Control changes apply between batches:
-when no batch is being processed, or, in the child, as a request queued between two. A commit refused because the group already moved on
-is not an error: the outputs are delivered, the new owner redelivers the records,
-consumers see duplicates.
+when no batch is being processed, or, in the child, as a request queued between two.
+A commit refused because the group already moved on is not an error: the outputs are
+delivered, the new owner redelivers the records, consumers see duplicates.
 
 This module knows nothing of telematics: see streams/seam.py for the pipeline seam.
 """
@@ -477,7 +477,8 @@ class BatchLoop:
         if messages:
             if self.first_batch_at is None:
                 self.first_batch_at = t0
-            self._in_process = _InProcess(queued if queued is not None else self._runner.start(prepared), len(messages), last, t0)
+            work = queued if queued is not None else self._runner.start(prepared)
+            self._in_process = _InProcess(work, len(messages), last, t0)
         if done is not None:
             await self._produce_result(done, done.work.result())
         elif not messages:  # the input paused: settle the batch in flight now

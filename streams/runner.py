@@ -9,8 +9,8 @@ child processes batch n, the parent's event loop fetches batch n+1 and sends the
 outputs of batch n-1. The seam is unchanged (pure, synchronous `process`); only where
 it runs differs. `InLoopRunner` is the single-process form, the worker's default;
 `fleetcloak worker --pipeline-process` takes the child (measured on the 2-core bench box
-shared with the broker, outputs lz4-compressed: within a few % of the in-loop runner
-either way, for ~20 % more CPU; bench/README.md).
+shared with the broker, outputs lz4-compressed: from even with the in-loop runner to
++13 % records/s, for ~0.8 s more CPU a bench run; bench/README.md).
 
 Both have `build`, `refresh` (awaited), `prepare(messages)` and `start(prepared) ->
 Started`: the loop prepares batch n while batch n-1 is being processed, awaits n-1's
