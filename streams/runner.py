@@ -325,7 +325,8 @@ class ChildRunner:
         one is read: it waits in the socket and the child starts it as soon as it is free."""
         if self._broken is not None or self._transport is None:
             raise ChildDied(self._broken or "not started")
-        self._transport.writelines(pieces)
+        for piece in pieces:  # not writelines(): it joins them, a copy of the whole request
+            self._transport.write(piece)
         self._unanswered += 1
 
     async def _call(self, request: tuple):
