@@ -155,9 +155,9 @@ def main() -> int:
     ap.add_argument("--quick", action="store_true", help="200 vehicles, 1 day, 1 run")
     ap.add_argument("--modes", default="per_record,per_packet", help="worker modes (default both)")
     ap.add_argument("--no-pure", action="store_true", help="skip the in-process pipeline figure")
-    ap.add_argument("--pipeline", default="loop",
+    ap.add_argument("--pipeline", default="child",
                     help="where the worker runs its pipeline, comma-separated to compare them in the same runs: "
-                         "loop (the default: in the delivery loop's process) and/or child (--pipeline-process)")
+                         "child (the worker's default: a child process) and/or loop (--no-pipeline-process)")
     args = ap.parse_args()
     if args.quick:
         args.vehicles, args.days, args.runs = 200, 1, 1
@@ -199,7 +199,7 @@ def main() -> int:
                 print(f"run {run + 1} passthrough {rate:10,.0f} msgs/s", flush=True)
                 for where in wheres:
                     r = run_worker(env, bootstrap, n, work, f"{mode}-{where}-{run + 1}",
-                                   ("--pipeline-process",) if where == "child" else ())
+                                   ("--pipeline-process",) if where == "child" else ("--no-pipeline-process",))
                     results.setdefault((mode, where), []).append(r)
                     print(f"run {run + 1} {mode:10s} {where:5s} {r['msgs_s']:10,.0f} msgs/s in, "
                           f"{r['records_s']:10,.0f} records/s, {r['out_msgs_s']:10,.0f} msgs/s out "

@@ -38,9 +38,9 @@ def add_arguments(p) -> None:
     p.add_argument("--until-drained", action="store_true",
                    help="exit 0 once every assigned partition is processed up to its high-watermark (demo, batch runs)")
     p.add_argument("--summary-json", metavar="FILE", help="write the run's accounting to FILE as JSON at exit")
-    p.add_argument("--pipeline-process", action="store_true",
-                   help="run the pipeline in a child process that works while this one does Kafka I/O (two cores; "
-                        "default: in the delivery loop's process)")
+    p.add_argument("--pipeline-process", action=argparse.BooleanOptionalAction, default=True,
+                   help="run the pipeline in a child process that works while this one does Kafka I/O, on two "
+                        "cores (the default); --no-pipeline-process runs it in the delivery loop's process")
     p.add_argument("--no-control-plane", action="store_true", help="do not read the control topics (benches only)")
     p.add_argument("-l", "--loglevel", default="info", choices=["debug", "info", "warning", "error"],
                    help="log level (explicit: Faust's default is DEBUG behind a spinner)")

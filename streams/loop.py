@@ -11,9 +11,9 @@ to the producers and returns (`_PartitionFeeds`: in order per partition, partiti
 spread over several producers); each partition's record batches are built and
 compressed (lz4 by default, LoopSettings.compression) in an encoding thread, whose C
 and codec work runs without the GIL, while this thread goes on with the pipeline. With
-the pipeline in the loop (the default) it is processed in steps, the event loop turning
+the pipeline in the loop (LoopSettings' default) it is processed in steps, the event loop turning
 between them, so n-1's outputs go out round after round and n+1 is fetched meanwhile;
-with the pipeline in a child process (streams/runner.py, `--pipeline-process`) the child
+with the pipeline in a child process (streams/runner.py, the worker command's default) the child
 processes n while this process produces n-1 and fetches n+1, on two cores, and n+1 is
 queued to the child before n is done.
 Commits stay in batch order. Anything else stops the loop *without* committing: an exception from `process` (a bug: Faust would ack and skip it), a failed

@@ -7,8 +7,9 @@ produce request goes out; the machine's second core idles. `ChildRunner` runs th
 factory and pipeline in a forked child process and talks to it over a pipe: while the
 child processes batch n, the parent's event loop fetches batch n+1 and sends the
 outputs of batch n-1. The seam is unchanged (pure, synchronous `process`); only where
-it runs differs. `InLoopRunner` is the single-process form, the worker's default;
-`fleetcloak worker --pipeline-process` takes the child (measured on the 2-core bench box
+it runs differs. `ChildRunner` is the worker's default (`fleetcloak worker`;
+`--no-pipeline-process` and LoopSettings' default take `InLoopRunner`, the
+single-process form; measured on the 2-core bench box
 shared with the broker, outputs lz4-compressed: from even with the in-loop runner to
 +13 % records/s, for ~0.8 s more CPU a bench run; bench/README.md).
 

@@ -377,3 +377,16 @@ def test_in_loop_runner_cancelled_between_steps_closes_the_pipeline_steps():
             await task
         assert log[-1] == ("closed",) and ("step", 2) not in log
     asyncio.run(go())
+
+
+def test_the_worker_command_runs_the_pipeline_in_a_child_unless_told_not_to():
+    import argparse
+
+    from fleetcloak.streams.cmd_worker import add_arguments
+
+    parser = argparse.ArgumentParser()
+    add_arguments(parser)
+    assert parser.parse_args(["--broker", "h:1"]).pipeline_process is True
+    assert parser.parse_args(["--broker", "h:1", "--no-pipeline-process"]).pipeline_process is False
+    assert parser.parse_args(["--broker", "h:1", "--pipeline-process"]).pipeline_process is True
+    assert LoopSettings("h:1").pipeline_process is False  # embedding code keeps its pipeline in-process
