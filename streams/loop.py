@@ -669,26 +669,16 @@ class BatchLoop:
     # --- pipeline -------------------------------------------------------------------------
 
     async def _apply_control_changes(self) -> None:
-        changed, self._changed = frozenset(self._changed), set()
-        if self.pipeline is not None and self.pipeline.refreshable and not self._rebuild and changed:
-            snapshot = self.control.snapshot()
-            try:
-                absorbed = await self._runner.refresh(changed, snapshot)
-            except PipelineError as exc:
-                self.metrics.pipeline_builds.labels("failed").inc()
-                raise PipelineFailed(f"refreshing the pipeline for {sorted(changed)} raised {exc.blame}") from exc
-            if absorbed:
-                self.metrics.pipeline_builds.labels("refreshed").inc()
-                log.debug("pipeline refreshed for %s (control version %d)", sorted(changed), snapshot.version)
-                return
-        await self._build_pipeline()
+        """The pending control change, now (no batch is being processed)."""
+        await self._finish_control_change(*self._start_control_change())
 
     def _snapshot(self) -> ControlSnapshot:
         return self.control.snapshot() if self.control is not None else ControlSnapshot({}, {}, {}, 0)
 
     def _start_control_change(self) -> tuple:
-        """The pending control change sent to the runner as one queued request (a refresh
-        if the pipeline may absorb it, else a build): (started, changed, snapshot)."""
+        """The pending control change handed to the runner as one request (a refresh if
+        the pipeline may absorb it, else a build; the child may queue it between two
+        batches): (started, changed, snapshot)."""
         changed, self._changed = frozenset(self._changed), set()
         refresh = self.pipeline is not None and self.pipeline.refreshable and not self._rebuild and bool(changed)
         self._rebuild = False
@@ -699,7 +689,8 @@ class BatchLoop:
         try:
             await started.ready()
         except PipelineError as exc:
-            # Fail closed, as _build_pipeline: the batch queued after it is never produced.
+            # Fail closed, as _build_pipeline: an erasure that cannot be applied must not
+            # leave the worker processing under the old rules (nor a batch queued after it).
             self.metrics.pipeline_builds.labels("failed").inc()
             raise PipelineFailed(f"applying the control change {sorted(changed)} (control version "
                                  f"{snapshot.version}) raised {exc.blame}") from exc

@@ -36,9 +36,9 @@ reply's status), then a pickle whose large buffers travel out of band after it, 
 from where they were made and read into place (the packed input records; the record
 batches of the outputs):
 
-    ("build", snapshot)                       -> b"K" (topics, description, refreshable)
+    ("build", snapshot)                       -> b"K" Built (topics, description, refreshable)
     ("refresh", changed, snapshot)            -> b"K" absorbed
-    ("control", changed, snapshot, refresh)   -> b"K" None (refreshed) | (topics, description, refreshable)
+    ("control", changed, snapshot, refresh)   -> b"K" None (refreshed) | Built (rebuilt)
     ("process", records, encoding)            -> b"K" ProcessResult
     a failure of any of them                  -> b"E" blame    type and innermost frame only
 
@@ -78,7 +78,7 @@ from typing import Generator, Sequence
 
 from fleetcloak.streams.partitioner import Partitioner, encode_blocks
 from fleetcloak.streams.recordbatch import pack_records, unpack_records
-from fleetcloak.streams.seam import ControlSnapshot, PipelineFactory, ProcessResult, RawMessage, as_pipeline
+from fleetcloak.streams.seam import ControlSnapshot, Pipeline, PipelineFactory, ProcessResult, RawMessage, as_pipeline
 
 log = logging.getLogger(__name__)
 
@@ -127,11 +127,19 @@ class InLoopRunner:
 
     async def build(self, snapshot: ControlSnapshot) -> Built:
         try:
-            pipeline = as_pipeline(self.factory(snapshot))
+            self.pipeline = as_pipeline(self.factory(snapshot))
         except Exception as exc:
             raise PipelineError(blame(exc)) from exc
-        self.pipeline = pipeline
-        return Built(tuple(pipeline.topics), pipeline.description, pipeline.refresh is not None)
+        return _built(self.pipeline)
+
+    def start_control(self, changed: frozenset[str], snapshot: ControlSnapshot, refresh: bool) -> "Started":
+        """A control change applied at once (the child's "control" request, here): result()
+        None if `refresh` was asked and the pipeline absorbed it, else the new pipeline's Built."""
+        try:
+            self.pipeline, built = _control(self.pipeline, self.factory, changed, snapshot, refresh)
+            return _Done(built)
+        except Exception as exc:
+            return _Done(error=PipelineError(blame(exc)))
 
     async def refresh(self, changed: frozenset[str], snapshot: ControlSnapshot) -> bool:
         try:
@@ -155,6 +163,20 @@ class InLoopRunner:
 
     async def stop(self) -> None:
         pass
+
+
+def _built(pipeline) -> Built:
+    return Built(tuple(pipeline.topics), pipeline.description, pipeline.refresh is not None)
+
+
+def _control(pipeline: Pipeline, factory: PipelineFactory, changed: frozenset[str], snapshot: ControlSnapshot,
+             refresh: bool) -> tuple[Pipeline, Built | None]:
+    """A control change applied: (the same pipeline, None) if `refresh` was asked and it
+    absorbed the change, else (a new pipeline built from the snapshot, its Built)."""
+    if refresh and pipeline.refresh is not None and pipeline.refresh(changed, snapshot):
+        return pipeline, None
+    pipeline = as_pipeline(factory(snapshot))
+    return pipeline, _built(pipeline)
 
 
 class Started(ABC):
@@ -233,12 +255,6 @@ class _Reply(Started):
 
     def result(self) -> ProcessResult:
         return _load(self._body)
-
-
-class _Control(_Reply):
-    def result(self):
-        built = _load(self._body)
-        return None if built is None else Built(*built)
 
 
 class _ReplyStream(asyncio.BufferedProtocol):
@@ -368,7 +384,7 @@ class ChildRunner:
         return f"killed by signal {-code}" if code < 0 else f"exit code {code}"
 
     async def build(self, snapshot: ControlSnapshot) -> Built:
-        return Built(*await self._call(("build", snapshot)))
+        return await self._call(("build", snapshot))
 
     async def refresh(self, changed: frozenset[str], snapshot: ControlSnapshot) -> bool:
         return await self._call(("refresh", changed, snapshot))
@@ -382,7 +398,7 @@ class ChildRunner:
             self._write(_pieces(b"R", ("control", changed, snapshot, refresh)))
         except ChildDied as exc:
             return _Done(error=exc)
-        return _Control(self)
+        return _Reply(self)
 
     def encode_outputs(self, partitions: dict[str, list[int]], max_bytes: int) -> None:
         """From the next batch on, the child replies with the blocks of these topics
@@ -563,18 +579,12 @@ def _child_main(sock: socket.socket, parent_end: socket.socket, factory: Pipelin
                 encoding = request[2]
             elif op == "build":
                 pipeline = as_pipeline(factory(request[1]))
-                body = (tuple(pipeline.topics), pipeline.description, pipeline.refresh is not None)
-                encoding = "reset"
+                body, encoding = _built(pipeline), "reset"
             elif op == "refresh":
                 body = bool(pipeline.refresh(request[1], request[2]))
             elif op == "control":  # a refresh if asked and absorbed (None), else a new pipeline
-                _, changed, snapshot, refresh = request
-                if refresh and pipeline.refresh is not None and pipeline.refresh(changed, snapshot):
-                    body = None
-                else:
-                    pipeline = as_pipeline(factory(snapshot))
-                    body = (tuple(pipeline.topics), pipeline.description, pipeline.refresh is not None)
-                    encoding = "reset"
+                pipeline, body = _control(pipeline, factory, *request[1:])
+                encoding = None if body is None else "reset"
             else:
                 raise ValueError(f"unknown request {op!r}")
             status = b"K"
