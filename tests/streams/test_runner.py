@@ -139,6 +139,40 @@ def test_a_pipeline_exception_in_the_child_comes_back_as_its_type_and_place_only
     asyncio.run(go())
 
 
+
+def test_the_child_collects_the_cycles_its_batches_leave_with_its_automatic_collector_off():
+    """The child turns the automatic collector off (streams/runner.py, COLLECT_EVERY):
+    cycles a pipeline leaves behind are still freed, every COLLECT_EVERY requests."""
+    from fleetcloak.streams.runner import COLLECT_EVERY
+
+    def build(snap: ControlSnapshot) -> Pipeline:
+        import gc
+        import weakref
+
+        class Node:
+            pass
+        alive: list = []  # weak references to every cycle made so far
+
+        def process(batch):
+            node = Node()
+            node.self = node  # a cycle refcounting cannot free
+            alive.append(weakref.ref(node))
+            counts = Counts(received=len(batch))
+            counts.forwarded[("p", "")] = len(batch)
+            live = sum(r() is not None for r in alive)
+            return ProcessResult([], counts, [OutputBlock("block", [b"k"], [b"%d|%d" % (gc.isenabled(), live)])])
+        return Pipeline(process, topics=(), description="cycles")
+
+    async def go():
+        async with _built_child(build) as child:
+            replies = [(await _process(child, _msgs(1))).blocks[0].values[0] for _ in range(COLLECT_EVERY + 2)]
+        enabled, live = zip(*(map(int, r.split(b"|")) for r in replies))
+        assert set(enabled) == {0}
+        # requests: the build, then batches; the collection follows the COLLECT_EVERY-th
+        assert list(live[:COLLECT_EVERY - 1]) == list(range(1, COLLECT_EVERY))  # the collector is off
+        assert list(live[COLLECT_EVERY - 1:]) == [1, 2, 3]  # the full collection freed them all
+    asyncio.run(go())
+
 def test_a_killed_child_is_reported_with_its_signal_and_stays_dead():
     async def go():
         async with _built_child() as child:
