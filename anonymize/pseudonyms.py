@@ -50,6 +50,7 @@ class Pseudonymizer:
         self._imei_canon: dict = {}  # raw IMEI value -> canonical bytes
         self._fast: dict[str, dict[str, dict[int, str]]] = {}  # epoch -> kind -> int id -> pseudonym
         self.computed = 0  # HMACs computed (cache misses), for tests and the bench
+        self._last_epochs: tuple | None = None  # (timestamps array, its epoch_ids)
 
     def __repr__(self) -> str:
         return f"Pseudonymizer(tenant={self.tenant!r}, route={self.route!r}, rotation={self.rotation!r})"
@@ -122,8 +123,18 @@ class Pseudonymizer:
         return self.at("device", canonical_imei(imei), timestamp_ms)
 
     # --- vectorised ----------------------------------------------------------------
+    def _epoch_ids(self, ts: np.ndarray) -> tuple[list[str], np.ndarray]:
+        """epoch_ids(ts), the last array's kept: an identifier pass hands every group of a
+        family the same timestamps array (which it never changes in place)."""
+        last = self._last_epochs
+        if last is not None and last[0] is ts:
+            return last[1]
+        got = epoch_ids(ts, self.rotation)
+        self._last_epochs = (ts, got)
+        return got
+
     def _by_epoch(self, timestamps_ms: np.ndarray, n: int):
-        labels, inv = epoch_ids(timestamps_ms, self.rotation)
+        labels, inv = self._epoch_ids(timestamps_ms)
         if len(labels) == 1:
             yield labels[0], None
         else:
@@ -164,16 +175,18 @@ class Pseudonymizer:
             c[(kind, uniq_canon[i])] = p
         return out
 
-    def u64(self, kind: str, values: np.ndarray, timestamps_ms: np.ndarray, *, on_erased: str = "raise") -> np.ndarray:
+    def u64(self, kind: str, values: np.ndarray, timestamps_ms: np.ndarray, *, on_erased: str = "raise",
+            codes: tuple[np.ndarray, np.ndarray] | None = None) -> np.ndarray:
         """Pseudonyms of 8-byte identifiers (iButton, RFID): uint64 in, object array out.
 
-        A zero value (no key present) stays 0: it is not a person."""
+        A zero value (no key present) stays 0: it is not a person. codes:
+        `np.unique(values, return_inverse=True)` when the caller has it."""
         vals = np.asarray(values).astype(np.uint64, copy=False)
         ts = np.asarray(timestamps_ms)
         out = np.empty(vals.shape[0], dtype=object)
         for epoch, idx in self._by_epoch(ts, vals.shape[0]):
             sub = vals if idx is None else vals[idx]
-            uniq, inv = np.unique(sub, return_inverse=True)
+            uniq, inv = codes if idx is None and codes is not None else np.unique(sub, return_inverse=True)
             keys = uniq.tolist()
             res = self._int_lookup(kind, keys, epoch, _raw8_bytes, on_erased)
             res_arr = np.empty(len(res), dtype=object)
@@ -243,7 +256,7 @@ class Pseudonymizer:
         the per-record list: when the records share one epoch (the usual batch), one
         lookup per distinct canonical; otherwise the per-record path."""
         ts = np.asarray(timestamps_ms)
-        labels, _ = epoch_ids(ts, self.rotation)
+        labels, _ = self._epoch_ids(ts)
         index = np.asarray(index, dtype=np.intp)
         if len(labels) != 1 or index.shape[0] != ts.shape[0]:
             arr = np.empty(len(values), dtype=object)

@@ -126,6 +126,16 @@ class Columns:
             cached = self.__dict__["_imei_codes"] = (self.imei, unique_objects(arr))
         return cached[1]
 
+    def memo(self, key: tuple, compute):
+        """compute() once per key for these columns: what both routes derive alike from
+        the same records (an identifier group's canonical forms, its distinct values),
+        the controller route reusing the processor's when it gets the same Columns."""
+        memo = self.__dict__.setdefault("_memo", {})
+        got = memo.get(key)
+        if got is None:
+            got = memo[key] = compute()
+        return got
+
     def record_content(self) -> Sequence[bytes]:
         if self.content is not None:
             return self.content
@@ -178,7 +188,8 @@ def _identifiers(cols: Columns, pseudo: Pseudonymizer, pseudonymise: frozenset[s
             if group.canonical == "raw8" and first is not None and np.asarray(first).dtype.kind in "iu":
                 vals = np.asarray(first).astype(np.uint64, copy=False)
                 if hide:
-                    out = pseudo.u64(group.kind, vals, sub_ts, on_erased=on_erased)
+                    codes = cols.memo(("distinct", fam, group.ids), lambda: np.unique(vals, return_inverse=True))
+                    out = pseudo.u64(group.kind, vals, sub_ts, on_erased=on_erased, codes=codes)
                     present = vals != 0
                 else:
                     uniq, inv = np.unique(vals, return_inverse=True)
@@ -187,7 +198,7 @@ def _identifiers(cols: Columns, pseudo: Pseudonymizer, pseudonymise: frozenset[s
                     out = shown[inv]
                     present = vals != 0
             else:
-                canon, inv = _group_canonicals(group, fam, parts, m)
+                canon, inv = cols.memo(("canonicals", fam, group.ids), lambda: _group_canonicals(group, fam, parts, m))
                 if hide:
                     # one pseudonym per distinct canonical and epoch (epochs are per record)
                     out = pseudo.canonicals_indexed(group.kind, canon, inv, sub_ts, on_erased=on_erased)
@@ -689,21 +700,28 @@ class ControllerTransform:
         return cells.astype(np.int64), labels[uinv], ulat[uinv], ulon[uinv], ulat, ulon, uinv
 
     def apply(self, cols: Columns, *, private: np.ndarray | None = None,
-              zone: np.ndarray | None = None) -> ControllerResult:
+              zone: np.ndarray | None = None, skip: np.ndarray | None = None) -> ControllerResult:
         """private, zone: what the tenant's ProcessorTransform already computed for the
         same records (ProcessorResult.private_raw / .zone, rows aligned with `cols`), so
-        they are not computed twice; omitted, they are computed here."""
+        they are not computed twice; omitted, they are computed here.
+
+        skip: rows left out quietly (bool per row): never kept, counted in no drop,
+        admitted to no group. For the stream's duplicates (records a device sent again,
+        whose first copy took this route): their identifiers are pseudonymised alongside
+        the rest, so the controller shares the processor's work on the same Columns.
+        Rows whose subjects may not take this route must be taken out of `cols` instead."""
         n = len(cols)
         ts = np.asarray(cols.timestamp_ms, dtype=np.int64)
-        keep = np.ones(n, dtype=bool)
+        keep = np.ones(n, dtype=bool) if skip is None else ~np.asarray(skip, dtype=bool)
         drops: dict[str, int] = {}
         empty = np.full(n, None, dtype=object)
         if not self.tenant.analytics:
-            drops["analytics_refused"] = n
+            drops["analytics_refused"] = int(keep.sum())
             return ControllerResult(self.tenant.tenant, np.zeros(n, bool), drops, empty, empty, None, ts,
                                     np.full(n, np.nan), np.full(n, np.nan), empty, empty, {})
         if private is None:
             private = private_mask(ts, cols.io.get(PRIVATE_MODE_IO), self.tenant.processor.private_mode, self.tenant.zoneinfo)
+        private = private & keep
         if private.any():
             keep &= ~private
             drops["private_mode"] = int(private.sum())

@@ -341,9 +341,11 @@ class TelemetryPipeline:
             counts.skipped[("objected", t)] += int(fresh.sum())
             return
         hints = {"private": proc.private_raw, "zone": proc.zone}
-        if cmask.all():
-            ccols = cols
-        else:
+        if allow_ctrl.all():
+            # the same Columns, duplicates skipped: the controller reuses what the processor
+            # derived from these records' identifiers (Columns.memo)
+            ctrl = route.controller.apply(cols, **hints, skip=None if cmask.all() else ~cmask)
+        else:  # objecting subjects' records are taken out before the route sees them
             idx = np.flatnonzero(cmask)
             ccols = cols.take(idx).known_codes(imei_codes=codes.imei_codes(rows[idx]),
                                                family_rows=codes.family_rows(rows[idx]))
@@ -351,7 +353,7 @@ class TelemetryPipeline:
             objected = int((fresh & ~allow_ctrl).sum())
             if objected:
                 counts.skipped[("objected", t)] += objected
-        ctrl = route.controller.apply(ccols, **hints)
+            ctrl = route.controller.apply(ccols, **hints)
         for rule, n in ctrl.drops.items():
             if n:
                 counts.skipped[(rule, t)] += n

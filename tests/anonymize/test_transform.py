@@ -181,6 +181,48 @@ def test_controller_accounts_for_every_row(keyring, t0, policies):
     assert set(res.drops) == {"private_mode", "subject_erased"}
 
 
+def test_controller_skips_rows_quietly_and_keeps_the_rest_as_without_them(keyring, t0, policies):
+    """skip (the stream's duplicates): never kept, in no drop count, in no group; the
+    other rows come out as from the Columns without the skipped rows."""
+    pol = TenantPolicy.model_validate({"tenant": "acme", "processor": {"private_mode": {"honour_device_flag": True}}})
+    svc = ServicePolicy(service="s", location={"h3_resolution": 7}, allow=["driver", "speed"], min_group_size=2)
+    cols = _cols(t0, n=30)
+    cols.io[391] = np.array([1 if i % 5 == 0 else 0 for i in range(30)], dtype=np.uint64)
+    skip = np.array([i % 3 == 0 for i in range(30)])
+    got = ControllerTransform(svc, keyring, pol, gate=GroupGate(2)).apply(cols, skip=skip)
+    want = ControllerTransform(svc, keyring, pol, gate=GroupGate(2)).apply(cols.take(np.flatnonzero(~skip)))
+    assert not got.keep[skip].any()
+    assert got.drops == want.drops and int(got.keep.sum()) + sum(got.drops.values()) == int((~skip).sum())
+    assert got.records() == want.records()
+    refused = ControllerTransform(svc, keyring, policies.tenants["heavy-haul"]).apply(cols, skip=skip)
+    assert refused.drops == {"analytics_refused": 20}
+
+
+def test_controller_on_the_processor_columns_reuses_its_identifier_work(keyring, t0, policies):
+    """Both routes of the same Columns derive an identifier group's canonical forms and
+    distinct values once (Columns.memo); the pseudonyms stay the routes' own."""
+    from fleetcloak.anonymize import transform
+
+    pol = policies.tenants["acme-logistics"]
+    svc = ServicePolicy(service="s", location={"h3_resolution": 7}, allow=["driver"], min_group_size=1)
+    cols = _cols(t0, n=12)
+    cols.io[147] = np.array([b"DRV12345" if i % 4 else None for i in range(12)], dtype=object)
+    cols.io[148] = np.array([b"67890\0\0\0" if i % 4 else None for i in range(12)], dtype=object)
+    calls = []
+    real = transform._group_canonicals
+    transform._group_canonicals = lambda *a: calls.append(a[0].ids) or real(*a)
+    try:
+        proc = ProcessorTransform(pol, keyring).apply(cols)
+        ctrl = ControllerTransform(svc, keyring, pol, gate=GroupGate(1)).apply(cols)
+        fresh = ControllerTransform(svc, keyring, pol, gate=GroupGate(1)).apply(cols.take(np.arange(12)))
+    finally:
+        transform._group_canonicals = real
+    assert calls.count((147, 148)) == 2  # the processor's, and the fresh Columns' (take: no memo)
+    assert ctrl.records() == fresh.records()
+    drivers = set(ctrl.driver.tolist()) - {None}
+    assert drivers and not drivers & set(proc.driver.tolist())  # the service's keys, not the tenant's
+
+
 def test_keys_prepared_once_for_a_policy_set(keyring, t0, policies):
     done = keyring.prepare(policies, t0, backlog=False)
     assert done["heavy-haul"][:2] == ["2026m11d18", "2026m11d19"] and "static" in done["heavy-haul"]
