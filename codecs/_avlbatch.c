@@ -2,10 +2,12 @@
  * _avlbatch: strict Teltonika TCP AVL frame parser in C, for fleetcloak.codecs.batch.
  *
  * Two entry points share one parser core (parse_frame_core):
- *   decode_into(frames, cap, check_crc, rec_bufs, io_bufs, nx_buf, frame_bufs)
+ *   decode_into(frames, cap, check_crc, rec_bufs, io_bufs, nx_buf, frame_bufs[, kinds])
  *       fills caller-allocated numpy columns (passed as writable buffers; no numpy
  *       headers needed) and returns (n_records, n_io, n_nx, errors). The heavy loop runs
- *       without the GIL.
+ *       without the GIL. kinds: a u8 per frame, 1 for a UDP AVL datagram whose header
+ *       the caller has checked: its AVL part (from byte 23, no CRC) is parsed, offsets
+ *       the datagram's.
  *   bytes_column(n, record, width, value, nx_len, nx_data)
  *       one IO id's elements as bytes per record (None where absent; see below).
  *   parse_frame(frame, record_cls, cap, check_crc)
@@ -138,12 +140,24 @@ static inline void idset_clear(IdSet *s, const uint16_t *ids, Py_ssize_t n) {
  * On P_ERR, e describes the failure and the caller rolls the fill levels back.
  * Offsets are size_t positions within f.
  */
-static int parse_frame_core(const uint8_t *f, size_t n, size_t cap, int check_crc,
+static int parse_frame_core(const uint8_t *f, size_t n, size_t cap, int check_crc, int udp,
                             int32_t findex, Cols *c, IdSet *seen, Err *e, int *codec_out)
 {
     int rc = P_OK;
     size_t pos;
+    size_t d = 8;      /* where the data field (codec .. Number of Data 2) starts */
+    uint32_t L;        /* its length */
 
+    if (udp) {
+        /* A UDP AVL datagram whose header the caller checked (codecs/udp.py header(),
+         * or the pipeline's exact match of it): its AVL part [23, n) is a data field
+         * without a CRC; offsets stay the datagram's. */
+        if (n < 26) FAIL("truncated", n, "a UDP AVL datagram has at least 26 bytes, got %zu", n);
+        if (n > cap) FAIL("too_large", 0, "datagram of %zu bytes, above the cap of %zu", n, cap);
+        d = 23;
+        L = (uint32_t)(n - 23);
+        goto data_field;
+    }
     /* Frame checks in the order of the per-frame decoder (codecs/tcp.py), so both blame
      * the same reason at the same offset. The cap (which only batch decoding has) is
      * checked as soon as the declared length is known. */
@@ -155,7 +169,7 @@ static int parse_frame_core(const uint8_t *f, size_t n, size_t cap, int check_cr
     }
     if (n < 8) FAIL("truncated", n, "need the 8-byte frame header, got %zu", n);
     if (be32(f) != 0) FAIL("bad_preamble", 0, "preamble 0x%08X, not 0", be32(f));
-    uint32_t L = be32(f + 4);
+    L = be32(f + 4);
     if ((uint64_t)L + 12 > (uint64_t)cap)
         FAIL("too_large", 4, "frame declares %llu bytes, above the cap of %zu",
              (unsigned long long)L + 12, cap);
@@ -173,20 +187,22 @@ static int parse_frame_core(const uint8_t *f, size_t n, size_t cap, int check_cr
         if (field != crc)
             FAIL("crc_mismatch", 8 + (size_t)L, "CRC field 0x%08X, computed 0x%04X", field, crc);
     }
-    uint8_t codec = f[8];
+data_field:;
+    /* from here on the data field f[d, d + L) lies inside f, L >= 3 */
+    uint8_t codec = f[d];
     const int is_avl = codec == 0x08 || codec == 0x8E || codec == 0x10;
-    if (!is_avl && !(codec >= 0x0C && codec <= 0x0F))
-        FAIL("unknown_codec", 8, "codec id 0x%02X", codec);
-    if (f[9] != f[8 + L - 1])
-        FAIL("count_mismatch", 8 + (size_t)L - 1, "Number of Data 1 is %u, Number of Data 2 is %u",
-             f[9], f[8 + L - 1]);
+    if (!is_avl && (udp || !(codec >= 0x0C && codec <= 0x0F)))  /* UDP: AVL only, checked first (udp.decode) */
+        FAIL("unknown_codec", d, "codec id 0x%02X", codec);
+    if (f[d + 1] != f[d + L - 1])
+        FAIL("count_mismatch", d + (size_t)L - 1, "Number of Data 1 is %u, Number of Data 2 is %u",
+             f[d + 1], f[d + L - 1]);
     if (!is_avl)   /* a GPRS message (Codec 12-15): decode() takes it, a batch of AVL does not */
-        FAIL("unknown_codec", 8, "codec id 0x%02X is a GPRS codec, not AVL (8, 8E, 16)", codec);
+        FAIL("unknown_codec", d, "codec id 0x%02X is a GPRS codec, not AVL (8, 8E, 16)", codec);
     *codec_out = codec;
-    unsigned n1 = f[9];
-    /* Records live in [10, end): end is the position of Number of Data 2. */
-    const size_t end = 8 + (size_t)L - 1;
-    pos = 10;
+    unsigned n1 = f[d + 1];
+    /* Records live in [d + 2, end): end is the position of Number of Data 2. */
+    const size_t end = d + (size_t)L - 1;
+    pos = d + 2;
 
     const int ext = (codec == 0x8E), c16 = (codec == 0x10);
     const size_t cs = ext ? 2 : 1;                       /* N total and group counts */
@@ -357,10 +373,10 @@ static PyObject *reason_obj(const char *r) {
 enum { NREC_BUFS = 15, NIO_BUFS = 4, NFRAME_BUFS = 3 };
 
 static PyObject *decode_into(PyObject *self, PyObject *args) {
-    PyObject *frames, *rec_t, *io_t, *nx_o, *fr_t;
+    PyObject *frames, *rec_t, *io_t, *nx_o, *fr_t, *kinds_o = Py_None;
     Py_ssize_t cap; int check_crc;
-    if (!PyArg_ParseTuple(args, "OnpO!O!OO!:decode_into", &frames, &cap, &check_crc,
-                          &PyTuple_Type, &rec_t, &PyTuple_Type, &io_t, &nx_o, &PyTuple_Type, &fr_t))
+    if (!PyArg_ParseTuple(args, "OnpO!O!OO!|O:decode_into", &frames, &cap, &check_crc,
+                          &PyTuple_Type, &rec_t, &PyTuple_Type, &io_t, &nx_o, &PyTuple_Type, &fr_t, &kinds_o))
         return NULL;
     if (cap < 0) { PyErr_SetString(PyExc_ValueError, "cap must be >= 0"); return NULL; }
     if (PyTuple_GET_SIZE(rec_t) != NREC_BUFS || PyTuple_GET_SIZE(io_t) != NIO_BUFS ||
@@ -377,6 +393,8 @@ static PyObject *decode_into(PyObject *self, PyObject *args) {
     memset(bufs, 0, sizeof bufs);
     const int nbufs = NREC_BUFS + NIO_BUFS + 1 + NFRAME_BUFS;
     Py_buffer *in = NULL;      /* one view per frame: keeps the bytes alive and unresized */
+    Py_buffer kinds_v = {0};   /* per frame: 0 a TCP frame, 1 a UDP datagram (optional) */
+    const uint8_t *kinds = NULL;
     Py_ssize_t n_in = 0;
     Err *errs = NULL; Py_ssize_t n_err = 0;
     IdSet *seen = NULL;
@@ -417,6 +435,11 @@ static PyObject *decode_into(PyObject *self, PyObject *args) {
     uint8_t *fr_ok = bufs[20].v.buf, *fr_codec = bufs[21].v.buf;
     int32_t *fr_nrec = bufs[22].v.buf;
 
+    if (kinds_o != Py_None) {
+        if (PyObject_GetBuffer(kinds_o, &kinds_v, PyBUF_SIMPLE) < 0) goto done;
+        kinds = kinds_v.buf;
+        if (kinds_v.len < nf) { PyErr_SetString(PyExc_ValueError, "kinds shorter than frames"); goto done; }
+    }
     in = PyMem_Calloc(nf ? nf : 1, sizeof(Py_buffer));
     seen = PyMem_Calloc(1, sizeof(IdSet));
     if (!in || !seen) { PyErr_NoMemory(); goto done; }
@@ -437,7 +460,7 @@ static PyObject *decode_into(PyObject *self, PyObject *args) {
         Py_ssize_t r0 = c.n_rec, io0 = c.n_io, nx0 = c.n_nx;
         Err e; e.reason = NULL; e.detail[0] = 0;
         int codec = 0;
-        int rc = parse_frame_core(in[i].buf, (size_t)in[i].len, (size_t)cap, check_crc,
+        int rc = parse_frame_core(in[i].buf, (size_t)in[i].len, (size_t)cap, check_crc, kinds && kinds[i],
                                   (int32_t)i, &c, seen, &e, &codec);
         if (rc == P_NOROOM) { noroom = 1; break; }
         fr_codec[i] = (uint8_t)codec;
@@ -475,6 +498,7 @@ static PyObject *decode_into(PyObject *self, PyObject *args) {
     result = Py_BuildValue("(nnnN)", c.n_rec, c.n_io, c.n_nx, elist);
 
 done:
+    if (kinds) PyBuffer_Release(&kinds_v);
     for (Py_ssize_t i = 0; i < n_in; i++) PyBuffer_Release(&in[i]);
     PyMem_Free(in);
     PyMem_Free(seen);
@@ -573,7 +597,7 @@ static PyObject *parse_frame(PyObject *self, PyObject *args, PyObject *kw) {
     Err e; e.reason = NULL; e.detail[0] = 0;
     int codec = 0;
     c.io_offsets[0] = 0;
-    int rc = parse_frame_core(fb.buf, (size_t)n, (size_t)cap, check_crc, 0, &c, seen, &e, &codec);
+    int rc = parse_frame_core(fb.buf, (size_t)n, (size_t)cap, check_crc, 0, 0, &c, seen, &e, &codec);
     if (rc == P_NOROOM) { PyErr_SetString(PyExc_RuntimeError, "parse_frame: bound bug"); goto done; }
     if (rc == P_ERR) { raise_decode_error(&e); goto done; }
 

@@ -231,15 +231,24 @@ class AvlBatch:
 
 
 def decode_batch(frames: Sequence[bytes], *, check_crc: bool = True,
-                 cap: int = DEFAULT_CAP) -> AvlBatch:
+                 cap: int = DEFAULT_CAP, udp: Sequence[bool] | None = None) -> AvlBatch:
     """Decode whole TCP AVL frames into columns. Never raises for bad frame bytes.
 
     `cap`: frames whose declared size (data length + 12) is above it fail with
     "too_large". `check_crc=False` skips only the CRC comparison.
+
+    `udp`: per frame, True for a UDP AVL datagram instead, whose header the caller has
+    checked (codecs/udp.py header()): its AVL part, from byte 23, is decoded as
+    udp.decode() does (no CRC; offsets the datagram's; "too_large" above `cap` bytes).
     """
     if not isinstance(frames, (list, tuple)):
         frames = list(frames)
     nf = len(frames)
+    kinds = None
+    if udp is not None:
+        kinds = np.ascontiguousarray(udp, dtype=np.bool_).view(np.uint8)
+        if kinds.shape != (nf,):
+            raise ValueError(f"udp has {kinds.size} entries for {nf} frames")
     # Upper bounds (proof in docs/decode_batch.md): a record is written only once its
     # shape check passed, so it spans >= 30 of its frame's bytes (the smallest record,
     # Codec 8 without IO; 8E 38, 16 32), and records never overlap; an IO element >= 2;
@@ -267,7 +276,7 @@ def decode_batch(frames: Sequence[bytes], *, check_crc: bool = True,
     frame_ok, frame_codec, frame_records = cols[nrc + 6:]
     n_rec, n_io, n_nx, errs = _avlbatch.decode_into(
         frames, cap, check_crc, (*rec, io_offsets), tuple(io), nx,
-        (frame_ok, frame_codec, frame_records))
+        (frame_ok, frame_codec, frame_records), kinds)
     b = object.__new__(AvlBatch)
     for (name, _), arr in zip(_REC_COLUMNS, rec):
         setattr(b, name, arr[:n_rec])

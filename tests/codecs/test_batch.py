@@ -486,6 +486,44 @@ def test_fuzz_never_crashes_and_agrees_with_decode():
     assert len(reasons & {"duplicate_io", "bad_priority", "bad_generation_type"}) >= 2, reasons
 
 
+def udp_datagram(avl: bytes, imei: bytes = b"356307042441013") -> bytes:
+    """A UDP AVL datagram around an AVL part (codec .. Number of Data 2)."""
+    body = struct.pack(">HBBH", 0xCAFE, 1, 7, len(imei)) + imei + avl
+    return struct.pack(">H", len(body)) + body
+
+
+def test_udp_datagrams_decode_in_the_batch_as_udp_decode_does():
+    """decode_batch(udp=...): a UDP datagram's AVL part (no CRC) beside TCP frames: the
+    records udp.decode() gives, or its reason at its offset (the datagram's)."""
+    from fleetcloak.codecs import udp
+
+    rng = random.Random(20261207)
+    corpus = _corpus(rng)
+    mutated = (_mutate(rng, rng.choice(corpus)) for _ in range(4000))
+    dgrams = [udp_datagram(f[8:-4]) for f in mutated if f[:4] == b"\0\0\0\0" and len(f) >= 12]
+    dgrams += [bytes.fromhex(v["hex"]) for v in UDP_AVL]
+    frames = [f for d in dgrams for f in (d, C8)]  # TCP frames between them
+    b = decode_batch(frames, udp=[k % 2 == 0 for k in range(len(frames))])
+    errors, offs, records = dict(b.errors), b.frame_offsets, b.records()
+    reasons = set()
+    for k, f in enumerate(frames):
+        try:
+            want = udp.decode(f) if k % 2 == 0 else decode(f)
+        except DecodeError as exc:
+            want = exc
+        if b.frame_ok[k]:
+            assert isinstance(want, AvlPacket), (f.hex(), want)
+            assert records[offs[k]:offs[k + 1]] == list(want.records)
+        else:
+            assert isinstance(want, DecodeError), (f.hex(), errors[k])
+            assert (errors[k].reason, errors[k].offset) == (want.reason, want.offset), (f.hex(), errors[k], want)
+            reasons.add(want.reason)
+    assert b.frame_ok[1::2].all() and b.frame_ok[-2]  # the TCP frames and the published datagram
+    assert {"truncated", "count_mismatch", "unknown_codec"} <= reasons, reasons
+    with pytest.raises(ValueError, match="udp has 1 entries for 2 frames"):
+        decode_batch(frames[:2], udp=[True])
+
+
 @pytest.mark.slow
 @pytest.mark.timeout(1800)
 def test_fuzz_one_million():
