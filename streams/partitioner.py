@@ -47,16 +47,19 @@ class Partitioner:
 
     def groups(self, topic: str, keys: list, parts: list[int]) -> dict[int, np.ndarray | None]:
         """partition -> the indexes of its messages in `keys`, in order (None: all of them)."""
-        of_key = {k: self.partition_for(topic, k, parts) for k in dict.fromkeys(keys) if k is not None}
-        if None in keys:  # no key: round robin, message by message
+        distinct_keys = dict.fromkeys(keys)
+        of_key = {k: self.partition_for(topic, k, parts) for k in distinct_keys if k is not None}
+        if None in distinct_keys:  # no key: round robin, message by message
             part_of = [of_key[k] if k is not None else self.partition_for(topic, None, parts) for k in keys]
-        else:
-            part_of = list(map(of_key.__getitem__, keys))
-        distinct = set(part_of)
-        if len(distinct) == 1:
-            return {distinct.pop(): None}
-        codes = np.fromiter(part_of, dtype=np.int64, count=len(part_of))
-        return {p: np.flatnonzero(codes == p) for p in sorted(distinct)}
+            codes = np.fromiter(part_of, dtype=np.int64, count=len(part_of))
+            used = set(part_of)
+        else:  # one pass over the keys, in C (this runs beside the pipeline: it holds the GIL)
+            used = set(of_key.values())
+            codes = None if len(used) == 1 else np.fromiter(map(of_key.__getitem__, keys), dtype=np.int64,
+                                                             count=len(keys))
+        if len(used) == 1:
+            return {used.pop(): None}
+        return {p: np.flatnonzero(codes == p) for p in sorted(used)}
 
 
 def join_by_topic(blocks: list[OutputBlock]):
