@@ -574,15 +574,29 @@ static inline int element_fate(const Io *io, unsigned id, Py_ssize_t i, PyObject
     return REPLACED;
 }
 
+/* Every IO id's key text, "65535": at most 8 bytes, written once at import: a key
+ * is then one 8-byte copy (after the comma), not a number conversion per element. */
+static char io_key_text[65536][8];
+static uint8_t io_key_len[65536];
+
+static void io_keys_init(void) {
+    for (unsigned id = 0; id < 65536; id++) {
+        char t[16], *o = t;
+        *o++ = '"';
+        o = w_u64(o, id);
+        *o++ = '"';
+        *o++ = ':';
+        memcpy(io_key_text[id], t, 8);  /* the unused tail bytes are never counted */
+        io_key_len[id] = (uint8_t)(o - t);
+    }
+}
+
 static inline int put_key(Buf *b, int first, unsigned id) {
-    if (reserve(b, 9 + U64_MAX_TEXT) < 0) return -1;  /* ,"65535": */
+    if (reserve(b, 9) < 0) return -1;  /* ,"65535": */
     char *o = b->p + b->len;
     if (!first) *o++ = ',';
-    *o++ = '"';
-    o = w_u64(o, id);
-    *o++ = '"';
-    *o++ = ':';
-    b->len = o - b->p;
+    memcpy(o, io_key_text[id], 8);
+    b->len = (o - b->p) + io_key_len[id];
     return 0;
 }
 
@@ -915,6 +929,7 @@ static struct PyModuleDef module = {
 };
 
 PyMODINIT_FUNC PyInit__render(void) {
+    io_keys_init();
     PyObject *m = PyModule_Create(&module);
     if (!m) return NULL;
     if (PyModule_AddIntConstant(m, "K_OBJ", K_OBJ) < 0 || PyModule_AddIntConstant(m, "K_CONST", K_CONST) < 0 ||
