@@ -120,6 +120,23 @@ def test_values_read_back_exactly(v, x, k):
     assert got["q"] == k / 1e7 and got["i"] == k and got["t"] == k and got["b"] is (k % 2 == 0)
 
 
+def test_seven_decimal_fast_path_is_exact_next_to_its_rounding_edges():
+    """The fast path rounds v * 1e7 by hand and keeps only an exact k / 1e7: raw
+    positions, their neighbours one ulp away and values half-way between two 7-decimal
+    numbers all read back exactly, in repr's digits when repr has no exponent."""
+    rng = np.random.default_rng(11)
+    k = rng.integers(-1_800_000_000, 1_800_000_000, 5000)
+    raw = k / 1e7
+    vals = np.concatenate([raw, np.nextafter(raw, np.inf), np.nextafter(raw, -np.inf), (k + 0.5) / 1e7,
+                           [0.5e-7, -0.5e-7, 1.5e-7, 2.5e-7, 99.99999995, -0.0, 0.0]])
+    out = _render.records(len(vals), [("v", _render.K_F64, vals)], None, None)
+    for v, text in zip(vals.tolist(), out):
+        got = json.loads(text)["v"]
+        assert got == v and math.copysign(1, got) == math.copysign(1, v), (v, text)
+        if "e" not in repr(v):
+            assert text == b'{"v":%s}' % repr(v).encode(), (v, text)
+
+
 def test_repeated_floats_come_from_the_text_cache_unchanged():
     """Coarsened positions repeat; their texts are cached by value in a 4096-slot table
     kept from call to call: thousands of distinct values (many sharing a slot), repeated
