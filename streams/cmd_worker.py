@@ -26,7 +26,7 @@ def add_arguments(p) -> None:
     p.add_argument("--pipeline", default=DEFAULT_PIPELINE,
                    help="`passthrough`, or module:callable returning a PipelineFactory (see streams/seam.py)")
     p.add_argument("--passthrough-topic", default="fleetcloak.passthrough", help="output topic of the passthrough pipeline")
-    p.add_argument("--max-records", type=int, default=20_000, help="max raw messages per batch")
+    p.add_argument("--max-records", type=int, default=8_000, help="max raw messages per batch (LoopSettings.max_records)")
     p.add_argument("--producers", type=_positive, default=4, metavar="N",
                    help="producers (connections) the output partitions are spread over (default 4)")
     p.add_argument("--compression", choices=COMPRESSIONS, default="lz4",

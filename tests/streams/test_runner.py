@@ -424,3 +424,4 @@ def test_the_worker_command_runs_the_pipeline_in_a_child_unless_told_not_to():
     assert parser.parse_args(["--broker", "h:1", "--no-pipeline-process"]).pipeline_process is False
     assert parser.parse_args(["--broker", "h:1", "--pipeline-process"]).pipeline_process is True
     assert LoopSettings("h:1").pipeline_process is False  # embedding code keeps its pipeline in-process
+    assert parser.parse_args(["--broker", "h:1"]).max_records == LoopSettings("h:1").max_records  # one default
