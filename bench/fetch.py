@@ -7,7 +7,7 @@ of 13-1272 bytes (median ~380: the simulator's AVL frames), headers received_at 
 transport, written by aiokafka's producer BatchBuilder in batches of --batch-bytes
 (its default 16 KiB) and cut into fetches of --fetch-bytes (max_partition_fetch_bytes,
 default 1 MiB), offsets as the broker gives them. Both sides check CRCs (the default) and
-hand out the records as FetchResult.getall(max_records=20000) does (aiokafka: its loop;
+hand out the records as FetchResult.getall(max_records=8000) does (aiokafka: its loop;
 ours: one slice). The records are checked equal before timing. Runs alternate A/B;
 prints medians of --runs. Never asserts (CONVENTIONS §6).
 Run: .venv/bin/python bench/fetch.py
@@ -29,7 +29,7 @@ from fleetcloak.streams import _recordbatch
 from fleetcloak.streams.fetch import FastPartitionRecords, _Fetched
 
 TP = TopicPartition("telematics.raw", 0)
-MAX_RECORDS = 20_000  # the worker's LoopSettings.max_records
+MAX_RECORDS = 8_000  # the worker's LoopSettings.max_records
 FIELDS = ("topic", "partition", "offset", "timestamp", "timestamp_type", "key", "value", "checksum",
           "serialized_key_size", "serialized_value_size", "headers")
 
