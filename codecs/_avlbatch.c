@@ -24,7 +24,9 @@
  * SAFETY (the argument in full: docs/decode_batch.md):
  *  - Frame level: nothing past byte 8 is read before n == L + 12 is established, so
  *    f[8 .. 8+L+3] (codec .. CRC) are all inside the frame; L >= 3 so Number of Data 2
- *    at 8+L-1 >= 10 exists and `end` (= 8+L-1) >= 10.
+ *    at 8+L-1 >= 10 exists and `end` (= 8+L-1) >= 10. A UDP datagram (kinds): n >= 26
+ *    is checked first, its data field is [23, n), L = n - 23 >= 3, end = n - 1 >= 25;
+ *    the record level below reads from d + 2 with the same bounds.
  *  - Record level: a group count is read only at q with q + count_size <= end, and q
  *    moves past the group's pairs only after q + count * pair_size <= end (8E: then the
  *    NX count after q + 2 <= end), so after this shape scan the whole fixed part of the
@@ -395,6 +397,7 @@ static PyObject *decode_into(PyObject *self, PyObject *args) {
     Py_buffer *in = NULL;      /* one view per frame: keeps the bytes alive and unresized */
     Py_buffer kinds_v = {0};   /* per frame: 0 a TCP frame, 1 a UDP datagram (optional) */
     const uint8_t *kinds = NULL;
+    int kinds_held = 0;
     Py_ssize_t n_in = 0;
     Err *errs = NULL; Py_ssize_t n_err = 0;
     IdSet *seen = NULL;
@@ -437,6 +440,7 @@ static PyObject *decode_into(PyObject *self, PyObject *args) {
 
     if (kinds_o != Py_None) {
         if (PyObject_GetBuffer(kinds_o, &kinds_v, PyBUF_SIMPLE) < 0) goto done;
+        kinds_held = 1;
         kinds = kinds_v.buf;
         if (kinds_v.len < nf) { PyErr_SetString(PyExc_ValueError, "kinds shorter than frames"); goto done; }
     }
@@ -498,7 +502,7 @@ static PyObject *decode_into(PyObject *self, PyObject *args) {
     result = Py_BuildValue("(nnnN)", c.n_rec, c.n_io, c.n_nx, elist);
 
 done:
-    if (kinds) PyBuffer_Release(&kinds_v);
+    if (kinds_held) PyBuffer_Release(&kinds_v);
     for (Py_ssize_t i = 0; i < n_in; i++) PyBuffer_Release(&in[i]);
     PyMem_Free(in);
     PyMem_Free(seen);

@@ -222,7 +222,7 @@ class TelemetryPipeline:
         frames: list[bytes] = []
         sources: list[RawMessage] = []
         imeis: list[str] = []
-        udp: list[bool] = []  # per frame: a UDP datagram, decoded as such
+        datagram: list[bool] = []  # per frame: a UDP datagram, decoded as such
         known = self._known_keys  # message key -> IMEI, for keys already validated
         if len(known) > 100_000:
             known.clear()
@@ -249,15 +249,15 @@ class TelemetryPipeline:
             frames.append(value)
             sources.append(m)
             imeis.append(imei)
-            udp.append(is_udp)
+            datagram.append(is_udp)
         if frames:
-            yield from self._records(frames, sources, imeis, outputs, blocks, counts, udp)
+            yield from self._records(frames, sources, imeis, outputs, blocks, counts, datagram)
         for name, value in self.keystore.drain():
             outputs.append((KEYS, name, value, None))
         return ProcessResult(outputs, counts, blocks)
 
-    def _records(self, frames, sources, imeis, outputs, blocks, counts, udp=None) -> None:
-        batch = decode_batch(frames, udp=udp if udp and any(udp) else None)
+    def _records(self, frames, sources, imeis, outputs, blocks, counts, datagram=None) -> None:
+        batch = decode_batch(frames, udp=datagram if datagram and any(datagram) else None)
         for k, err in batch.errors:
             counts.received += 1
             counts.deadlettered[err.reason] += 1
