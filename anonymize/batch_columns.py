@@ -96,7 +96,22 @@ def _bytes_column(n: int, record: np.ndarray, width: np.ndarray, value: np.ndarr
                   nx_data: bytes) -> np.ndarray:
     """An object column of one id's values as bytes (None where absent; the last
     element of a record wins), from that id's elements only: NX bytes, or a fixed value
-    as `width` big-endian bytes (codecs.batch.elements_as_bytes, as AvlBatch.io_bytes)."""
+    as `width` big-endian bytes (codecs.batch.elements_as_bytes, as AvlBatch.io_bytes).
+
+    Fixed-size elements of one width, one per record at most (a decoded batch: its
+    records hold no id twice): one bytes object per distinct value, shared by the records
+    that carry it, so the identifier passes hash each distinct value once (a bytes object
+    keeps its hash) and compare equal ones by identity. Card ids of the bench fleet:
+    the processor's canonical pass ~2x faster."""
+    if (record.shape[0] and width[0] != 0 and (width == width[0]).all()
+            and (record.shape[0] == 1 or (record[1:] > record[:-1]).all())):
+        uniq, inv = np.unique(value, return_inverse=True)
+        w = int(width[0])
+        shared = np.empty(uniq.shape[0], dtype=object)
+        shared[:] = [v.to_bytes(w, "big") for v in uniq.tolist()]
+        out = np.full(n, None, dtype=object)
+        out[record] = shared[inv.reshape(-1)]
+        return out
     col = elements_as_bytes(n, record, width, value, nx_len, nx_data)
     return np.fromiter(col, dtype=object, count=n)  # `out[:] = col` looks into each bytes: 4x slower
 

@@ -77,6 +77,27 @@ def test_bytes_column_in_c_is_the_per_element_python():
         assert got.dtype == object and got.tolist() == want
 
 
+def test_bytes_column_of_one_width_shares_one_object_per_value():
+    """A decoded batch's usual column (one width, one element per record at most): the
+    same bytes as the per-element path, equal values one shared object."""
+    from fleetcloak.anonymize.batch_columns import _bytes_column
+
+    rng = np.random.default_rng(12)
+    for w in (1, 2, 4, 8):
+        n = 500
+        record = np.flatnonzero(rng.random(n) < 0.4).astype(np.int64)
+        m = record.shape[0]
+        width = np.full(m, w, dtype=np.uint8)
+        value = rng.integers(0, 7, m).astype(np.uint64) * (2 ** (8 * w - 4))
+        nx_len = np.zeros(m, dtype=np.uint16)
+        got = _bytes_column(n, record, width, value, nx_len, b"")
+        assert got.tolist() == _bytes_column_reference(n, record, width, value, nx_len, b"")
+        by_value: dict = {}
+        for v in got.tolist():
+            if v is not None:
+                assert by_value.setdefault(v, v) is v  # one object per distinct value
+
+
 def test_bytes_column_refuses_what_does_not_fit():
     from fleetcloak.codecs import _avlbatch
 
