@@ -64,6 +64,15 @@ def header(dgram: bytes) -> tuple[int, int, int, str]:
     return packet_id, packet_type, avl_packet_id, check_imei(dgram[8:23], 8)
 
 
+def header_is(dgram: bytes, imei: bytes) -> bool:
+    """True when header() accepts the datagram and its IMEI is `imei` (15 ASCII digits,
+    checked by the caller), in four comparisons and without building anything: the
+    stream pipeline's test before it hands the datagram to decode_batch(udp=...). False
+    otherwise; header() then says why."""
+    n = len(dgram)
+    return n >= _MIN and (dgram[0] << 8 | dgram[1]) == n - 2 and dgram[6:8] == b"\x00\x0f" and dgram[8:23] == imei
+
+
 def decode(dgram: bytes, lenient: bool = False) -> AvlPacket:
     packet_id, packet_type, avl_packet_id, imei = header(dgram)
     n = len(dgram)

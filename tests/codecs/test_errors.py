@@ -140,6 +140,22 @@ def test_gprs_errors():
     fails(patched(C14, 10, 0x11), "bad_length")                     # nACK carries only the IMEI
 
 
+def test_udp_header_is_true_exactly_when_header_accepts_that_imei():
+    """udp.header_is (the stream pipeline's four comparisons) against udp.header(), on
+    the datagram with each header byte changed, and cut short or lengthened."""
+    from fleetcloak.codecs import udp
+
+    imei = UDP[8:23]
+    variants = [UDP, UDP[:-1], UDP + b"\x00", UDP[:25], b"", b"\x00"]
+    variants += [UDP[:k] + bytes([v]) + UDP[k + 1:] for k in range(23) for v in (0x00, 0x0F, 0x30, 0x41, 0xFF)]
+    for d in variants:
+        try:
+            accepted = udp.header(d)[3].encode() == imei
+        except DecodeError:
+            accepted = False
+        assert udp.header_is(d, imei) is accepted, d.hex()
+
+
 def test_udp_gprs_is_not_supported():
     fails(UDP[:23] + b"\x0e" + UDP[24:], "unknown_codec", 23, "udp")
 

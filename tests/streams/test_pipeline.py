@@ -15,7 +15,8 @@ from fleetcloak.anonymize.keystore import MasterKey
 from fleetcloak.cli import main as cli
 from fleetcloak.codecs import AvlPacket, AvlRecord, encode
 from fleetcloak.streams.cli_policy_apply import policy_key, policy_value
-from fleetcloak.streams.pipeline import DuplicateWindow, PipelineBuilder, _plain_udp, udp_header_error
+from fleetcloak.codecs.udp import header_is as udp_header_is
+from fleetcloak.streams.pipeline import DuplicateWindow, PipelineBuilder, udp_header_error
 from fleetcloak.streams.seam import ControlSnapshot, Counts, Message
 
 REPO = Path(__file__).resolve().parents[2]
@@ -291,14 +292,14 @@ def test_udp_datagram_is_decoded_in_place_and_a_bad_header_keeps_its_reason():
     rec = AvlRecord(1_700_000_000_000, 1, -3.7, 40.4, -5, 10, 7, 33, 239, {239: 1, 78: 0x01020304050607})
     imei = "356307042441013"
     dgram = encode(AvlPacket(0x8E, (rec,), transport="udp", imei=imei, packet_id=0xCAFE, avl_packet_id=5, packet_type=1))
-    assert _plain_udp(dgram, imei.encode())
+    assert udp_header_is(dgram, imei.encode())
     got = decode_batch([dgram], udp=[True])
     assert got.errors == [] and got.records() == decode_batch([encode(AvlPacket(0x8E, (rec,)))]).records()
     other = "352093081452251"
-    assert not _plain_udp(dgram, other.encode()) and udp_header_error(dgram, other).reason == "bad_imei"
-    assert not _plain_udp(dgram[:-1], imei.encode()) and udp_header_error(dgram[:-1], imei).reason == "truncated"
+    assert not udp_header_is(dgram, other.encode()) and udp_header_error(dgram, other).reason == "bad_imei"
+    assert not udp_header_is(dgram[:-1], imei.encode()) and udp_header_error(dgram[:-1], imei).reason == "truncated"
     bad_len = dgram[:6] + b"\x00\x0e" + dgram[8:]
-    assert not _plain_udp(bad_len, imei.encode()) and udp_header_error(bad_len, imei).reason == "bad_imei"
+    assert not udp_header_is(bad_len, imei.encode()) and udp_header_error(bad_len, imei).reason == "bad_imei"
     # through the pipeline: the same reasons, the datagram kept as it came
     pipe = PipelineBuilder(MasterKey.generate())(ControlSnapshot({}, {}, {}))
     udp_h = [("transport", b"udp")]
