@@ -88,6 +88,13 @@ class LoopSettings:
     # +5.4 % msgs/s in three A/Bs of alternating bench runs (medians of 5-6); 5,000 no better.
     max_records: int = 8_000
     poll_timeout_ms: int = 200          # how soon a stop request is noticed when idle
+    # aiokafka keeps one fetch per broker in flight: one that asks only for partitions
+    # with nothing new is answered after fetch_max_wait_ms, and partitions with data
+    # wait behind it (500 ms by default: stalls of ~0.35 s seen at the end of a
+    # partition). A partition's fetch holds a whole batch of raw messages (8,000 x ~400 B;
+    # aiokafka's 1 MiB held ~2,600, so a worker owning one partition ran 2,600-message batches).
+    fetch_max_wait_ms: int = 100
+    max_partition_fetch_bytes: int = 4 << 20
     linger_ms: int = 5
     producer_connections: int = 4       # producers the output partitions are spread over (_PartitionFeeds)
     producer_batch_bytes: int = 1 << 20  # per (topic, partition) batch; aiokafka's 16 KB is 16 msgs of 1 KB
@@ -363,6 +370,7 @@ class BatchLoop:
             auto_offset_reset="earliest",  # a new group starts at the oldest raw record, not "now"
             session_timeout_ms=s.session_timeout_ms, heartbeat_interval_ms=s.heartbeat_interval_ms,
             max_poll_interval_ms=300_000,
+            fetch_max_wait_ms=s.fetch_max_wait_ms, max_partition_fetch_bytes=s.max_partition_fetch_bytes,
         )
         failure: BaseException | None = None
         try:
@@ -419,17 +427,10 @@ class BatchLoop:
                 if self._listener_failure is not None:
                     raise WorkerFailed(f"settling before a rebalance failed: {self._listener_failure!r}") \
                         from self._listener_failure
-                # While a batch is being processed elsewhere, wait for the next one to
-                # arrive (the pipeline is the slower side: have its next batch ready when it
-                # is done); with a processed batch or one in flight, look without waiting,
-                # so its outputs go out (and it is settled if the input paused).
                 # getmany() waits through a rebalance without a timeout (seconds on
                 # Tansu); the step after it applies any control change (an erasure) that
                 # arrived.
-                s = self._in_process
-                wait = s.work.working if s is not None else self._in_flight is None
-                batch = await consumer.getmany(timeout_ms=self.settings.poll_timeout_ms if wait else 0,
-                                               max_records=self.settings.max_records)
+                batch = await self._fetch(consumer)
                 if self._stopping:  # fetched but not started: leave it uncommitted
                     break
                 if batch:
@@ -457,6 +458,33 @@ class BatchLoop:
             raise
         async with self._batch_lock:
             await self._settle()
+
+    async def _fetch(self, consumer: AIOKafkaConsumer) -> dict:
+        """The next fetched batch, waited for (up to poll_timeout_ms) only until something
+        else is due: {} as soon as the batch being processed elsewhere is answered (its
+        outputs go out at once, not after the fetch) or, with none being processed, the
+        batch in flight is acknowledged (it is committed). While a batch is processed
+        elsewhere, the next one is queued behind it as soon as it is fetched; a batch
+        processed here (ready) is produced without waiting."""
+        s, flight = self._in_process, self._in_flight
+        if s is not None:
+            due = s.work.answered() if s.work.working else None
+        else:
+            due = asyncio.wait(flight.futures) if flight is not None and flight.futures else None
+        wait = due is not None or (s is None and flight is None)
+        fetch = consumer.getmany(timeout_ms=self.settings.poll_timeout_ms if wait else 0,
+                                 max_records=self.settings.max_records)
+        if due is None:
+            return await fetch
+        fetching, other = asyncio.ensure_future(fetch), asyncio.ensure_future(due)
+        try:
+            await asyncio.wait((fetching, other), return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            other.cancel()  # asyncio.wait: the futures it watched are left alone
+            if not fetching.done():
+                fetching.cancel()  # while it waits for data: it has taken none
+                await asyncio.wait((fetching,))
+        return {} if fetching.cancelled() else fetching.result()
 
     async def _step(self, batch: dict) -> None:
         """One turn: wait for the batch being processed, apply control changes, start the

@@ -194,6 +194,11 @@ class Started(ABC):
     def result(self) -> ProcessResult:
         """Its ProcessResult, after ready()."""
 
+    async def answered(self) -> None:
+        """Return once ready() would no longer wait for the batch's processing (its reply
+        is in, or the child is gone), without taking the answer: the loop waits for this
+        or its next fetch, whichever comes first. At once unless `working`."""
+
 
 class _Done(Started):
     def __init__(self, value: ProcessResult | None = None, error: PipelineError | None = None) -> None:
@@ -254,6 +259,10 @@ class _Reply(Started):
         self._body = await self._runner._reply_bytes()
         self.working = False
 
+    async def answered(self) -> None:
+        if self.working and self._runner._replies is not None:
+            await self._runner._replies.arrived()
+
     def result(self) -> ProcessResult:
         return _load(self._body)
 
@@ -269,7 +278,7 @@ class _ReplyStream(asyncio.BufferedProtocol):
         self._buffer = self._header   # being filled: a header, or a reply's body
         self._got = 0
         self._done: deque[bytearray] = deque()
-        self._waiter: asyncio.Future | None = None
+        self._waiters: list[asyncio.Future] = []  # next() and arrived(), from different tasks
         self._closed = False
 
     def get_buffer(self, sizehint: int) -> memoryview:
@@ -292,20 +301,24 @@ class _ReplyStream(asyncio.BufferedProtocol):
         self._wake()
 
     def _wake(self) -> None:
-        if self._waiter is not None and not self._waiter.done():
-            self._waiter.set_result(None)
+        for waiter in self._waiters:
+            if not waiter.done():
+                waiter.set_result(None)
+
+    async def arrived(self) -> None:
+        """Return once a whole reply is waiting to be read, or the socket is closed."""
+        while not self._done and not self._closed:
+            waiter = asyncio.get_running_loop().create_future()
+            self._waiters.append(waiter)
+            try:
+                await waiter
+            finally:
+                self._waiters.remove(waiter)
 
     async def next(self) -> bytearray | None:
         """The next whole reply; None once the socket is closed without one."""
-        while not self._done:
-            if self._closed:
-                return None
-            self._waiter = asyncio.get_running_loop().create_future()
-            try:
-                await self._waiter
-            finally:
-                self._waiter = None
-        return self._done.popleft()
+        await self.arrived()
+        return self._done.popleft() if self._done else None
 
 
 class ChildRunner:

@@ -114,6 +114,32 @@ def test_queued_batches_and_a_control_change_between_them_are_answered_in_order(
     asyncio.run(go())
 
 
+def test_answered_wakes_every_waiter_and_leaves_the_reply_to_ready():
+    """The loop waits for a batch's reply or its next fetch, whichever comes first, while a
+    rebalance may be settling (ready()) from another task: both wake, the reply is taken
+    once, by ready(), and a child that died wakes answered() too."""
+    async def go():
+        async with _built_child() as child:
+            started = child.start(child.prepare(_msgs(5)))
+            assert started.working
+            waiters = [asyncio.ensure_future(started.answered()) for _ in range(2)]
+            settling = asyncio.ensure_future(started.ready())
+            await asyncio.wait_for(asyncio.gather(*waiters, settling), 10)
+            assert len(started.result().blocks[0].values) == 5 and not started.working
+            await asyncio.wait_for(started.answered(), 1)  # answered: returns at once
+            again = child.start(child.prepare(_msgs(2)))
+            await asyncio.wait_for(again.answered(), 10)   # the reply is in, not taken
+            await again.ready()
+            assert len(again.result().blocks[0].values) == 2
+            child._proc.kill()
+            child._proc.join(10)
+            gone = child.start(child.prepare(_msgs(1)))
+            await asyncio.wait_for(gone.answered(), 10)    # never answered: the child is gone
+            with pytest.raises(ChildDied):
+                await gone.ready()
+    asyncio.run(go())
+
+
 def test_records_cross_packed_when_they_are_fetched_records_and_as_columns_otherwise():
     from fleetcloak.streams.recordbatch import build_batches, read_batches
     from fleetcloak.streams.runner import _records, _wire_records
