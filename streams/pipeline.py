@@ -132,7 +132,10 @@ def udp_header_error(dgram: bytes, imei: str) -> DecodeError:
     try:
         udp.header(dgram)
     except DecodeError as e:
-        return e
+        # without its traceback: kept by the caller's frame, it would hold that frame in a
+        # cycle (traceback -> frame -> f_back -> the batch's frame -> the error) and, with
+        # it, the whole batch until a full collection (the child collects every 64 batches)
+        return e.with_traceback(None)
     return DecodeError("bad_imei", 8, "the datagram's IMEI is not the message key's")
 
 

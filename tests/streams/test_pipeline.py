@@ -2,6 +2,7 @@
 against the simulator's ground truth. No broker: the delivery loop is tested elsewhere."""
 from __future__ import annotations
 
+import gc
 import json
 from collections import Counter
 from pathlib import Path
@@ -306,6 +307,27 @@ def test_udp_datagram_is_decoded_in_place_and_a_bad_header_keeps_its_reason():
     r = pipe.process([Message(dgram[:-1], imei.encode(), udp_h), Message(dgram, other.encode(), udp_h)])
     assert r.counts.deadlettered == {"truncated": 1, "bad_imei": 1}
     assert sorted(o[2] for o in r.outputs) == sorted([dgram[:-1], dgram])
+
+
+def test_a_batch_leaves_no_cycles_behind_even_with_faulty_datagrams(fleet):
+    """The worker's child collects cycles only every 64 batches (streams/runner.py): a batch
+    held in a cycle (a kept exception's traceback reaching its frame) stays in memory until
+    then, and its pages are faulted in afresh for every batch after it."""
+    pipe = PipelineBuilder(MasterKey.generate())(ControlSnapshot(fleet["policies"], {}, {}))
+    msgs = fleet["msgs"][:400]
+    udp = next(m for m in msgs if ("transport", b"udp") in m.headers)
+    faulty = [Message(udp.value[:-1], udp.key, udp.headers), Message(b"\x00\x01", udp.key, udp.headers),
+              Message(b"\x00\x00", b"not-an-imei")]
+    pipe.process(msgs)  # keys minted, caches filled
+    gc.collect()
+    gc.disable()
+    try:
+        result = pipe.process(msgs + faulty)
+        assert {"truncated", "bad_key"} <= set(result.counts.deadlettered)
+        del result
+        assert gc.collect() == 0
+    finally:
+        gc.enable()
 
 
 def test_per_packet_output_mode(fleet):
