@@ -88,9 +88,10 @@ static inline int find(const Table *t, const Slot *k, size_t *at) {
 static int table_init(Table *t, Py_ssize_t half) {
     size_t n = 16;
     while (n < (size_t)half * 2) n <<= 1;   /* load <= 1/2 */
-    /* Zeroed here, not by calloc: every page is faulted in now, when the pipeline is
-     * built, not a few at a time under the first ~500,000 ids (~6,000 page faults of
-     * ~3.7 us each in the bench's stream, on its VM). */
+    /* Zeroed here, not by calloc: every page is faulted in now, when the window is made
+     * (PipelineBuilder: by its first build, in the process that uses it), not a few at
+     * a time under the first ~500,000 ids (~6,000 page faults of ~3.7 us each in the
+     * bench's stream, on its VM). */
     t->slots = PyMem_Malloc(n * sizeof(Slot));
     if (!t->slots) { PyErr_NoMemory(); return -1; }
     memset(t->slots, 0, n * sizeof(Slot));

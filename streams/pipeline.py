@@ -408,13 +408,22 @@ class PipelineBuilder:
         self.master = master if master is not None else load_master_key("production")
         self.keystore = TableKeyStore()
         self.keyring = Keyring(self.keystore, self.master, create=True)
-        self.duplicates = DuplicateWindow()
+        self._duplicates: DuplicateWindow | None = None
         self.clock = clock
         self._group_gate = None
         self._keyer = None
         self._policies_seen: dict | None = None
         self._subjects_seen: dict | None = None
         self._pipeline: Pipeline | None = None
+
+    @property
+    def duplicates(self) -> "DuplicateWindow":
+        """The duplicate window, made by the first build: in the process that uses it (the
+        worker's pipeline child), which zeroes its ~25 MB of tables there and then, not
+        page by page, copy-on-write, under the stream's first ids."""
+        if self._duplicates is None:
+            self._duplicates = DuplicateWindow()
+        return self._duplicates
 
     def refresh(self, changed: frozenset[str], snap: ControlSnapshot) -> bool:
         """Absorb a change of the keys topic alone (our own minted salts coming back,
