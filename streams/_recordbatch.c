@@ -26,7 +26,8 @@
  *                        varints, record count, a header key not UTF-8); its records
  *                        are not in the list, aiokafka reads them or raises its error;
  *         STOP_BAD_CRC   check_crcs and the batch's CRC-32C does not match.
- *   pack(records) -> bytes | None, unpack(data) -> list[FetchedRecord]
+ *   pack(records) -> bytes | None, unpack(data, start, count, topic) -> list[FetchedRecord],
+ *   columns(data) -> (keys, values, topics, starts), header_values(data, name) -> list
  *       FetchedRecords through a pipe in one buffer (see "packing" below)
  *   _crc32c(data, force_portable=False) -> int     CRC-32C, for the tests
  *   set_too_large_error(cls)
@@ -804,80 +805,226 @@ static inline const uint8_t *up_take(Unpacker *r, int64_t n) {
     return at;
 }
 
-static PyObject *unpack_records(PyObject *self, PyObject *arg) {
+/* One packed record, as places in the buffer (every length checked against its end). */
+typedef struct {
+    const uint8_t *topic;        /* NULL: the previous record's topic */
+    int32_t tlen, partition, ts_type, hcount;
+    int64_t offset, ts, klen, vlen;
+    const uint8_t *key, *value;
+    const uint8_t *headers;      /* the first header; hcount of them, each checked */
+} PackedRec;
+
+/* Reads the record at r->p into x and moves past it; -1 if it is malformed. */
+static int up_record(Unpacker *r, PackedRec *x) {
+    if (up_get(r, &x->tlen, 4) < 0) return -1;
+    x->topic = NULL;
+    if (x->tlen >= 0 && !(x->topic = up_take(r, x->tlen))) return -1;
+    if (up_get(r, &x->partition, 4) < 0 || up_get(r, &x->offset, 8) < 0 || up_get(r, &x->ts, 8) < 0 ||
+        up_get(r, &x->ts_type, 4) < 0 || up_get(r, &x->klen, 8) < 0 || x->klen < -1) return -1;
+    if (!(x->key = x->klen > 0 ? up_take(r, x->klen) : r->p) || up_get(r, &x->vlen, 8) < 0 || x->vlen < -1) return -1;
+    if (!(x->value = x->vlen > 0 ? up_take(r, x->vlen) : r->p) || up_get(r, &x->hcount, 4) < 0 || x->hcount < 0 ||
+        x->hcount > r->end - r->p) return -1;
+    x->headers = r->p;
+    for (int32_t h = 0; h < x->hcount; h++) {
+        int32_t hklen;
+        int64_t hvlen;
+        if (up_get(r, &hklen, 4) < 0 || !up_take(r, hklen) || up_get(r, &hvlen, 8) < 0 || hvlen < -1 ||
+            (hvlen > 0 && !up_take(r, hvlen))) return -1;
+    }
+    return 0;
+}
+
+/* The next header of a record up_record read (no checks left to make). */
+static inline const uint8_t *next_header(const uint8_t *p, const uint8_t **k, int32_t *klen,
+                                         const uint8_t **v, int64_t *vlen) {
+    memcpy(klen, p, 4);
+    *k = p + 4;
+    memcpy(vlen, *k + *klen, 8);
+    *v = *k + *klen + 8;
+    return *v + (*vlen > 0 ? *vlen : 0);
+}
+
+/* The FetchedRecord of x; NULL with an exception set, or with none if a header key is
+ * not UTF-8 (malformed). */
+static PyObject *fetched_record(const PackedRec *x, PyObject *topic, KeyCache *keys) {
+    PyObject *headers = PyTuple_New(x->hcount), *item;
+    if (!headers) return NULL;
+    const uint8_t *p = x->headers;
+    for (int32_t h = 0; h < x->hcount; h++) {
+        const uint8_t *hk, *hv;
+        int32_t hklen;
+        int64_t hvlen;
+        p = next_header(p, &hk, &hklen, &hv, &hvlen);
+        PyObject *k = header_key(keys, hk, hklen);
+        if (!k) { Py_DECREF(headers); return NULL; }
+        PyObject *v = nullable_bytes(hv, hvlen);
+        PyObject *pair = v ? PyTuple_Pack(2, k, v) : NULL;
+        Py_DECREF(k);
+        Py_XDECREF(v);
+        if (!pair) { Py_DECREF(headers); return NULL; }
+        PyObject_GC_UnTrack(pair);
+        PyTuple_SET_ITEM(headers, h, pair);
+    }
+    if (x->hcount) PyObject_GC_UnTrack(headers);
+    PyObject *rec = PyStructSequence_New(FetchedRecordType);
+    if (!rec) { Py_DECREF(headers); return NULL; }
+    PyStructSequence_SET_ITEM(rec, 10, headers);
+    PyStructSequence_SET_ITEM(rec, 0, Py_NewRef(topic));
+    PyStructSequence_SET_ITEM(rec, 7, Py_NewRef(Py_None));
+#define SET(i, expr) do { if (!(item = (expr))) { Py_DECREF(rec); return NULL; } PyStructSequence_SET_ITEM(rec, i, item); } while (0)
+    SET(1, PyLong_FromLong(x->partition));
+    SET(2, PyLong_FromLongLong(x->offset));
+    SET(3, PyLong_FromLongLong(x->ts));
+    SET(4, PyLong_FromLong(x->ts_type));
+    SET(5, nullable_bytes(x->key, x->klen));
+    SET(6, nullable_bytes(x->value, x->vlen));
+    SET(8, PyLong_FromLongLong(x->klen));
+    SET(9, PyLong_FromLongLong(x->vlen));
+#undef SET
+    return rec;
+}
+
+static PyObject *malformed_at(const Unpacker *r, const Py_buffer *data) {
+    return PyErr_Format(PyExc_ValueError, "packed records are malformed at byte %zd of %zd",
+                        (Py_ssize_t)(r->p - (const uint8_t *)data->buf), data->len);
+}
+
+/* unpack(data, start=0, count=-1, topic=None) -> list[FetchedRecord]: `count` records (-1:
+ * all) from byte `start`, `topic` being the one of the record before (for a record that
+ * names none). */
+static PyObject *unpack_records(PyObject *self, PyObject *args, PyObject *kw) {
     (void)self;
+    static char *kwlist[] = {"data", "start", "count", "topic", NULL};
     Py_buffer data;
-    if (PyObject_GetBuffer(arg, &data, PyBUF_SIMPLE) < 0) return NULL;
-    Unpacker r = {data.buf, (const uint8_t *)data.buf + data.len};
-    PyObject *out = PyList_New(0), *topic = NULL, *result = NULL;
+    Py_ssize_t start = 0, count = -1;
+    PyObject *topic = Py_None;
+    if (!PyArg_ParseTupleAndKeywords(args, kw, "y*|nnO:unpack", kwlist, &data, &start, &count, &topic)) return NULL;
+    if (start < 0 || start > data.len || (topic != Py_None && !PyUnicode_CheckExact(topic))) {
+        PyBuffer_Release(&data);
+        return PyErr_Format(PyExc_ValueError, "unpack: start %zd out of 0..%zd, or topic not a str", start, data.len);
+    }
+    Unpacker r = {(const uint8_t *)data.buf + start, (const uint8_t *)data.buf + data.len};
+    PyObject *out = PyList_New(0), *result = NULL;
+    topic = topic == Py_None ? NULL : Py_NewRef(topic);
     KeyCache keys = {.n = 0};
     if (!out) goto done;
-    while (r.p < r.end) {
-        int32_t tlen, partition, ts_type, hcount;
-        int64_t offset, ts, klen, vlen;
-        if (up_get(&r, &tlen, 4) < 0) goto malformed;
-        if (tlen >= 0) {
-            const uint8_t *t = up_take(&r, tlen);
-            if (!t) goto malformed;
-            Py_XSETREF(topic, PyUnicode_DecodeUTF8((const char *)t, tlen, "strict"));
+    for (Py_ssize_t i = 0; r.p < r.end && (count < 0 || i < count); i++) {
+        PackedRec x;
+        if (up_record(&r, &x) < 0) { malformed_at(&r, &data); goto done; }
+        if (x.topic) {
+            Py_XSETREF(topic, PyUnicode_DecodeUTF8((const char *)x.topic, x.tlen, "strict"));
             if (!topic) goto done;
-        } else if (!topic) goto malformed;
-        if (up_get(&r, &partition, 4) < 0 || up_get(&r, &offset, 8) < 0 || up_get(&r, &ts, 8) < 0 ||
-            up_get(&r, &ts_type, 4) < 0 || up_get(&r, &klen, 8) < 0 || klen < -1) goto malformed;
-        const uint8_t *kp = klen > 0 ? up_take(&r, klen) : r.p;
-        if (!kp || up_get(&r, &vlen, 8) < 0 || vlen < -1) goto malformed;
-        const uint8_t *vp = vlen > 0 ? up_take(&r, vlen) : r.p;
-        if (!vp || up_get(&r, &hcount, 4) < 0 || hcount < 0 || hcount > r.end - r.p) goto malformed;
-        PyObject *headers = PyTuple_New(hcount);
-        if (!headers) goto done;
-        for (int32_t h = 0; h < hcount; h++) {
-            int32_t hklen;
-            int64_t hvlen;
-            const uint8_t *hk, *hv;
-            if (up_get(&r, &hklen, 4) < 0 || !(hk = up_take(&r, hklen)) || up_get(&r, &hvlen, 8) < 0 ||
-                hvlen < -1 || !(hv = hvlen > 0 ? up_take(&r, hvlen) : r.p)) { Py_DECREF(headers); goto malformed; }
-            PyObject *k = header_key(&keys, hk, hklen);
-            if (!k) {
-                Py_DECREF(headers);
-                if (PyErr_Occurred()) goto done;
-                goto malformed;
-            }
-            PyObject *v = nullable_bytes(hv, hvlen);
-            PyObject *pair = v ? PyTuple_Pack(2, k, v) : NULL;
-            Py_DECREF(k);
-            Py_XDECREF(v);
-            if (!pair) { Py_DECREF(headers); goto done; }
-            PyObject_GC_UnTrack(pair);
-            PyTuple_SET_ITEM(headers, h, pair);
+        } else if (!topic) { malformed_at(&r, &data); goto done; }
+        PyObject *rec = fetched_record(&x, topic, &keys);
+        if (!rec) {
+            if (!PyErr_Occurred()) malformed_at(&r, &data);
+            goto done;
         }
-        if (hcount) PyObject_GC_UnTrack(headers);
-        PyObject *rec = PyStructSequence_New(FetchedRecordType), *item;
-        if (!rec) { Py_DECREF(headers); goto done; }
-        PyStructSequence_SET_ITEM(rec, 10, headers);
-        PyStructSequence_SET_ITEM(rec, 0, Py_NewRef(topic));
-        PyStructSequence_SET_ITEM(rec, 7, Py_NewRef(Py_None));
-#define SET(i, expr) do { if (!(item = (expr))) { Py_DECREF(rec); goto done; } PyStructSequence_SET_ITEM(rec, i, item); } while (0)
-        SET(1, PyLong_FromLong(partition));
-        SET(2, PyLong_FromLongLong(offset));
-        SET(3, PyLong_FromLongLong(ts));
-        SET(4, PyLong_FromLong(ts_type));
-        SET(5, nullable_bytes(kp, klen));
-        SET(6, nullable_bytes(vp, vlen));
-        SET(8, PyLong_FromLongLong(klen));
-        SET(9, PyLong_FromLongLong(vlen));
-#undef SET
         int failed = PyList_Append(out, rec) < 0;
         Py_DECREF(rec);
         if (failed) goto done;
     }
     result = Py_NewRef(out);
-    goto done;
-malformed:
-    PyErr_Format(PyExc_ValueError, "packed records are malformed at byte %zd of %zd",
-                 (Py_ssize_t)(r.p - (const uint8_t *)data.buf), data.len);
 done:
     for (int i = 0; i < keys.n; i++) Py_DECREF(keys.e[i].str);
     Py_XDECREF(topic);
+    Py_XDECREF(out);
+    PyBuffer_Release(&data);
+    return result;
+}
+
+/* columns(data) -> (keys, values, topics, starts): per record its key and value (bytes or
+ * None), its topic (one str object per run of equal topics) and the byte it starts at
+ * (an int64 array's bytes), for unpack(data, start, 1, topic). One pass; no record object. */
+static PyObject *packed_columns(PyObject *self, PyObject *arg) {
+    (void)self;
+    Py_buffer data;
+    if (PyObject_GetBuffer(arg, &data, PyBUF_SIMPLE) < 0) return NULL;
+    Unpacker r = {data.buf, (const uint8_t *)data.buf + data.len};
+    PyObject *keys = PyList_New(0), *values = PyList_New(0), *topics = PyList_New(0), *topic = NULL;
+    PyObject *starts = NULL, *result = NULL;
+    int64_t *at = NULL;
+    Py_ssize_t n = 0, cap = 0;
+    if (!keys || !values || !topics) goto done;
+    while (r.p < r.end) {
+        const int64_t here = (int64_t)(r.p - (const uint8_t *)data.buf);
+        PackedRec x;
+        if (up_record(&r, &x) < 0) { malformed_at(&r, &data); goto done; }
+        if (x.topic) {
+            Py_XSETREF(topic, PyUnicode_DecodeUTF8((const char *)x.topic, x.tlen, "strict"));
+            if (!topic) goto done;
+        } else if (!topic) { malformed_at(&r, &data); goto done; }
+        if (n == cap) {
+            cap = cap ? 2 * cap : 1024;
+            int64_t *grown = PyMem_Realloc(at, (size_t)cap * sizeof *at);
+            if (!grown) { PyErr_NoMemory(); goto done; }
+            at = grown;
+        }
+        at[n++] = here;
+        PyObject *k = nullable_bytes(x.key, x.klen), *v = k ? nullable_bytes(x.value, x.vlen) : NULL;
+        int failed = !v || PyList_Append(keys, k) < 0 || PyList_Append(values, v) < 0 ||
+                     PyList_Append(topics, topic) < 0;
+        Py_XDECREF(k);
+        Py_XDECREF(v);
+        if (failed) goto done;
+    }
+    if (!(starts = PyBytes_FromStringAndSize((const char *)at, n * (Py_ssize_t)sizeof *at))) goto done;
+    result = PyTuple_Pack(4, keys, values, topics, starts);
+done:
+    PyMem_Free(at);
+    Py_XDECREF(starts);
+    Py_XDECREF(topic);
+    Py_XDECREF(keys);
+    Py_XDECREF(values);
+    Py_XDECREF(topics);
+    PyBuffer_Release(&data);
+    return result;
+}
+
+/* header_values(data, name) -> list: per record, the value (bytes or None) of its first
+ * header called `name`, None if it has none; equal values share one bytes object. */
+#define SHARED_VALUES 16
+static PyObject *header_values(PyObject *self, PyObject *args) {
+    (void)self;
+    Py_buffer data;
+    const char *name;
+    Py_ssize_t name_len;
+    if (!PyArg_ParseTuple(args, "y*s#:header_values", &data, &name, &name_len)) return NULL;
+    Unpacker r = {data.buf, (const uint8_t *)data.buf + data.len};
+    PyObject *out = PyList_New(0), *result = NULL;
+    PyObject *shared[SHARED_VALUES];
+    int nshared = 0;
+    if (!out) goto done;
+    while (r.p < r.end) {
+        PackedRec x;
+        if (up_record(&r, &x) < 0) { malformed_at(&r, &data); goto done; }
+        PyObject *v = Py_None;
+        const uint8_t *p = x.headers;
+        for (int32_t h = 0; h < x.hcount; h++) {
+            const uint8_t *hk, *hv;
+            int32_t hklen;
+            int64_t hvlen;
+            p = next_header(p, &hk, &hklen, &hv, &hvlen);
+            if (hklen != name_len || memcmp(hk, name, (size_t)name_len) != 0) continue;
+            if (hvlen < 0) break;
+            v = NULL;
+            for (int i = 0; i < nshared && !v; i++)
+                if (PyBytes_GET_SIZE(shared[i]) == hvlen && memcmp(PyBytes_AS_STRING(shared[i]), hv, (size_t)hvlen) == 0)
+                    v = shared[i];
+            if (!v) {
+                if (!(v = PyBytes_FromStringAndSize((const char *)hv, (Py_ssize_t)hvlen))) goto done;
+                int failed = PyList_Append(out, v) < 0;
+                if (nshared < SHARED_VALUES) shared[nshared++] = v; else Py_DECREF(v);
+                if (failed) goto done;
+                v = NULL;  /* appended */
+            }
+            break;
+        }
+        if (v && PyList_Append(out, v) < 0) goto done;
+    }
+    result = Py_NewRef(out);
+done:
+    for (int i = 0; i < nshared; i++) Py_DECREF(shared[i]);
     Py_XDECREF(out);
     PyBuffer_Release(&data);
     return result;
@@ -914,8 +1061,12 @@ static PyMethodDef methods[] = {
      "_crc32c(data, force_portable=False) -> int: CRC-32C (Castagnoli) of a bytes-like object."},
     {"pack", pack_records, METH_O,
      "pack(records) -> bytes | None: FetchedRecords as one buffer for unpack(); None if any is not packable."},
-    {"unpack", unpack_records, METH_O,
-     "unpack(data) -> list[FetchedRecord]: what pack() packed."},
+    {"unpack", (PyCFunction)(void (*)(void))unpack_records, METH_VARARGS | METH_KEYWORDS,
+     "unpack(data, start=0, count=-1, topic=None) -> list[FetchedRecord]: what pack() packed."},
+    {"columns", packed_columns, METH_O,
+     "columns(data) -> (keys, values, topics, starts): pack()'s records as columns."},
+    {"header_values", header_values, METH_VARARGS,
+     "header_values(data, name) -> list: each packed record's first header `name`, or None."},
     {"set_too_large_error", set_too_large_error, METH_O,
      "Register the exception class build raises as cls(index, size, max_bytes)."},
     {NULL, NULL, 0, NULL}

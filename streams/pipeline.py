@@ -39,6 +39,7 @@ from fleetcloak.anonymize.render import controller_json, packets_json, processor
 from fleetcloak.codecs import DecodeError, decode_batch
 from fleetcloak.codecs import udp
 from fleetcloak.streams import _idwindow
+from fleetcloak.streams.recordbatch import PackedRecords
 from fleetcloak.streams.seam import (
     ControlSnapshot, Counts, OutputBlock, Pipeline, ProcessResult, RawMessage, run_steps,
 )
@@ -139,6 +140,18 @@ def udp_header_error(dgram: bytes, imei: str) -> DecodeError:
     return DecodeError("bad_imei", 8, "the datagram's IMEI is not the message key's")
 
 
+class _Rows:
+    """Some messages of a batch, by their indexes in it (a frame's source)."""
+
+    __slots__ = ("_batch", "_rows")
+
+    def __init__(self, batch: Sequence[RawMessage], rows: list[int]) -> None:
+        self._batch, self._rows = batch, rows
+
+    def __getitem__(self, k: int) -> RawMessage:
+        return self._batch[self._rows[k]]
+
+
 def _header(headers, name: str) -> bytes | None:
     for k, v in headers or ():
         if k == name:
@@ -213,47 +226,63 @@ class TelemetryPipeline:
         outputs: list[tuple] = []
         blocks: list[OutputBlock] = []
         counts = Counts()
-        frames: list[bytes] = []
-        sources: list[RawMessage] = []
-        imeis: list[str] = []
-        datagram: list[bool] = []  # per frame: a UDP datagram, decoded as such
-        known = self._known_keys  # message key -> IMEI, for keys already validated
-        if len(known) > 100_000:
-            known.clear()
-        for m in batch:
-            imei = known.get(m.key)
-            if imei is None:
-                imei = _imei_of(m.key)
-                if imei is None:
-                    counts.received += 1
-                    counts.deadlettered["bad_key"] += 1
-                    outputs.append(_deadletter(m, "bad_key", "the message key is not a 15-digit IMEI", 0))
-                    continue
-                known[m.key] = imei
-            value = m.value or b""
-            is_udp = False
-            if m.headers and _UDP in m.headers and _header(m.headers, "transport") == b"udp":
-                # decode_batch reads the AVL part in place: no TCP frame built, no CRC
-                # computed to be checked (2-4 us a datagram, a third of the bench fleet's)
-                is_udp = udp.header_is(value, m.key)
-                if not is_udp:
-                    e = udp_header_error(value, imei)
-                    counts.received += 1
-                    counts.deadlettered[e.reason] += 1
-                    outputs.append(_deadletter(m, e.reason, e.detail, e.offset))
-                    continue
-            frames.append(value)
-            sources.append(m)
-            imeis.append(imei)
-            datagram.append(is_udp)
+        frames, sources, imeis, datagram = self._frames(batch, outputs, counts)
         if frames:
             yield from self._records(frames, sources, imeis, outputs, blocks, counts, datagram)
         for name, value in self.keystore.drain():
             outputs.append((KEYS, name, value, None))
         return ProcessResult(outputs, counts, blocks)
 
+    def _frames(self, batch: Sequence[RawMessage], outputs: list, counts: Counts) -> tuple:
+        """The batch's frames to decode: (frames, their sources, IMEIs, UDP flags or None).
+        A message whose key is not an IMEI, or whose UDP header udp.header_is() refuses,
+        goes to the dead letters here, in batch order. Column by column: the worker's
+        child gets its batches as PackedRecords (keys, values and a header's values, no
+        record objects; streams/recordbatch.py)."""
+        if isinstance(batch, PackedRecords):
+            keys, values, transports = batch.keys, batch.values, batch.header_values("transport")
+        else:
+            keys, values = [m.key for m in batch], [m.value for m in batch]
+            transports = [_header(m.headers, "transport") for m in batch]
+        known = self._known_keys  # message key -> IMEI, for keys already validated
+        if len(known) > 100_000:
+            known.clear()
+        imeis = list(map(known.get, keys))
+        rejected: dict[int, tuple[str, str, int]] = {}  # message -> (reason, detail, offset)
+        if None in imeis:
+            for i in [i for i, imei in enumerate(imeis) if imei is None]:
+                imei = _imei_of(keys[i])
+                if imei is None:
+                    rejected[i] = ("bad_key", "the message key is not a 15-digit IMEI", 0)
+                else:
+                    known[keys[i]] = imeis[i] = imei
+        if None in values:
+            values = [v or b"" for v in values]
+        datagram = None
+        udp_rows = [i for i, t in enumerate(transports) if t == b"udp" and i not in rejected]
+        if udp_rows:
+            # decode_batch reads the AVL part in place: no TCP frame built, no CRC computed
+            # to be checked (2-4 us a datagram, a third of the bench fleet's)
+            datagram = [False] * len(values)
+            for i in udp_rows:
+                if udp.header_is(values[i], keys[i]):
+                    datagram[i] = True
+                else:
+                    e = udp_header_error(values[i], imeis[i])
+                    rejected[i] = (e.reason, e.detail, e.offset)
+        if not rejected:
+            return values, batch, imeis, datagram
+        for i in sorted(rejected):
+            reason, detail, offset = rejected[i]
+            counts.received += 1
+            counts.deadlettered[reason] += 1
+            outputs.append(_deadletter(batch[i], reason, detail, offset))
+        kept = [i for i in range(len(values)) if i not in rejected]
+        return ([values[i] for i in kept], _Rows(batch, kept), [imeis[i] for i in kept],
+                [datagram[i] for i in kept] if datagram is not None else None)
+
     def _records(self, frames, sources, imeis, outputs, blocks, counts, datagram=None) -> None:
-        batch = decode_batch(frames, udp=datagram if datagram and any(datagram) else None)
+        batch = decode_batch(frames, udp=datagram if datagram is not None and any(datagram) else None)
         for k, err in batch.errors:
             counts.received += 1
             counts.deadlettered[err.reason] += 1
@@ -379,9 +408,6 @@ def _keys(devices: list[str]) -> list[bytes]:
     """Message keys: each distinct device pseudonym encoded once."""
     enc = {d: d.encode() for d in dict.fromkeys(devices)}
     return list(map(enc.__getitem__, devices))
-
-
-_UDP = ("transport", b"udp")
 
 
 def _imei_of(key: bytes | None) -> str | None:

@@ -181,6 +181,45 @@ def unpack_records(data) -> list:
     return _recordbatch.unpack(data)
 
 
+class PackedRecords(Sequence):
+    """The FetchedRecords `pack_records` packed, read as columns in one C pass: `keys` and
+    `values` (lists of bytes or None), `header_values(name)`; a record object is built
+    only when one is asked for (`batch[i]`, a dead letter's source), or all of them when
+    the batch is iterated. The pipeline's child reads its batches so
+    (streams/runner.py): 8,000 records as objects, then a Python pass over them, cost
+    ~16 ms of the child's ~300 ms a batch. ValueError if `data` is cut or malformed.
+    Keeps `data` (any bytes-like object) until it is dropped."""
+
+    __slots__ = ("_data", "keys", "values", "_topics", "_starts", "_all")
+
+    def __init__(self, data) -> None:
+        self._data = data
+        self.keys, self.values, self._topics, starts = _recordbatch.columns(data)
+        self._starts = np.frombuffer(starts, dtype=np.int64)
+        self._all: list | None = None
+
+    def __len__(self) -> int:
+        return len(self.keys)
+
+    def __getitem__(self, i):
+        if isinstance(i, slice):
+            return [self[k] for k in range(*i.indices(len(self)))]
+        if self._all is not None:
+            return self._all[i]
+        i = range(len(self))[i]  # IndexError as a list's; negative indexes
+        return _recordbatch.unpack(self._data, int(self._starts[i]), 1, self._topics[i])[0]
+
+    def __iter__(self):
+        if self._all is None:
+            self._all = _recordbatch.unpack(self._data)
+        return iter(self._all)
+
+    def header_values(self, name: str) -> list:
+        """Each record's first header called `name`: its value (bytes or None), None
+        where it has none. Equal values are one bytes object."""
+        return _recordbatch.header_values(self._data, name)
+
+
 FetchedRecord = _recordbatch.FetchedRecord  # topic, partition, offset, timestamp, timestamp_type,
 #   key, value, checksum (None), serialized_key_size, serialized_value_size, headers (tuple of (str, bytes | None))
 STOP_END = _recordbatch.STOP_END            # no complete batch left at pos

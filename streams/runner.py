@@ -50,7 +50,7 @@ the metrics port; it ignores SIGINT and SIGTERM (a signal to the process group i
 parent's to handle: it finishes the batch in hand, then closes the pipe).
 
 Records cross packed (`pack_records`: the fast fetch's FetchedRecords in one buffer,
-rebuilt in C), or as columns (one list per field pickles in one pass) when they are
+read in C as `PackedRecords`: columns, a record object only when one is asked for), or as columns (one list per field pickles in one pass) when they are
 other objects. With `encoding` (the partitions of the pipeline's topics), the child's
 replying thread cuts each topic's outputs into uncompressed record batches
 (streams/partitioner.py: EncodedBlock) while its main thread goes on to the next
@@ -78,7 +78,7 @@ from dataclasses import dataclass
 from typing import Generator, Sequence
 
 from fleetcloak.streams.partitioner import Partitioner, encode_blocks
-from fleetcloak.streams.recordbatch import pack_records, unpack_records
+from fleetcloak.streams.recordbatch import PackedRecords, pack_records
 from fleetcloak.streams.seam import ControlSnapshot, Pipeline, PipelineFactory, ProcessResult, RawMessage, as_pipeline
 
 log = logging.getLogger(__name__)
@@ -486,10 +486,11 @@ def _wire_records(messages: Sequence[RawMessage]) -> tuple:
     return ("packed", pickle.PickleBuffer(packed)) if packed is not None else ("columns", _columns(messages))
 
 
-def _records(wire: tuple) -> list:
-    """The records `_wire_records` sent: FetchedRecords, or light RawMessage objects."""
+def _records(wire: tuple) -> Sequence[RawMessage]:
+    """The records `_wire_records` sent: PackedRecords (columns; FetchedRecords when asked
+    for), or light RawMessage objects."""
     kind, body = wire
-    return unpack_records(body) if kind == "packed" else list(map(_Raw, *body))
+    return PackedRecords(body) if kind == "packed" else list(map(_Raw, *body))
 
 
 def _columns(messages: Sequence[RawMessage]) -> tuple:

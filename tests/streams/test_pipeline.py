@@ -309,6 +309,33 @@ def test_udp_datagram_is_decoded_in_place_and_a_bad_header_keeps_its_reason():
     assert sorted(o[2] for o in r.outputs) == sorted([dgram[:-1], dgram])
 
 
+def test_packed_records_and_record_objects_give_the_same_result(fleet):
+    """The worker's child hands the pipeline PackedRecords (columns); the in-loop runner
+    and tests hand it record objects: one and the same result, dead letters included."""
+    from fleetcloak.streams.recordbatch import FetchedRecord, PackedRecords, pack_records
+
+    msgs = fleet["msgs"][:600]
+    udp = next(m for m in msgs if ("transport", b"udp") in m.headers)
+    msgs = msgs[:100] + [Message(udp.value[:-1], udp.key, udp.headers), Message(b"\x00\x00", b"not-an-imei"),
+                         Message(None, udp.key, [("transport", b"tcp")]), Message(b"\x00\x01", None)] + msgs[100:]
+    records = [FetchedRecord(("telematics.raw", i % 4, i, 1_700_000_000_000, 0, m.key, m.value, None,
+                              -1 if m.key is None else len(m.key), -1 if m.value is None else len(m.value),
+                              tuple(m.headers or ())))
+               for i, m in enumerate(msgs)]
+    builder = PipelineBuilder(MasterKey.generate())
+    pipe = builder(ControlSnapshot(fleet["policies"], {}, {}))
+    pipe.process(records)  # keys minted
+    results = []
+    for batch in (records, PackedRecords(pack_records(records))):
+        builder.duplicates.clear()
+        results.append(pipe.process(batch))
+    objects, packed = results
+    assert packed.counts == objects.counts and packed.counts.balanced()
+    assert {"truncated", "bad_key"} <= set(packed.counts.deadlettered)
+    assert packed.outputs == objects.outputs
+    assert [(b.topic, b.keys, b.values) for b in packed.blocks] == [(b.topic, b.keys, b.values) for b in objects.blocks]
+
+
 def test_a_batch_leaves_no_cycles_behind_even_with_faulty_datagrams(fleet):
     """The worker's child collects cycles only every 64 batches (streams/runner.py): a batch
     held in a cycle (a kept exception's traceback reaching its frame) stays in memory until

@@ -580,6 +580,30 @@ def test_packed_records_come_back_equal_field_for_field():
     assert unpack_records(pack_records([])) == []
 
 
+def test_packed_records_read_as_columns_give_the_same_records():
+    from fleetcloak.streams.recordbatch import PackedRecords, pack_records
+
+    records = _fetched_with_headers()  # three topic runs, None keys and values, odd headers
+    packed = pack_records(records)
+    cols = PackedRecords(packed)
+    assert len(cols) == len(records)
+    assert cols.keys == [r.key for r in records] and cols.values == [r.value for r in records]
+    for name in ("transport", "received_at", "nothing", "é", "absent"):
+        assert cols.header_values(name) == [dict(reversed(r.headers)).get(name) for r in records]
+    transports = [v for v in cols.header_values("transport") if v is not None]
+    assert transports and len({id(v) for v in transports}) == len(set(transports))  # one object per value
+    # a record is built only when asked for, from its own place in the buffer
+    assert [cols[i] for i in (0, 31, 30, -1, 59, 60)] == [records[i] for i in (0, 31, 30, -1, 59, 60)]
+    assert cols[2:5] == records[2:5]
+    with pytest.raises(IndexError):
+        cols[len(records)]
+    assert list(cols) == records and cols[7] == records[7]  # iterated: every record, once
+    assert len(PackedRecords(pack_records([]))) == 0
+    for cut in (1, len(packed) // 2, len(packed) - 1):
+        with pytest.raises(ValueError, match="malformed at byte"):
+            PackedRecords(packed[:cut])
+
+
 def test_pack_declines_what_it_would_not_give_back_and_unpack_refuses_a_cut_buffer():
     from fleetcloak.streams.recordbatch import pack_records, unpack_records
 

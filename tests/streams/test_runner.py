@@ -147,7 +147,10 @@ def test_records_cross_packed_when_they_are_fetched_records_and_as_columns_other
     batch = build_batches([b"k1", None], [b"v1", b""], 1_700_000_000_000, 1 << 20)[0]
     fetched, *_ = read_batches(bytes(batch._build()), 0, "telematics.raw", 3, 0)
     kind, body = _wire_records(fetched)
-    assert kind == "packed" and _records((kind, memoryview(body.raw()))) == fetched
+    packed = _records((kind, memoryview(body.raw())))
+    assert kind == "packed" and type(packed).__name__ == "PackedRecords"
+    assert (packed.keys, packed.values) == ([b"k1", None], [b"v1", b""])  # columns, no record objects
+    assert [packed[1], packed[0]] == [fetched[1], fetched[0]] and list(packed) == fetched
     kind, body = _wire_records(_msgs(3))
     assert kind == "columns"
     assert [(m.key, m.value, m.headers, m.offset) for m in _records((kind, body))] == \
