@@ -554,7 +554,7 @@ class GroupGate:
     def __init__(self, k: int, horizon: int = 4):
         self.k = k
         self.horizon = horizon
-        self._groups: dict[tuple[int, int], set] = {}
+        self._groups: dict[int, dict[int, set]] = {}  # bucket -> cell -> devices seen (>= k: full)
         self._latest = None
 
     def admit(self, cells: np.ndarray, buckets: np.ndarray, devices: np.ndarray | None,
@@ -574,33 +574,38 @@ class GroupGate:
         else:
             dev_uniq, dev_inv = device_codes
             dev_inv = np.asarray(dev_inv, dtype=np.int64)
-        # group id per row: runs of equal (bucket, cell) after one lexsort
-        order = np.lexsort((cells, buckets))
-        cs, bs = cells[order], buckets[order]
+        # rows in (bucket, cell, device) order: a group is a run of equal (bucket, cell), its
+        # distinct devices the runs of equal devices inside it (one sort, no unique())
+        order = np.lexsort((dev_inv, cells, buckets))
+        cs, bs, ds = cells[order], buckets[order], dev_inv[order]
         head = np.ones(n, dtype=bool)
         head[1:] = (cs[1:] != cs[:-1]) | (bs[1:] != bs[:-1])
+        pair = head.copy()
+        pair[1:] |= ds[1:] != ds[:-1]
         gid = np.empty(n, dtype=np.int64)
         gid[order] = np.cumsum(head) - 1
-        gkeys = list(zip(bs[head].tolist(), cs[head].tolist()))
-        # distinct (group, device) pairs, added to the groups' device sets
-        nd = len(dev_uniq)
-        pairs = np.unique(gid * nd + dev_inv)
+        heads, pairs = np.flatnonzero(head), np.flatnonzero(pair)
+        bounds = np.searchsorted(pairs, heads).tolist() + [len(pairs)]  # each group's pairs
+        pair_devs = np.asarray(dev_uniq, dtype=object)[ds[pairs]].tolist()
         groups, k = self._groups, self.k
-        dev_list = dev_uniq.tolist()
-        for g, d in zip((pairs // nd).tolist(), (pairs % nd).tolist()):
-            s = groups.get(gkeys[g])
+        sizes = []
+        for b, c, lo, hi in zip(bs[heads].tolist(), cs[heads].tolist(), bounds[:-1], bounds[1:]):
+            by_cell = groups.get(b)
+            if by_cell is None:
+                by_cell = groups[b] = {}
+            s = by_cell.get(c)
             if s is None:
-                s = groups[gkeys[g]] = set()
-            if len(s) < k:  # a full group needs no more members
-                s.add(dev_list[d])
-        sizes = np.fromiter((len(groups[key]) for key in gkeys), dtype=np.int64, count=len(gkeys))
-        ok = sizes[gid] >= k
+                s = by_cell[c] = set(pair_devs[lo:hi])
+            elif len(s) < k:  # a full group needs no more members
+                s.update(pair_devs[lo:hi])
+            sizes.append(len(s))
+        ok = np.array(sizes, dtype=np.int64)[gid] >= k
         newest = int(buckets.max())
         if self._latest is None or newest > self._latest:
-            self._latest = newest  # evict only when time moves on
+            self._latest = newest  # evict only when time moves on: whole buckets
             oldest = self._latest - self.horizon + 1
-            for key in [key for key in groups if key[0] < oldest]:
-                del groups[key]
+            for bucket in [bucket for bucket in groups if bucket < oldest]:
+                del groups[bucket]
         return ok
 
 

@@ -374,6 +374,29 @@ def test_group_gate_with_device_codes_admits_as_with_devices():
         assert a.admit(cells, buckets, devs[di]).tolist() == b.admit(cells, buckets, None, device_codes=(extra, di)).tolist()
 
 
+def test_group_gate_admits_as_a_plain_set_per_group_does():
+    """The vectorised gate against the rule written plainly: a row is admitted when its
+    (bucket, cell) has k distinct devices, counting what the gate saw before, groups of
+    buckets older than the horizon behind the newest forgotten."""
+    rng = np.random.default_rng(11)
+    k, horizon = 3, 3
+    gate, seen, latest = GroupGate(k, horizon=horizon), {}, None
+    for batch in range(40):
+        n = int(rng.integers(1, 400))
+        cells = rng.integers(0, 12, n) * 1_000_003
+        buckets = batch // 3 + rng.integers(-2, 2, n)   # late rows, and time moving on
+        devices = np.array([f"d{i}" for i in rng.integers(0, 14, n)], dtype=object)
+        for b, c, d in zip(buckets.tolist(), cells.tolist(), devices.tolist()):
+            seen.setdefault((b, c), set()).add(d)
+        want = np.array([len(seen[(b, c)]) >= k for b, c in zip(buckets.tolist(), cells.tolist())])
+        assert gate.admit(cells, buckets, devices).tolist() == want.tolist(), batch
+        newest = int(buckets.max())
+        if latest is None or newest > latest:
+            latest = newest
+            seen = {key: s for key, s in seen.items() if key[0] > latest - horizon}
+    assert set(gate._groups) == {b for b, _ in seen}
+
+
 def test_distinct_imeis_shared_by_pseudonyms_and_record_ids(keyring, t0, policies):
     """Columns.imei_codes (one dict pass kept with the columns) gives the same device
     pseudonyms and record ids as each step deduplicating on its own."""
