@@ -50,12 +50,13 @@ the metrics port; it ignores SIGINT and SIGTERM (a signal to the process group i
 parent's to handle: it finishes the batch in hand, then closes the pipe).
 
 Records cross packed (`pack_records`: the fast fetch's FetchedRecords in one buffer,
-read in C as `PackedRecords`: columns, a record object only when one is asked for), or as columns (one list per field pickles in one pass) when they are
-other objects. With `encoding` (the partitions of the pipeline's topics), the child's
-replying thread cuts each topic's outputs into uncompressed record batches
-(streams/partitioner.py: EncodedBlock) while its main thread goes on to the next
-batch; the loop compresses and sends them. Without it (topics not created by the
-loop), outputs come back as they are and the loop encodes them.
+read in C as `PackedRecords`: columns, a record object only when one is asked for), or
+as columns (one list per field pickles in one pass) when they are other objects. With
+`encoding` (the partitions of the pipeline's topics), the child's replying thread cuts
+each topic's outputs into uncompressed record batches (streams/partitioner.py:
+EncodedBlock) while its main thread goes on to the next batch; the loop compresses and
+sends them. Without it (topics not created by the loop), outputs come back as they are
+and the loop encodes them.
 """
 from __future__ import annotations
 
