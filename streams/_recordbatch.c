@@ -889,6 +889,24 @@ static PyObject *malformed_at(const Unpacker *r, const Py_buffer *data) {
                         (Py_ssize_t)(r->p - (const uint8_t *)data->buf), data->len);
 }
 
+/* The next record into x, and *topic its topic (a new str where it names one); -1 with
+ * an exception set if it is malformed. */
+static int up_next(Unpacker *r, const Py_buffer *data, PackedRec *x, PyObject **topic) {
+    if (up_record(r, x) < 0) {
+        malformed_at(r, data);
+        return -1;
+    }
+    if (x->topic) {
+        Py_XSETREF(*topic, PyUnicode_DecodeUTF8((const char *)x->topic, x->tlen, "strict"));
+        return *topic ? 0 : -1;
+    }
+    if (!*topic) {
+        malformed_at(r, data);
+        return -1;
+    }
+    return 0;
+}
+
 /* unpack(data, start=0, count=-1, topic=None) -> list[FetchedRecord]: `count` records (-1:
  * all) from byte `start`, `topic` being the one of the record before (for a record that
  * names none). */
@@ -910,11 +928,7 @@ static PyObject *unpack_records(PyObject *self, PyObject *args, PyObject *kw) {
     if (!out) goto done;
     for (Py_ssize_t i = 0; r.p < r.end && (count < 0 || i < count); i++) {
         PackedRec x;
-        if (up_record(&r, &x) < 0) { malformed_at(&r, &data); goto done; }
-        if (x.topic) {
-            Py_XSETREF(topic, PyUnicode_DecodeUTF8((const char *)x.topic, x.tlen, "strict"));
-            if (!topic) goto done;
-        } else if (!topic) { malformed_at(&r, &data); goto done; }
+        if (up_next(&r, &data, &x, &topic) < 0) goto done;
         PyObject *rec = fetched_record(&x, topic, &keys);
         if (!rec) {
             if (!PyErr_Occurred()) malformed_at(&r, &data);
@@ -949,11 +963,7 @@ static PyObject *packed_columns(PyObject *self, PyObject *arg) {
     while (r.p < r.end) {
         const int64_t here = (int64_t)(r.p - (const uint8_t *)data.buf);
         PackedRec x;
-        if (up_record(&r, &x) < 0) { malformed_at(&r, &data); goto done; }
-        if (x.topic) {
-            Py_XSETREF(topic, PyUnicode_DecodeUTF8((const char *)x.topic, x.tlen, "strict"));
-            if (!topic) goto done;
-        } else if (!topic) { malformed_at(&r, &data); goto done; }
+        if (up_next(&r, &data, &x, &topic) < 0) goto done;
         if (n == cap) {
             cap = cap ? 2 * cap : 1024;
             int64_t *grown = PyMem_Realloc(at, (size_t)cap * sizeof *at);
