@@ -140,6 +140,39 @@ def test_answered_wakes_every_waiter_and_leaves_the_reply_to_ready():
     asyncio.run(go())
 
 
+def test_the_childs_inbox_reuses_its_buffer_only_when_no_view_of_it_is_alive():
+    import socket
+
+    from fleetcloak.streams.runner import _FRAME, _Inbox
+
+    ours, theirs = socket.socketpair()
+    try:
+        inbox = _Inbox(theirs)
+        for body in (b"R" + b"a" * 5000, b"R" + b"b" * 300, b"R" + b"c" * 7000, b"R" + b"d" * 10):
+            ours.sendall(_FRAME.pack(len(body)) + body)
+        first = inbox.next()
+        assert bytes(first) == b"R" + b"a" * 5000
+        kept = first[1:]  # a view still alive: the next request may not overwrite it
+        del first
+        second = inbox.next()
+        assert bytes(second) == b"R" + b"b" * 300 and bytes(kept) == b"a" * 5000
+        del kept
+        buffer = second.obj
+        del second
+        third = inbox.next()  # nothing views the buffer: read into it again (grown)
+        assert bytes(third) == b"R" + b"c" * 7000 and third.obj is not buffer
+        grown = third.obj
+        del third
+        fourth = inbox.next()
+        assert bytes(fourth) == b"R" + b"d" * 10 and fourth.obj is grown  # reused as it is
+        del fourth
+        ours.close()
+        assert inbox.next() is None  # EOF
+    finally:
+        ours.close()
+        theirs.close()
+
+
 def test_records_cross_packed_when_they_are_fetched_records_and_as_columns_otherwise():
     from fleetcloak.streams.recordbatch import build_batches, read_batches
     from fleetcloak.streams.runner import _records, _wire_records
