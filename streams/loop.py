@@ -93,6 +93,8 @@ class LoopSettings:
     # wait behind it (500 ms by default: stalls of ~0.35 s seen at the end of a
     # partition). A partition's fetch holds a whole batch of raw messages (8,000 x ~400 B;
     # aiokafka's 1 MiB held ~2,600, so a worker owning one partition ran 2,600-message batches).
+    # Fetched data waits in the consumer up to that much per owned partition (fetch_max_bytes,
+    # aiokafka's 50 MiB, caps one answer).
     fetch_max_wait_ms: int = 100
     max_partition_fetch_bytes: int = 4 << 20
     linger_ms: int = 5

@@ -39,7 +39,7 @@ from fleetcloak.anonymize.render import controller_json, packets_json, processor
 from fleetcloak.codecs import DecodeError, decode_batch
 from fleetcloak.codecs import udp
 from fleetcloak.streams import _idwindow
-from fleetcloak.streams.recordbatch import PackedRecords
+from fleetcloak.streams.recordbatch import message_columns
 from fleetcloak.streams.seam import (
     ControlSnapshot, Counts, OutputBlock, Pipeline, ProcessResult, RawMessage, run_steps,
 )
@@ -152,13 +152,6 @@ class _Rows:
         return self._batch[self._rows[k]]
 
 
-def _header(headers, name: str) -> bytes | None:
-    for k, v in headers or ():
-        if k == name:
-            return v
-    return None
-
-
 def _deadletter(m: RawMessage, reason: str, detail: str, offset: int) -> tuple:
     """The original message, untouched, plus why. The dead-letter topic lives in the same
     trust zone as telematics.raw (operators only, 30 days): it keeps the key so the
@@ -236,14 +229,9 @@ class TelemetryPipeline:
     def _frames(self, batch: Sequence[RawMessage], outputs: list, counts: Counts) -> tuple:
         """The batch's frames to decode: (frames, their sources, IMEIs, UDP flags or None).
         A message whose key is not an IMEI, or whose UDP header udp.header_is() refuses,
-        goes to the dead letters here, in batch order. Column by column: the worker's
-        child gets its batches as PackedRecords (keys, values and a header's values, no
-        record objects; streams/recordbatch.py)."""
-        if isinstance(batch, PackedRecords):
-            keys, values, transports = batch.keys, batch.values, batch.header_values("transport")
-        else:
-            keys, values = [m.key for m in batch], [m.value for m in batch]
-            transports = [_header(m.headers, "transport") for m in batch]
+        goes to the dead letters here, in batch order. Column by column (message_columns:
+        the worker's child gets its batches as PackedRecords, no record objects)."""
+        keys, values, transports = message_columns(batch, "transport")
         known = self._known_keys  # message key -> IMEI, for keys already validated
         if len(known) > 100_000:
             known.clear()

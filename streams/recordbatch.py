@@ -220,6 +220,16 @@ class PackedRecords(Sequence):
         return _recordbatch.header_values(self._data, name)
 
 
+def message_columns(messages: Sequence, header: str) -> tuple[list, list, list]:
+    """(keys, values, each message's first header called `header`: its value, or None) of
+    a batch of messages: read from the buffer of PackedRecords, attribute by attribute
+    from any other sequence of messages (key, value, headers: pairs of name and value)."""
+    if isinstance(messages, PackedRecords):
+        return messages.keys, messages.values, messages.header_values(header)
+    return ([m.key for m in messages], [m.value for m in messages],
+            [next((v for k, v in m.headers or () if k == header), None) for m in messages])
+
+
 FetchedRecord = _recordbatch.FetchedRecord  # topic, partition, offset, timestamp, timestamp_type,
 #   key, value, checksum (None), serialized_key_size, serialized_value_size, headers (tuple of (str, bytes | None))
 STOP_END = _recordbatch.STOP_END            # no complete batch left at pos
